@@ -1,0 +1,1 @@
+"""Iterative training of composed image retrieval (CIR) embedders."""

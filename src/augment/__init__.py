@@ -1,0 +1,1 @@
+"""Foundation-model caption augmentation: new modification texts for mined hard negatives."""

@@ -1,0 +1,1 @@
+"""Annotation readers, the synthetic benchmark, datasets and collators."""

@@ -1,0 +1,30 @@
+"""Load a split of a named dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from src.data.cirr import load_cirr_split
+from src.data.fashioniq import load_fashioniq_split
+from src.data.records import Split
+
+READERS: dict[str, Callable[..., Split]] = {
+    "cirr": load_cirr_split,
+    "fashioniq": load_fashioniq_split,
+}
+
+# Generic split names -> each dataset's own, so "train" / "val" / "test" work for both.
+SPLIT_ALIASES: dict[str, dict[str, str]] = {
+    "cirr": {"test": "test1", "dev": "val"},
+    "fashioniq": {"dev": "val"},
+}
+
+
+def load_split(dataset_name: str, root: str | Path, split: str, **kw) -> Split:
+    """Read `split` of `dataset_name` ("cirr" or "fashioniq"); `kw` go to its reader."""
+    name = dataset_name.lower()
+    if name not in READERS:
+        raise ValueError(f"unknown dataset {dataset_name!r}; expected one of {sorted(READERS)}")
+    split = SPLIT_ALIASES[name].get(split, split)
+    return READERS[name](root, split, **kw)

@@ -1,0 +1,1 @@
+"""VLM2Vec encoder, backbone registry and the offline tiny checkpoints."""

@@ -1,0 +1,159 @@
+"""The VLM2Vec embedder: a vision-language model whose last token's state is the embedding.
+
+Save and load live here too, so a `checkpoint_iter_{i}/` directory (full model or LoRA
+adapter, plus the processor and `embedder_config.json`) loads alone and gives the same
+embeddings it gave before saving.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from transformers import ProcessorMixin
+
+from src.model.registry import Backbone, detect_backbone, get_backbone, load_processor
+
+EMBEDDER_CONFIG_NAME = "embedder_config.json"
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class EmbedderConfig:
+    """What a saved embedder is: written beside the weights as `embedder_config.json`."""
+
+    backbone: str
+    base_model: str
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    pooling: str = "last"
+    normalize: bool = True
+
+
+def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The hidden state of each row's last non-pad token, for left or right padding alike."""
+    seq_len = attention_mask.shape[1]
+    last = seq_len - 1 - attention_mask.flip(1).long().argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+class VLM2VecEncoder(nn.Module):
+    """Wraps a (possibly LoRA-adapted) image-text-to-text model as an embedder."""
+
+    def __init__(self, model: nn.Module, processor: ProcessorMixin, config: EmbedderConfig):
+        super().__init__()
+        self.model = model
+        self.processor = processor
+        self.config = config
+        self.backbone: Backbone = get_backbone(config.backbone)
+
+    def _trunk(self) -> nn.Module:
+        """The multimodal trunk without the language-model head (no vocabulary projection)."""
+        hf_model = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        return hf_model.model
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        outputs = self._trunk()(**inputs, use_cache=False, return_dict=True)
+        pooled = last_token_pool(outputs.last_hidden_state, inputs["attention_mask"]).float()
+        return F.normalize(pooled, dim=-1) if self.config.normalize else pooled
+
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict | None = None
+    ) -> None:
+        hf_model = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+        if isinstance(self.model, PeftModel):
+            hf_model.enable_input_require_grads()
+
+    def save(self, output_dir: str | Path) -> None:
+        """Weights (full model or adapter), processor and embedder_config.json."""
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(output_dir)
+        self.processor.save_pretrained(output_dir)
+        (output_dir / EMBEDDER_CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """`auto` is bfloat16 on a GPU that supports it and float32 elsewhere."""
+    if name == "auto":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _load_hf_model(path: str | Path, backbone: Backbone, dtype: torch.dtype) -> nn.Module:
+    return backbone.model_class.from_pretrained(str(path), dtype=dtype)
+
+
+def build_encoder(
+    model_name: str | Path,
+    backbone: str | None = None,
+    lora: bool = False,
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.05,
+    lora_target_modules: list[str] | None = None,
+    dtype: str = "auto",
+) -> VLM2VecEncoder:
+    """A fresh embedder on top of a base checkpoint (round 0), optionally with a new LoRA adapter.
+
+    A directory that already holds an embedder (`embedder_config.json`) is loaded as such.
+    """
+    if (Path(model_name) / EMBEDDER_CONFIG_NAME).is_file():
+        return load_encoder(model_name, dtype=dtype, trainable=True)
+    backbone_name = backbone or detect_backbone(model_name)
+    config = EmbedderConfig(
+        backbone=backbone_name,
+        base_model=str(Path(model_name).resolve()),
+        lora=lora,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        lora_target_modules=list(lora_target_modules or DEFAULT_LORA_TARGETS),
+    )
+    model = _load_hf_model(model_name, get_backbone(backbone_name), resolve_dtype(dtype))
+    if lora:
+        peft_config = LoraConfig(
+            r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=config.lora_target_modules,
+            init_lora_weights="gaussian",
+        )
+        model = get_peft_model(model, peft_config)
+    return VLM2VecEncoder(model, load_processor(model_name), config)
+
+
+def load_encoder(
+    checkpoint_dir: str | Path, dtype: str = "auto", trainable: bool = False
+) -> VLM2VecEncoder:
+    """Load a saved embedder; a plain Hugging Face checkpoint loads as an untrained embedder."""
+    checkpoint_dir = Path(checkpoint_dir)
+    config_file = checkpoint_dir / EMBEDDER_CONFIG_NAME
+    if not config_file.is_file():
+        return build_encoder(checkpoint_dir, dtype=dtype)
+    config = EmbedderConfig(**json.loads(config_file.read_text()))
+    backbone = get_backbone(config.backbone)
+    torch_dtype = resolve_dtype(dtype)
+    if config.lora:
+        base = _load_hf_model(config.base_model, backbone, torch_dtype)
+        model = PeftModel.from_pretrained(base, str(checkpoint_dir), is_trainable=trainable)
+    else:
+        model = _load_hf_model(checkpoint_dir, backbone, torch_dtype)
+    return VLM2VecEncoder(model, load_processor(checkpoint_dir), config)
+
+
+def load_weights_into(encoder: VLM2VecEncoder, checkpoint_dir: str | Path) -> None:
+    """Copy the weights saved in `checkpoint_dir` into an existing encoder (Trainer resume)."""
+    saved = load_encoder(checkpoint_dir, dtype="float32", trainable=True)
+    encoder.model.load_state_dict(saved.model.state_dict())

@@ -1,0 +1,30 @@
+"""Embedding instructions in the VLM2Vec / MMEB format.
+
+The released VLM2Vec checkpoints were trained on MMEB, whose composed-retrieval
+instructions are "<|image_1|>\\nGiven an image, find a similar everyday image with the
+described changes: {text}\\n" (CIRR) and "<|image_1|>\\nFind an image to match the fashion
+image and style note: {text}\\n" (FashionIQ), with "<|image_1|>\\nRepresent the given
+image.\\n" for every candidate image. VLM2Vec replaces the MMEB image marker by the
+backbone's own image token (TIGER-AI-Lab/VLM2Vec, src/model/processor.py:
+`VLM_IMAGE_TOKENS` and `process_input_text`): "<|image_pad|>" for Qwen2-VL and
+Qwen2.5-VL, "<image>" for LLaVA-NeXT; the processor then expands that token to the
+image's patch tokens. No chat template is applied.
+"""
+
+from __future__ import annotations
+
+QUERY_INSTRUCTIONS = {
+    "cirr": "Given an image, find a similar everyday image with the described changes:",
+    "fashioniq": "Find an image to match the fashion image and style note:",
+}
+CANDIDATE_INSTRUCTION = "Represent the given image."
+
+
+def query_text(image_token: str, dataset: str, caption: str) -> str:
+    """The text of a composed query: image marker, instruction, modification text."""
+    return f"{image_token}\n{QUERY_INSTRUCTIONS[dataset]} {caption}\n"
+
+
+def candidate_text(image_token: str) -> str:
+    """The text that goes with every candidate (gallery) image."""
+    return f"{image_token}\n{CANDIDATE_INSTRUCTION}\n"

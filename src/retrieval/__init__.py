@@ -1,0 +1,1 @@
+"""Retrieval: embedding, exact chunked top-k search, hard-negative mining and metrics."""

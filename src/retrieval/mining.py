@@ -1,0 +1,234 @@
+"""Hard-negative mining by real retrieval.
+
+For each query: the target's rank and score, and the top `k` gallery images that are not
+positives. Never a negative: the reference image, the target, a `target_soft` entry with a
+positive score. Options, with what they are for:
+
+- `scope="failures"` (default, as in the original design) mines only queries whose target
+  is not ranked first; `"all"` mines every query.
+- `margin`: drop candidates scoring above `margin * target score` (positive-aware
+  filtering against false negatives; 0.95 to 0.99 is a common choice once the model is
+  decent; leave unset early on, when target scores are low and noisy).
+- `skip_top`: skip the first ranks, another guard against unlabelled positives.
+- `source="random"` draws negatives uniformly from the gallery under the same exclusions:
+  the baseline that says how much of a gain is due to *hard* negatives.
+
+The statistics (target rank histogram, train recall, how many candidates each filter
+removed, score distributions) are printed as a summary: if most candidates are removed by
+the margin filter, lower it; if targets already rank first for nearly every query, mine
+`scope="all"` or train longer before mining.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from src.data.records import Triplet
+from src.retrieval.search import search_topk, target_ranks
+
+RANK_BINS = ((1, 1), (2, 5), (6, 10), (11, 50), (51, 100), (101, None))
+
+
+@dataclass(frozen=True)
+class MiningOptions:
+    k: int = 5
+    scope: str = "failures"
+    margin: float | None = None
+    skip_top: int = 0
+    source: str = "mined"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.scope not in ("failures", "all"):
+            raise ValueError(f"--mine_scope must be failures or all, not {self.scope!r}")
+        if self.source not in ("mined", "random"):
+            raise ValueError(f"--negative_source must be mined or random, not {self.source!r}")
+        if self.k < 1:
+            raise ValueError(f"--hard_negative_k must be at least 1, not {self.k}")
+
+
+def _positives(triplet: Triplet) -> set[str]:
+    return {triplet.target} | {name for name, score in triplet.target_soft.items() if score > 0}
+
+
+def _histogram(ranks: np.ndarray) -> dict[str, int]:
+    histogram = {}
+    for low, high in RANK_BINS:
+        label = f"{low}" if low == high else (f"{low}-{high}" if high else f">{low - 1}")
+        upper = high if high is not None else np.inf
+        histogram[label] = int(((ranks >= low) & (ranks <= upper)).sum())
+    return histogram
+
+
+def _distribution(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"count": 0}
+    array = np.asarray(values, dtype=np.float64)
+    quantiles = np.quantile(array, [0.05, 0.25, 0.5, 0.75, 0.95])
+    return {
+        "count": int(array.size),
+        "mean": float(array.mean()),
+        "std": float(array.std()),
+        **{
+            f"p{int(q * 100)}": float(v)
+            for q, v in zip((0.05, 0.25, 0.5, 0.75, 0.95), quantiles, strict=True)
+        },
+    }
+
+
+def mine_hard_negatives(
+    query_emb: np.ndarray,
+    gallery_emb: np.ndarray,
+    gallery_names: list[str],
+    triplets: list[Triplet],
+    options: MiningOptions,
+    chunk_size: int = 1024,
+    device: str | None = None,
+) -> dict:
+    """Mine negatives for every query; returns {"options", "stats", "queries"}.
+
+    Row i of `query_emb` is `triplets[i]`. `queries` maps pairid to the target's rank and
+    score and the kept negatives ({"image", "score", "rank"}), for mined queries only.
+    """
+    index = {name: i for i, name in enumerate(gallery_names)}
+    missing = [t.pairid for t in triplets if t.target not in index or t.reference not in index]
+    if missing:
+        raise ValueError(
+            f"reference or target of {len(missing)} queries not in the gallery: {missing[:5]}"
+        )
+    references = [[index[t.reference]] for t in triplets]
+    ranks, target_scores = target_ranks(
+        query_emb,
+        gallery_emb,
+        [index[t.target] for t in triplets],
+        exclude=references,
+        chunk_size=chunk_size,
+        device=device,
+    )
+    chosen = [i for i in range(len(triplets)) if options.scope == "all" or ranks[i] > 1]
+    removed = {
+        "reference": len(triplets),
+        "target": 0,
+        "soft_positive": 0,
+        "skip_top": 0,
+        "margin": 0,
+    }
+    if options.source == "random":
+        queries = _random_negatives(triplets, chosen, gallery_names, options)
+    else:
+        queries = _mined_negatives(
+            query_emb,
+            gallery_emb,
+            gallery_names,
+            triplets,
+            chosen,
+            target_scores,
+            options,
+            removed,
+            chunk_size,
+            device,
+        )
+    for i in chosen:
+        queries[triplets[i].pairid].update(
+            target_rank=int(ranks[i]), target_score=float(target_scores[i])
+        )
+    negative_scores = [
+        n["score"] for q in queries.values() for n in q["negatives"] if n["score"] is not None
+    ]
+    stats = {
+        "num_queries": len(triplets),
+        "num_mined": len(chosen),
+        "num_negatives": sum(len(q["negatives"]) for q in queries.values()),
+        "queries_without_negatives": sum(1 for q in queries.values() if not q["negatives"]),
+        "train_recall@1": float((ranks <= 1).mean() * 100) if len(ranks) else 0.0,
+        "train_recall@5": float((ranks <= 5).mean() * 100) if len(ranks) else 0.0,
+        "target_rank_histogram": _histogram(ranks),
+        "removed_by_filter": removed,
+        "target_scores": _distribution([float(s) for s in target_scores]),
+        "negative_scores": _distribution(negative_scores),
+    }
+    return {"options": asdict(options), "stats": stats, "queries": queries}
+
+
+def _mined_negatives(
+    query_emb,
+    gallery_emb,
+    gallery_names,
+    triplets,
+    chosen,
+    target_scores,
+    options,
+    removed,
+    chunk_size,
+    device,
+) -> dict[str, dict]:
+    """Walk each chosen query's ranking, filtering, until k negatives are kept.
+
+    The window of ranks searched grows (doubling) for the queries that still lack negatives,
+    so a query whose top ranks are all filtered out still gets k when the gallery has them.
+    """
+    index = {name: i for i, name in enumerate(gallery_names)}
+    queries = {triplets[i].pairid: {"negatives": []} for i in chosen}
+    eligible = len(gallery_names) - 1
+    pending = list(chosen)
+    window = min(eligible, options.k + options.skip_top + 8)
+    walked = {i: 0 for i in chosen}
+    skipped = {i: 0 for i in chosen}
+    while pending:
+        scores, indices = search_topk(
+            query_emb[pending],
+            gallery_emb,
+            window,
+            exclude=[[index[triplets[i].reference]] for i in pending],
+            chunk_size=chunk_size,
+            device=device,
+        )
+        still = []
+        for row, i in enumerate(pending):
+            triplet, kept = triplets[i], queries[triplets[i].pairid]["negatives"]
+            positives = _positives(triplet)
+            for rank in range(walked[i], window):
+                if len(kept) == options.k:
+                    break
+                name, score = gallery_names[indices[row, rank]], float(scores[row, rank])
+                if name == triplet.target:
+                    removed["target"] += 1
+                elif name in positives:
+                    removed["soft_positive"] += 1
+                elif skipped[i] < options.skip_top:
+                    skipped[i] += 1
+                    removed["skip_top"] += 1
+                elif options.margin is not None and score > options.margin * float(
+                    target_scores[i]
+                ):
+                    removed["margin"] += 1
+                else:
+                    kept.append({"image": name, "score": score, "rank": rank + 1})
+                walked[i] = rank + 1
+            if len(kept) < options.k and window < eligible:
+                still.append(i)
+        pending = still
+        window = min(eligible, window * 2)
+    return queries
+
+
+def _random_negatives(triplets, chosen, gallery_names, options) -> dict[str, dict]:
+    """The baseline: k gallery images drawn uniformly per query, under the same exclusions."""
+    rng = random.Random(options.seed)
+    queries = {}
+    for i in chosen:
+        triplet = triplets[i]
+        forbidden = _positives(triplet) | {triplet.reference}
+        wanted = min(options.k, len(set(gallery_names) - forbidden))
+        drawn: list[str] = []
+        while len(drawn) < wanted:
+            name = gallery_names[rng.randrange(len(gallery_names))]
+            if name not in forbidden and name not in drawn:
+                drawn.append(name)
+        queries[triplet.pairid] = {
+            "negatives": [{"image": n, "score": None, "rank": None} for n in drawn]
+        }
+    return queries

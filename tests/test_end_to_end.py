@@ -1,0 +1,127 @@
+"""A short real run of the whole job, then eval_iterative.py on its checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+
+from src.cli import eval_main, train_main
+from src.data.loading import load_split
+from src.experiment import Experiment
+
+pytestmark = pytest.mark.slow
+
+
+def run_args(tiny_qwen, small_benchmark, experiment_dir, *extra):
+    return [
+        "--model_name", str(tiny_qwen),
+        "--dataset_path", str(small_benchmark),
+        "--experiment_dir", str(experiment_dir),
+        "--num_iterations", "2",
+        "--max_steps", "3",
+        "--batch_size", "8",
+        "--num_hard_negatives", "2",
+        "--dataloader_num_workers", "0",
+        "--save_steps", "2",
+        "--encode_batch_size", "32",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_qwen, small_benchmark, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("e2e") / "exp"
+    assert train_main(run_args(tiny_qwen, small_benchmark, directory)) == 0
+    return Experiment(directory)
+
+
+def test_two_rounds_write_every_artifact(finished_run, small_train_split):
+    experiment = finished_run
+    for i in range(3):
+        assert (experiment.checkpoint(i) / "embedder_config.json").is_file()
+        assert (experiment.checkpoint(i) / "stage.json").is_file()
+    for i in range(2):
+        mined = json.loads(experiment.hard_negatives(i).read_text())
+        assert set(mined) == {"meta", "stats", "queries"}
+        assert mined["meta"]["options"]["k"] == 5
+    for i in (1, 2):
+        augmented = json.loads(experiment.augmented(i).read_text())
+        assert augmented["meta"]["generator"] == "scene_oracle"
+        assert augmented["meta"]["stands_in_for_a_foundation_model"] is True
+        assert augmented["stats"]["kept"] == len(augmented["samples"])
+        assert (experiment.train_dir(i)).is_dir()
+    results = json.loads(experiment.evaluation_results.read_text())
+    assert sorted(results) == ["iter_0", "iter_1", "iter_2"]
+    assert (experiment.dir / "evaluation_results.png").is_file()
+    assert any(experiment.embeddings_dir.glob("*.npy"))
+    stages = [(s["stage"], s["iteration"]) for s in experiment.stage_log()]
+    assert stages.count(("train", 2)) == 1 and ("augment", 1) in stages
+    train_log = [
+        s for s in experiment.stage_log() if s["stage"] == "train" and s["iteration"] == 1
+    ][0]
+    expected = (
+        len(small_train_split.triplets)
+        + json.loads(experiment.augmented(1).read_text())["stats"]["kept"]
+    )
+    assert train_log["meta"]["num_samples"] == expected
+
+
+def test_eval_iterative_matches_a_numpy_recomputation(finished_run, small_benchmark, tmp_path):
+    output = tmp_path / "results.json"
+    assert (
+        eval_main(
+            [
+                "--experiment_dir",
+                str(finished_run.dir),
+                "--iterations",
+                "2",
+                "--output_file",
+                str(output),
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads(output.read_text())["iter_2"]
+    fingerprint = json.loads((finished_run.checkpoint(2) / "stage.json").read_text())["fingerprint"]
+    entries = {}
+    for meta_file in finished_run.embeddings_dir.glob("val_*.json"):
+        meta = json.loads(meta_file.read_text())
+        if meta["key"]["weights"] == fingerprint:
+            entries[meta["key"]["kind"]] = (meta["rows"], np.load(meta_file.with_suffix(".npy")))
+    gallery_names, gallery = entries["gallery"]
+    pairids, queries = entries["queries"]
+    split = load_split("cirr", small_benchmark, "val")
+    by_pairid = {t.pairid: t for t in split.triplets}
+    scores = queries @ gallery.T
+    hits_at_1, hits_subset_1 = [], []
+    for row, pairid in enumerate(pairids):
+        triplet = by_pairid[pairid]
+        s = scores[row].copy()
+        s[gallery_names.index(triplet.reference)] = -np.inf
+        hits_at_1.append(gallery_names[int(np.argmax(s))] == triplet.target)
+        members = [m for m in triplet.group if m != triplet.reference]
+        best = max(members, key=lambda m: (s[gallery_names.index(m)], -gallery_names.index(m)))
+        hits_subset_1.append(best == triplet.target)
+    assert metrics["recall@1"] == pytest.approx(100 * np.mean(hits_at_1), abs=1e-4)
+    assert metrics["recall_subset@1"] == pytest.approx(100 * np.mean(hits_subset_1), abs=1e-4)
+
+
+def test_rerun_without_auto_resume_is_refused_and_with_it_redoes_nothing(
+    finished_run, tiny_qwen, small_benchmark
+):
+    with pytest.raises(Exception, match="--auto_resume"):
+        train_main(run_args(tiny_qwen, small_benchmark, finished_run.dir))
+    before = len(finished_run.stage_log())
+    assert train_main(run_args(tiny_qwen, small_benchmark, finished_run.dir, "--auto_resume")) == 0
+    assert len(finished_run.stage_log()) == before
+    with pytest.raises(Exception, match="hard_negative_k"):
+        train_main(
+            run_args(
+                tiny_qwen,
+                small_benchmark,
+                finished_run.dir,
+                "--auto_resume",
+                "--hard_negative_k",
+                "3",
+            )
+        )

@@ -1,0 +1,95 @@
+"""The experiment directory: config check on resume, lock, moving rounds aside, atomic JSON."""
+
+import json
+import os
+import socket
+
+import pytest
+
+from src.experiment import Experiment, ExperimentError
+from src.experiment_io import read_json, write_json_atomic
+
+ARGS = {
+    "model_name": "m",
+    "seed": 0,
+    "hard_negative_k": 5,
+    "num_iterations": 3,
+    "auto_resume": False,
+}
+
+
+def test_new_then_resume_requires_auto_resume(tmp_path):
+    experiment = Experiment(tmp_path / "exp")
+    experiment.start(ARGS, auto_resume=False, allow_config_change=False)
+    saved = read_json(experiment.config_file)
+    assert saved["arguments"] == ARGS and "versions" in saved and "start_time" in saved
+    with pytest.raises(ExperimentError, match="--auto_resume"):
+        experiment.start(ARGS, auto_resume=False, allow_config_change=False)
+    experiment.start(ARGS | {"num_iterations": 5}, auto_resume=True, allow_config_change=False)
+
+
+def test_mismatched_resume_names_every_differing_key(tmp_path):
+    experiment = Experiment(tmp_path / "exp")
+    experiment.start(ARGS, auto_resume=False, allow_config_change=False)
+    changed = ARGS | {"seed": 1, "hard_negative_k": 7}
+    with pytest.raises(ExperimentError) as error:
+        experiment.start(changed, auto_resume=True, allow_config_change=False)
+    assert "seed: experiment 0 -> now 1" in str(error.value)
+    assert "hard_negative_k: experiment 5 -> now 7" in str(error.value)
+    assert "model_name" not in str(error.value)
+    experiment.start(changed, auto_resume=True, allow_config_change=True)
+    assert (
+        read_json(experiment.config_file)["config_changes"][0]["changes"][0][0] == "hard_negative_k"
+    )
+
+
+def test_second_run_on_the_same_directory_is_refused(tmp_path):
+    experiment = Experiment(tmp_path / "exp")
+    with experiment.lock(), pytest.raises(ExperimentError, match="in use by process"):  # noqa: SIM117
+        with Experiment(tmp_path / "exp").lock():
+            pass
+    with experiment.lock():
+        pass
+
+
+def test_lock_of_a_dead_process_is_taken_over(tmp_path):
+    experiment = Experiment(tmp_path / "exp")
+    experiment.dir.mkdir()
+    (experiment.dir / ".lock").write_text(
+        json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()})
+    )
+    with experiment.lock():
+        assert json.loads((experiment.dir / ".lock").read_text())["pid"] == os.getpid()
+
+
+def test_resume_from_iteration_moves_rounds_aside(tmp_path):
+    experiment = Experiment(tmp_path / "exp")
+    for i in range(3):
+        experiment.checkpoint(i).mkdir(parents=True)
+        write_json_atomic(experiment.hard_negatives(i), {"i": i})
+        write_json_atomic(experiment.augmented(i), {"i": i})
+    write_json_atomic(experiment.evaluation_results, {f"iter_{i}": {"r": i} for i in range(3)})
+    moved = experiment.move_rounds_aside(1)
+    assert sorted(p.name for p in moved.iterdir()) == sorted(
+        [
+            "checkpoint_iter_1",
+            "checkpoint_iter_2",
+            "augmented_samples_iter_1.json",
+            "augmented_samples_iter_2.json",
+            "hard_negatives_iter_0.json",
+            "hard_negatives_iter_1.json",
+            "hard_negatives_iter_2.json",
+            "evaluation_results.json",
+        ]
+    )
+    assert experiment.checkpoint(0).is_dir() and experiment.augmented(0).is_file()
+    assert read_json(experiment.evaluation_results) == {"iter_0": {"r": 0}}
+
+
+def test_atomic_json_leaves_no_partial_file(tmp_path):
+    path = tmp_path / "x.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})
+    assert read_json(path) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]

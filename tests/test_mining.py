@@ -1,0 +1,87 @@
+"""Mining keeps and drops exactly the right candidates on hand-built scores."""
+
+import numpy as np
+import pytest
+
+from src.data.records import Triplet
+from src.retrieval.mining import MiningOptions, mine_hard_negatives
+
+NAMES = ["ref", "tgt", "soft", "n1", "n2", "n3", "n4", "n5"]
+
+
+def scores_query(scores: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Gallery rows are one-hot, so a query's scores are its coordinates."""
+    gallery = np.eye(len(NAMES), dtype=np.float32)
+    query = np.array([[scores.get(n, 0.0) for n in NAMES]], dtype=np.float32)
+    return query, gallery
+
+
+TRIPLET = Triplet(
+    "7", "ref", "add a circle", "tgt", target_soft={"tgt": 1.0, "soft": 0.5, "n1": -1.0}
+)
+# reference highest, then n1 > soft > tgt > n2 > n3 > n4 > n5
+SCORES = {
+    "ref": 1.0,
+    "n1": 0.9,
+    "soft": 0.8,
+    "tgt": 0.7,
+    "n2": 0.6,
+    "n3": 0.5,
+    "n4": 0.4,
+    "n5": 0.3,
+}
+
+
+def mine(**options):
+    query, gallery = scores_query(SCORES)
+    return mine_hard_negatives(query, gallery, NAMES, [TRIPLET], MiningOptions(**options))
+
+
+def kept(result):
+    return [n["image"] for n in result["queries"]["7"]["negatives"]]
+
+
+def test_reference_target_and_soft_positives_are_never_negatives():
+    result = mine(k=4)
+    assert kept(result) == ["n1", "n2", "n3", "n4"]
+    query = result["queries"]["7"]
+    assert query["target_rank"] == 3 and query["target_score"] == pytest.approx(0.7)
+    assert result["stats"]["removed_by_filter"]["soft_positive"] == 1
+    assert result["stats"]["removed_by_filter"]["target"] == 1
+
+
+def test_margin_drops_candidates_scoring_above_margin_times_target():
+    result = mine(k=2, margin=1.0)
+    assert kept(result) == ["n2", "n3"]
+    assert result["stats"]["removed_by_filter"]["margin"] == 1
+
+
+def test_skip_top_skips_the_first_eligible_ranks():
+    assert kept(mine(k=2, skip_top=2)) == ["n3", "n4"]
+
+
+def test_failures_scope_skips_queries_ranked_first():
+    query, gallery = scores_query({"tgt": 1.0, "n1": 0.5})
+    result = mine_hard_negatives(query, gallery, NAMES, [TRIPLET], MiningOptions(k=2))
+    assert result["queries"] == {} and result["stats"]["num_mined"] == 0
+    result = mine_hard_negatives(query, gallery, NAMES, [TRIPLET], MiningOptions(k=2, scope="all"))
+    assert kept(result) == ["n1", "n2"]
+
+
+def test_random_source_is_seeded_and_respects_exclusions():
+    first, second = mine(k=3, source="random", seed=5), mine(k=3, source="random", seed=5)
+    assert kept(first) == kept(second)
+    assert not set(kept(first)) & {"ref", "tgt", "soft"}
+
+
+def test_stats_report_rank_histogram_and_recall():
+    stats = mine(k=1)["stats"]
+    assert stats["target_rank_histogram"]["2-5"] == 1
+    assert stats["train_recall@1"] == 0.0 and stats["train_recall@5"] == 100.0
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="mine_scope"):
+        MiningOptions(scope="some")
+    with pytest.raises(ValueError, match="negative_source"):
+        MiningOptions(source="other")
