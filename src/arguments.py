@@ -187,6 +187,53 @@ class IterativeArguments:
             "(skip augmentation). Default: scene_oracle on the synthetic benchmark."
         },
     )
+    foundation_batch_size: int = field(default=8, metadata={"help": "Pairs per generation batch."})
+    foundation_max_pixels: int = field(
+        default=448 * 448,
+        metadata={"help": "Pixel budget per image given to the foundation model."},
+    )
+    prompt_mode: str = field(
+        default="direct",
+        metadata={
+            "help": "direct: answer with the new text; cot: reason first, then the text after a marker."
+        },
+    )
+    max_new_tokens: int = field(
+        default=48, metadata={"help": "Generation length limit (cot needs more)."}
+    )
+    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
+    generation_temperature: float = field(
+        default=0.7, metadata={"help": "Sampling temperature (with --do_sample)."}
+    )
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling (with --do_sample)."})
+    augment_pairs_per_query: int = field(
+        default=1, metadata={"help": "Hard negatives per mined query that get a new text."}
+    )
+    max_augmented_per_iteration: int | None = field(
+        default=None, metadata={"help": "Cap on (query, hard negative) pairs captioned per round."}
+    )
+    verify_augmented: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep a new triplet only if the current embedder ranks its target above the original target."
+        },
+    )
+    consistency_filter: bool = field(
+        default=False,
+        metadata={
+            "help": "Ask the foundation model yes/no questions about each new triplet; flags false negatives."
+        },
+    )
+    augmented_pool: str = field(
+        default="current",
+        metadata={
+            "help": "current: train round i on round i's new triplets; cumulative: on those of rounds 1..i."
+        },
+    )
+    augment_flush_every: int = field(
+        default=32,
+        metadata={"help": "Write the partial augmentation file every N generated pairs."},
+    )
 
 
 def default_training_arguments() -> dict:

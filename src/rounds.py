@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments
+from transformers import TrainingArguments, set_seed
 
 from src.arguments import DataArguments, IterativeArguments, ModelArguments
-from src.augment.stage import run_augmentation
+from src.augment.stage import augmented_training_samples, run_augmentation
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.data.loading import load_split
 from src.data.records import Split, Triplet
@@ -178,6 +178,7 @@ def train_stage(job: Job, iteration: int) -> None:
         if checkpoint.exists():
             experiment.move_rounds_aside(iteration)
         start_from = job.model_path if iteration == 0 else experiment.checkpoint(iteration - 1)
+        set_seed(job.training_args.seed)
         encoder = _new_encoder(job, start_from)
         triplets, negatives = training_samples(job, iteration)
         dataset = ComposedRetrievalDataset(
@@ -250,18 +251,11 @@ def training_samples(job: Job, iteration: int) -> tuple[list[Triplet], dict[str,
         return triplets, {}
     mined = read_json(job.experiment.hard_negatives(iteration - 1))["queries"]
     negatives = {pairid: [n["image"] for n in q["negatives"]] for pairid, q in mined.items()}
-    for sample in read_json(job.experiment.augmented(iteration))["samples"]:
-        triplets.append(
-            Triplet(
-                pairid=sample["pairid"],
-                reference=sample["reference"],
-                caption=sample["caption"],
-                target=sample["target"],
-                source=f"augmented:{iteration}",
-            )
-        )
-        negatives[sample["pairid"]] = [sample["original_target"]]
-    return triplets, negatives
+    augmented = augmented_training_samples(job.experiment, iteration, job.iter_args.augmented_pool)
+    for pairid, images in augmented.false_negatives.items():
+        negatives[pairid] = [n for n in negatives.get(pairid, []) if n not in images]
+    negatives.update(augmented.negatives)
+    return triplets + augmented.triplets, negatives
 
 
 def mining_options(job: Job) -> MiningOptions:

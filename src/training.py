@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import re
+import shutil
 from pathlib import Path
 
 from transformers import TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from src.data.collator import ContrastiveCollator
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
@@ -52,8 +54,32 @@ def train_round(
         grad_cache=loss.grad_cache,
         group_by_reference=loss.group_by_reference,
     )
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    last = last_complete_checkpoint(output_dir)
     if last:
         logger.info("resuming training from %s", last)
     result = trainer.train(resume_from_checkpoint=last)
     return {"train_loss": result.training_loss, "steps": result.global_step, "resumed_from": last}
+
+
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    """The newest `checkpoint-N` that the Trainer finished writing, or None.
+
+    The Trainer writes trainer_state.json last, so a checkpoint without a readable one was
+    interrupted mid-save: it is removed (it holds nothing that can be resumed) and the
+    previous one is used.
+    """
+    if not output_dir.is_dir():
+        return None
+    numbered = []
+    for path in output_dir.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and path.is_dir():
+            numbered.append((int(match.group(1)), path))
+    for _, path in sorted(numbered, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            return str(path)
+        except (OSError, ValueError):
+            logger.warning("removing %s: interrupted while it was being saved", path)
+            shutil.rmtree(path)
+    return None

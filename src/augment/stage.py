@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from src.data.records import Triplet
 from src.data.synthetic import describe_difference, load_scenes
 from src.distributed import barrier, rank
 from src.experiment_io import read_json, write_json_atomic
@@ -121,3 +123,42 @@ def run_augmentation(job, iteration: int) -> None:
         stats,
     )
     barrier()
+
+
+@dataclass
+class AugmentedSamples:
+    """What the augmentation stage adds to a round's training data."""
+
+    triplets: list[Triplet] = field(default_factory=list)
+    negatives: dict[str, list[str]] = field(default_factory=dict)
+    false_negatives: dict[str, list[str]] = field(default_factory=dict)
+
+
+def augmented_training_samples(experiment, iteration: int, pool: str) -> AugmentedSamples:
+    """The augmented triplets that round `iteration` trains on.
+
+    `pool="current"` takes round `iteration`'s file only; `"cumulative"` those of rounds
+    1..iteration. Each new triplet's hard negative is its source query's original target,
+    which the new text no longer describes. Mined negatives flagged as likely false
+    negatives (by the consistency check) are reported so the round drops them.
+    """
+    if pool not in ("current", "cumulative"):
+        raise ValueError(f"--augmented_pool must be current or cumulative, not {pool!r}")
+    rounds = [iteration] if pool == "current" else range(1, iteration + 1)
+    result = AugmentedSamples()
+    for i in rounds:
+        payload = read_json(experiment.augmented(i))
+        for sample in payload["samples"]:
+            result.triplets.append(
+                Triplet(
+                    pairid=sample["pairid"],
+                    reference=sample["reference"],
+                    caption=sample["caption"],
+                    target=sample["target"],
+                    source=f"augmented:{i}",
+                )
+            )
+            result.negatives[sample["pairid"]] = [sample["original_target"]]
+        if i == iteration:
+            result.false_negatives = payload.get("false_negatives", {})
+    return result
