@@ -95,6 +95,14 @@ def _load_hf_model(path: str | Path, backbone: Backbone, dtype: torch.dtype) -> 
     return backbone.model_class.from_pretrained(str(path), dtype=dtype)
 
 
+def freeze_unused_head(model: nn.Module) -> None:
+    """Freeze the language-model head, which an embedder never runs (unless tied to the input
+    embeddings). Left trainable it would get no gradient, which DDP reports as an error."""
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and head.weight is not embeddings.weight:
+        head.weight.requires_grad_(False)
+
+
 def build_encoder(
     model_name: str | Path,
     backbone: str | None = None,
@@ -122,6 +130,7 @@ def build_encoder(
         lora_target_modules=list(lora_target_modules or DEFAULT_LORA_TARGETS),
     )
     model = _load_hf_model(model_name, get_backbone(backbone_name), resolve_dtype(dtype))
+    freeze_unused_head(model)
     if lora:
         peft_config = LoraConfig(
             r=lora_r,
