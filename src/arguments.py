@@ -5,6 +5,7 @@ A `--config preset.json` may set any field; flags given on the command line win 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
@@ -242,7 +243,7 @@ def default_training_arguments() -> dict:
         "output_dir": "experiments/_trainer",
         "per_device_train_batch_size": 32,
         "learning_rate": 3e-4,
-        "num_train_epochs": 1.0,
+        "num_train_epochs": 4.0,
         "lr_scheduler_type": "constant_with_warmup",
         "warmup_steps": 10,
         "logging_steps": 10,
@@ -272,7 +273,11 @@ def parse_arguments(
         if not config_path.is_file():
             raise FileNotFoundError(f"--config {config_path}: no such file")
         preset = json.loads(config_path.read_text())
-        known = {action.dest for action in parser._actions}
+        known = {
+            f.name
+            for group in (ModelArguments, DataArguments, IterativeArguments, TrainingArguments)
+            for f in dataclasses.fields(group)
+        }
         unknown = sorted(set(preset) - known)
         if unknown:
             raise ValueError(f"--config {config_path}: unknown keys {unknown}")

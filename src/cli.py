@@ -17,7 +17,7 @@ from src.model.encoder import load_encoder
 from src.report import format_table, plot_results
 from src.retrieval.encode import EmbeddingCache
 from src.retrieval.evaluate import encode_split, split_metrics, submission_files
-from src.rounds import _stage_meta, resolve_job, run_job
+from src.rounds import checkpoint_meta, resolve_job, run_job
 
 EVAL_DATASETS = {
     "cirr_val": ("cirr", "val"),
@@ -118,7 +118,7 @@ def eval_main(argv: list[str] | None = None) -> int:
             split.triplets,
             dataset_name,
             EmbeddingCache(experiment.embeddings_dir),
-            _stage_meta(checkpoint)["fingerprint"],
+            checkpoint_meta(checkpoint)["fingerprint"],
             args.batch_size,
         )
         if split.has_labels:

@@ -12,10 +12,12 @@ the stages that run are appended to stages.jsonl.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,20 +67,13 @@ class Job:
         return (Path(self.dataset_path) / "scenes.json").is_file()
 
 
-def _stage(name: str):
+@contextlib.contextmanager
+def _stage(name: str) -> Iterator[None]:
     """Announce a stage, time it, and log a one-line summary when it ends."""
-
-    class _Timer:
-        def __enter__(self):
-            self.start = time.perf_counter()
-            logger.info("== %s", name)
-            return self
-
-        def __exit__(self, *exc):
-            if exc[0] is None:
-                logger.info("== %s done in %.1f s", name, time.perf_counter() - self.start)
-
-    return _Timer()
+    start = time.perf_counter()
+    logger.info("== %s", name)
+    yield
+    logger.info("== %s done in %.1f s", name, time.perf_counter() - start)
 
 
 def resolve_job(
@@ -139,7 +134,8 @@ def all_arguments(job: Job) -> dict:
     return arguments
 
 
-def _stage_meta(checkpoint: Path) -> dict | None:
+def checkpoint_meta(checkpoint: Path) -> dict | None:
+    """The stage.json of a finished checkpoint_iter_i (None while it is not finished)."""
     meta_file = checkpoint / "stage.json"
     return read_json(meta_file) if meta_file.is_file() else None
 
@@ -170,7 +166,7 @@ def train_stage(job: Job, iteration: int) -> None:
     """Train round `iteration` into checkpoint_iter_{iteration} unless it is already there."""
     experiment, config = job.experiment, result_config(all_arguments(job))
     checkpoint = experiment.checkpoint(iteration)
-    meta = _stage_meta(checkpoint)
+    meta = checkpoint_meta(checkpoint)
     if meta is not None and (meta["config"] == config or job.iter_args.allow_config_change):
         logger.info("round %d: %s is done, skipping training", iteration, checkpoint.name)
         return
@@ -275,7 +271,7 @@ def mine_stage(job: Job, iteration: int) -> None:
     experiment = job.experiment
     output = experiment.hard_negatives(iteration)
     checkpoint = experiment.checkpoint(iteration)
-    fingerprint = _stage_meta(checkpoint)["fingerprint"]
+    fingerprint = checkpoint_meta(checkpoint)["fingerprint"]
     options = dataclasses.asdict(mining_options(job))
     if output.is_file():
         meta = read_json(output)["meta"]
@@ -365,7 +361,7 @@ def evaluate_stage(job: Job, iteration: int) -> dict[str, float]:
             job.val_split.triplets,
             job.instruction_set,
             EmbeddingCache(experiment.embeddings_dir),
-            _stage_meta(checkpoint)["fingerprint"],
+            checkpoint_meta(checkpoint)["fingerprint"],
             job.iter_args.encode_batch_size,
             job.training_args.dataloader_num_workers,
         )
