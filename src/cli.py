@@ -41,7 +41,9 @@ def setup_logging() -> None:
 def train_main(argv: list[str] | None = None) -> int:
     setup_logging()
     start = time.perf_counter()
-    job = resolve_job(*parse_arguments(argv))
+    model_args, data_args, iter_args, training_args = parse_arguments(argv)
+    training_args.device  # noqa: B018  (sets up the process group under torchrun / accelerate)
+    job = resolve_job(model_args, data_args, iter_args, training_args)
     results = run_job(job)
     print("\n" + format_table(results))
     plot = plot_results(

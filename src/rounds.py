@@ -92,6 +92,8 @@ def resolve_job(
             data_args.synthetic_test_images = FAST_MODE["test_images"]
         data_args.max_train_samples = data_args.max_train_samples or 200
         data_args.max_eval_samples = data_args.max_eval_samples or 100
+    if rank() != 0:
+        barrier()  # wait while rank 0 builds the offline assets, then reuse them
     model_path = model_args.model_name or str(
         offline_model(data_args.cache_dir, data_args.image_size, seed=0)
     )
@@ -104,6 +106,8 @@ def resolve_job(
             data_args.image_size,
         )
     )
+    if rank() == 0:
+        barrier()
     model_label = "tiny_qwen2_vl" if model_args.model_name is None else Path(model_path).name
     dataset_label = "synthetic" if data_args.dataset_path is None else data_args.dataset_name
     directory = iter_args.experiment_dir or f"experiments/{model_label}_{dataset_label}_iterative"
@@ -171,8 +175,9 @@ def train_stage(job: Job, iteration: int) -> None:
         logger.info("round %d: %s is done, skipping training", iteration, checkpoint.name)
         return
     with _stage(f"round {iteration}: training -> {checkpoint.name}"):
-        if checkpoint.exists():
+        if checkpoint.exists() and rank() == 0:
             experiment.move_rounds_aside(iteration)
+        barrier()
         start_from = job.model_path if iteration == 0 else experiment.checkpoint(iteration - 1)
         set_seed(job.training_args.seed)
         encoder = _new_encoder(job, start_from)
@@ -383,11 +388,14 @@ def evaluate_stage(job: Job, iteration: int) -> dict[str, float]:
 def run_job(job: Job) -> dict:
     """Run (or resume) every round; returns evaluation_results."""
     experiment, args = job.experiment, job.iter_args
-    with experiment.lock():
-        experiment.start(all_arguments(job), args.auto_resume, args.allow_config_change)
-        if args.resume_from_iteration is not None:
-            moved = experiment.move_rounds_aside(args.resume_from_iteration)
-            logger.info("rounds >= %d moved aside to %s", args.resume_from_iteration, moved)
+    resuming = args.auto_resume or args.resume_from_iteration is not None
+    with experiment.lock() if rank() == 0 else contextlib.nullcontext():
+        if rank() == 0:
+            experiment.start(all_arguments(job), resuming, args.allow_config_change)
+            if args.resume_from_iteration is not None:
+                moved = experiment.move_rounds_aside(args.resume_from_iteration)
+                logger.info("rounds >= %d moved aside to %s", args.resume_from_iteration, moved)
+        barrier()
         logger.info("experiment directory: %s", experiment.dir)
         train_stage(job, 0)
         evaluate_stage(job, 0)

@@ -1,4 +1,4 @@
-"""A short real run of the whole job, then eval_iterative.py on its checkpoints."""
+"""A fast-mode run of the whole job (2 rounds), then eval_iterative.py on its checkpoints."""
 
 import json
 
@@ -18,11 +18,10 @@ def run_args(tiny_qwen, small_benchmark, experiment_dir, *extra):
         "--dataset_path", str(small_benchmark),
         "--experiment_dir", str(experiment_dir),
         "--num_iterations", "2",
-        "--max_steps", "3",
+        "--fast_mode",
         "--batch_size", "8",
         "--num_hard_negatives", "2",
         "--dataloader_num_workers", "0",
-        "--save_steps", "2",
         "--encode_batch_size", "32",
         *extra,
     ]  # fmt: skip

@@ -1,5 +1,7 @@
 """Mining keeps and drops exactly the right candidates on hand-built scores."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -85,3 +87,24 @@ def test_bad_options_are_refused():
         MiningOptions(scope="some")
     with pytest.raises(ValueError, match="negative_source"):
         MiningOptions(source="other")
+
+
+def test_mined_file_round_trips_into_the_next_rounds_negatives(tmp_path):
+    from src.experiment_io import read_json, write_json_atomic
+
+    result = mine(k=2)
+    path = tmp_path / "hard_negatives_iter_0.json"
+    write_json_atomic(
+        path,
+        {
+            "meta": {"options": result["options"]},
+            "stats": result["stats"],
+            "queries": result["queries"],
+        },
+    )
+    loaded = read_json(path)
+    assert loaded["queries"] == result["queries"] and loaded["stats"] == result["stats"]
+
+
+def test_triplet_round_trip():
+    assert Triplet.from_dict(json.loads(json.dumps(TRIPLET.to_dict()))) == TRIPLET
