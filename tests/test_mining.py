@@ -108,3 +108,14 @@ def test_mined_file_round_trips_into_the_next_rounds_negatives(tmp_path):
 
 def test_triplet_round_trip():
     assert Triplet.from_dict(json.loads(json.dumps(TRIPLET.to_dict()))) == TRIPLET
+
+
+def test_a_query_whose_target_is_its_reference_is_mined_without_error():
+    degenerate = Triplet("8", "tgt", "keep it", "tgt")
+    query, gallery = scores_query(SCORES)
+    result = mine_hard_negatives(query, gallery, NAMES, [degenerate], MiningOptions(k=2, scope="all"))
+    assert "tgt" not in kept_of(result, "8") and len(kept_of(result, "8")) == 2
+
+
+def kept_of(result, pairid):
+    return [n["image"] for n in result["queries"][pairid]["negatives"]]

@@ -91,7 +91,7 @@ def query_rows(
     )
 
 
-class _RowDataset(Dataset):
+class RowDataset(Dataset):
     def __init__(self, rows: EncodingRows, indices: list[int]):
         self.rows = rows
         self.indices = indices
@@ -105,7 +105,7 @@ class _RowDataset(Dataset):
 
 
 @dataclass
-class _PackRows:
+class PackRows:
     collator: ContrastiveCollator
 
     def __call__(self, items: list[tuple]) -> tuple[torch.Tensor, object]:
@@ -128,10 +128,10 @@ def encode_rows(
     indices = list(range(this_rank, len(rows.names), world))
     collator = ContrastiveCollator(encoder.processor, encoder.backbone)
     loader = DataLoader(
-        _RowDataset(rows, indices),
+        RowDataset(rows, indices),
         batch_size=batch_size,
         num_workers=num_workers,
-        collate_fn=_PackRows(collator),
+        collate_fn=PackRows(collator),
     )
     device = next(encoder.parameters()).device
     was_training = encoder.training

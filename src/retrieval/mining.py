@@ -99,7 +99,8 @@ def mine_hard_negatives(
         raise ValueError(
             f"reference or target of {len(missing)} queries not in the gallery: {missing[:5]}"
         )
-    references = [[index[t.reference]] for t in triplets]
+    # The reference is never a candidate, except for a (degenerate) query whose target it is.
+    references = [[index[t.reference]] if t.reference != t.target else [] for t in triplets]
     ranks, target_scores = target_ranks(
         query_emb,
         gallery_emb,

@@ -145,9 +145,13 @@ def _prepare(
     return q, g, excl, cand
 
 
-def _chunks(num_queries: int, chunk_size: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, num_queries, chunk_size):
-        yield start, min(start + chunk_size, num_queries)
+def _chunks(
+    q: torch.Tensor, g: torch.Tensor, chunk_size: int
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (start, end, score buffer) for every chunk of queries."""
+    buffer = torch.empty((min(chunk_size, q.shape[0]), g.shape[0]), device=g.device)
+    for start in range(0, q.shape[0], chunk_size):
+        yield start, min(start + chunk_size, q.shape[0]), buffer
 
 
 def _mask_excluded(scores: torch.Tensor, excl: _RowLists, start: int, end: int) -> None:
@@ -175,15 +179,16 @@ def _chunk_scores(
     end: int,
     excl: _RowLists | None,
     cand: _RowLists | None,
+    buffer: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Scores of queries start..end-1 on the gallery's device.
+    """Scores of queries start..end-1 on the gallery's device, computed into ``buffer``.
 
     Without ``cand``: against the whole gallery, excluded items at -inf, and None. With it:
     against each query's candidates (see ``_gather_candidates``) and their gallery indices.
-    Callers keep the (n, G) block inside one function call, so that it is freed before the
-    next chunk's is made and at most one exists at a time.
+    Every chunk reuses the one (chunk_size, G) buffer: no fresh allocation (and page
+    faults) per chunk, and never two blocks at once.
     """
-    scores = q[start:end].to(g.device) @ g.T
+    scores = torch.mm(q[start:end].to(g.device), g.T, out=buffer[: end - start])
     if cand is not None:
         return _gather_candidates(scores, cand, start, end)
     if excl is not None:
@@ -279,8 +284,10 @@ def search_topk(
     g = g.to(_resolve_device(device))
     out_scores = np.empty((q.shape[0], k), dtype=np.float32)
     out_indices = np.empty((q.shape[0], k), dtype=np.int64)
-    for start, end in _chunks(q.shape[0], chunk_size):
-        out_scores[start:end], out_indices[start:end] = _topk_chunk(q, g, k, start, end, excl, cand)
+    for start, end, buffer in _chunks(q, g, chunk_size):
+        out_scores[start:end], out_indices[start:end] = _topk_chunk(
+            q, g, k, start, end, excl, cand, buffer
+        )
     return out_scores, out_indices
 
 
@@ -292,8 +299,10 @@ def _topk_chunk(
     end: int,
     excl: _RowLists | None,
     cand: _RowLists | None,
+    buffer: torch.Tensor,
 ) -> tuple[np.ndarray, np.ndarray]:
-    scores, gallery_index = _chunk_scores(q, g, start, end, excl, cand)
+    """Top-k scores and gallery indices of queries start..end-1."""
+    scores, gallery_index = _chunk_scores(q, g, start, end, excl, cand, buffer)
     values, cols = _exact_topk(scores, k)
     if gallery_index is not None:
         cols = gallery_index.gather(1, cols)
@@ -393,9 +402,9 @@ def target_ranks(
     g = g.to(_resolve_device(device))
     ranks = np.empty(num_q, dtype=np.int64)
     target_scores = np.empty(num_q, dtype=np.float32)
-    for start, end in _chunks(num_q, chunk_size):
+    for start, end, buffer in _chunks(q, g, chunk_size):
         ranks[start:end], target_scores[start:end] = _rank_chunk(
-            q, g, columns[start:end], start, end, excl, cand
+            q, g, columns[start:end], start, end, excl, cand, buffer
         )
     return ranks, target_scores
 
@@ -408,9 +417,10 @@ def _rank_chunk(
     end: int,
     excl: _RowLists | None,
     cand: _RowLists | None,
+    buffer: torch.Tensor,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ranks and scores of the targets at ``columns`` of queries start..end-1's scores."""
-    scores, _ = _chunk_scores(q, g, start, end, excl, cand)
+    scores, _ = _chunk_scores(q, g, start, end, excl, cand, buffer)
     column = torch.from_numpy(columns).to(g.device).unsqueeze(1)
     own = scores.gather(1, column)
     earlier = torch.arange(scores.shape[1], device=g.device) < column
