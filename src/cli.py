@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from src.arguments import parse_arguments
 from src.data.loading import load_split
+from src.distributed import rank
 from src.experiment import CONFIG_NAME, Experiment
 from src.experiment_io import read_json, write_json_atomic
 from src.model.encoder import load_encoder
@@ -27,8 +29,10 @@ EVAL_DATASETS = {
 
 
 def setup_logging() -> None:
+    """INFO on the main process; other processes (torchrun ranks) report warnings only."""
+    main_process = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(
-        level=logging.INFO,
+        level=logging.INFO if main_process else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stdout,
@@ -45,13 +49,13 @@ def train_main(argv: list[str] | None = None) -> int:
     training_args.device  # noqa: B018  (sets up the process group under torchrun / accelerate)
     job = resolve_job(model_args, data_args, iter_args, training_args)
     results = run_job(job)
-    print("\n" + format_table(results))
-    plot = plot_results(
-        results, job.experiment.dir / "evaluation_results.png", str(job.experiment.dir)
-    )
-    print(
-        f"\nexperiment directory: {job.experiment.dir} (plot: {plot.name}); {time.perf_counter() - start:.0f} s"
-    )
+    if rank() == 0:
+        print("\n" + format_table(results))
+        plot = plot_results(
+            results, job.experiment.dir / "evaluation_results.png", str(job.experiment.dir)
+        )
+        elapsed = time.perf_counter() - start
+        print(f"\nexperiment directory: {job.experiment.dir} (plot: {plot.name}); {elapsed:.0f} s")
     return 0
 
 

@@ -134,7 +134,10 @@ def all_arguments(job: Job) -> dict:
     for group in (job.model_args, job.data_args, job.iter_args):
         arguments.update(dataclasses.asdict(group))
     arguments.update(job.training_args.to_dict())
-    arguments.update(model_name=job.model_path, dataset_path=job.dataset_path)
+    arguments.update(
+        model_name=str(Path(job.model_path).resolve()),
+        dataset_path=str(Path(job.dataset_path).resolve()),
+    )
     return arguments
 
 
