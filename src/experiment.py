@@ -44,6 +44,8 @@ OPERATIONAL_KEYS = frozenset(
         "allow_config_change",
         "num_iterations",
         "encode_batch_size",
+        "foundation_batch_size",
+        "augment_flush_every",
         "output_dir",
         "logging_dir",
         "logging_steps",

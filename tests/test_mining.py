@@ -113,7 +113,9 @@ def test_triplet_round_trip():
 def test_a_query_whose_target_is_its_reference_is_mined_without_error():
     degenerate = Triplet("8", "tgt", "keep it", "tgt")
     query, gallery = scores_query(SCORES)
-    result = mine_hard_negatives(query, gallery, NAMES, [degenerate], MiningOptions(k=2, scope="all"))
+    result = mine_hard_negatives(
+        query, gallery, NAMES, [degenerate], MiningOptions(k=2, scope="all")
+    )
     assert "tgt" not in kept_of(result, "8") and len(kept_of(result, "8")) == 2
 
 

@@ -2,11 +2,15 @@
 
 Change any text here and bump PROMPT_VERSION: the version goes into the meta of every
 augmented_samples file, so a resumed run can tell texts written by another prompt.
+Every fixed text is listed in `corpus_texts()`, which the tiny models' tokenizer is
+trained on (src/model/tokenizer_corpus.py).
 """
 
 from __future__ import annotations
 
-PROMPT_VERSION = "caption-v1"
+PROMPT_VERSION = "caption-v2"
+
+PROMPT_MODES = ("direct", "cot")
 
 # The marker that ends the reasoning of the `cot` mode; the parser keeps what follows it.
 FINAL_MARKER = "Final text:"
@@ -15,7 +19,7 @@ TWO_IMAGES_INTRO = (
     "The first image is the reference image and the second image is the target image."
 )
 SIDE_BY_SIDE_INTRO = (
-    "The picture shows two images side by side, split by a white bar: the left image is "
+    "The picture shows two images side by side, split by a vertical bar: the left image is "
     "the reference image and the right image is the target image."
 )
 
@@ -36,13 +40,15 @@ QUESTION = (
     "image? Answer yes or no."
 )
 
-PROMPT_MODES = ("direct", "cot")
+# The answers whose first-token probabilities the consistency check reads.
+YES_ANSWERS = ("yes", "Yes", "YES")
+NO_ANSWERS = ("no", "No", "NO")
 
 
 def caption_prompt(original: str, mode: str, side_by_side: bool) -> str:
     """The user text of a captioning request (the images are attached separately)."""
     if mode not in PROMPT_MODES:
-        raise ValueError(f"unknown prompt mode {mode!r}; choose one of {PROMPT_MODES}")
+        raise ValueError(f"unknown --prompt_mode {mode!r}; choose one of {PROMPT_MODES}")
     intro = SIDE_BY_SIDE_INTRO if side_by_side else TWO_IMAGES_INTRO
     instruction = DIRECT_INSTRUCTION if mode == "direct" else COT_INSTRUCTION
     return f"{intro} {TASK.format(original=original)} {instruction}"
@@ -64,8 +70,6 @@ def corpus_texts() -> list[str]:
         COT_INSTRUCTION,
         QUESTION,
         FINAL_MARKER,
-        "yes",
-        "no",
-        "Yes",
-        "No",
+        *YES_ANSWERS,
+        *NO_ANSWERS,
     ]

@@ -1,0 +1,83 @@
+"""Which (query, hard negative) pairs of a round get a new modification text."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from src.data.records import Triplet
+
+
+@dataclass(frozen=True)
+class CaptionPair:
+    """One captioning request: turn `reference` into the mined `negative`.
+
+    `pairid` is the new triplet's id, unique over rounds: aug{round}_{source pairid}_{j}
+    where j is the negative's place in the query's mined list.
+    """
+
+    pairid: str
+    source_pairid: str
+    reference: str
+    reference_path: str
+    negative: str
+    negative_path: str
+    original_caption: str
+    original_target: str | None
+
+
+def select_pairs(
+    triplets: list[Triplet],
+    images: dict[str, str],
+    mined: dict[str, dict],
+    iteration: int,
+    per_query: int,
+    limit: int | None,
+) -> tuple[list[CaptionPair], int]:
+    """The pairs to caption and how many there were before `limit`.
+
+    Each mined query gives its first `per_query` negatives. The pairs are ordered by the
+    negative's place first (every query's hardest negative, then every query's second,
+    ...), so that a `limit` keeps as many different queries as it can.
+    """
+    if per_query < 1:
+        raise ValueError(f"--augment_pairs_per_query must be at least 1, got {per_query}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"--max_augmented_per_iteration must be >= 0, got {limit}")
+    by_pairid = {t.pairid: t for t in triplets}
+    missing = [pairid for pairid in mined if pairid not in by_pairid]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} mined queries (e.g. {missing[0]!r}) are not in the training split; "
+            "the hard negatives were mined on other data (see --max_train_samples)"
+        )
+    pairs = []
+    for j in range(per_query):
+        for pairid, query in mined.items():
+            if j >= len(query["negatives"]):
+                continue
+            triplet, negative = by_pairid[pairid], query["negatives"][j]["image"]
+            pairs.append(
+                CaptionPair(
+                    pairid=f"aug{iteration}_{pairid}_{j}",
+                    source_pairid=pairid,
+                    reference=triplet.reference,
+                    reference_path=images[triplet.reference],
+                    negative=negative,
+                    negative_path=images[negative],
+                    original_caption=triplet.caption,
+                    original_target=triplet.target,
+                )
+            )
+    return (pairs if limit is None else pairs[:limit]), len(pairs)
+
+
+def pairs_digest(pairs: list[CaptionPair]) -> str:
+    """A digest of the requests, so a cached or partial file is reused only for the same ones.
+
+    Image paths are left out: moving the dataset does not change what is asked.
+    """
+    fields = ("pairid", "reference", "negative", "original_caption", "original_target")
+    payload = json.dumps([[getattr(p, f) for f in fields] for p in pairs])
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]

@@ -1,0 +1,260 @@
+"""The augmentation's pure parts on hand-written inputs: pair selection, clean-up and
+rejection rules, the `cot` parser, the consistency verdicts and yes/no probabilities."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from src.augment.cleaning import (
+    MIN_WORD_LIMIT,
+    REJECTION_REASONS,
+    clean_text,
+    filter_generations,
+    final_text,
+    judge,
+)
+from src.augment.consistency import answer_token_ids, apply_answers, verdict, yes_probability
+from src.augment.pairs import CaptionPair, pairs_digest, select_pairs
+from src.data.records import Triplet
+
+ORIGINAL = "make the dog brown and put it on grass"
+
+
+def pair(
+    pairid: str, reference: str = "ref", negative: str = "neg", source: str = "q"
+) -> CaptionPair:
+    return CaptionPair(
+        pairid,
+        source,
+        reference,
+        f"/{reference}.png",
+        negative,
+        f"/{negative}.png",
+        ORIGINAL,
+        "tgt",
+    )
+
+
+# ---------------------------------------------------------------- pairs
+
+
+def mined_queries() -> dict:
+    return {
+        "q1": {"negatives": [{"image": "a1"}, {"image": "a2"}, {"image": "a3"}]},
+        "q2": {"negatives": [{"image": "b1"}]},
+        "q3": {"negatives": [{"image": "c1"}, {"image": "c2"}]},
+    }
+
+
+TRIPLETS = [Triplet(f"q{i}", f"r{i}", f"caption {i}", f"t{i}") for i in (1, 2, 3)]
+IMAGES = {n: f"/img/{n}.png" for n in ("r1", "r2", "r3", "a1", "a2", "a3", "b1", "c1", "c2")}
+
+
+def test_pairs_take_each_querys_hardest_negatives_first():
+    pairs, available = select_pairs(TRIPLETS, IMAGES, mined_queries(), 2, per_query=2, limit=None)
+    assert available == 5
+    assert [(p.source_pairid, p.negative) for p in pairs] == [
+        ("q1", "a1"), ("q2", "b1"), ("q3", "c1"), ("q1", "a2"), ("q3", "c2"),
+    ]  # fmt: skip
+    assert pairs[0].pairid == "aug2_q1_0" and pairs[3].pairid == "aug2_q1_1"
+    assert pairs[0].reference == "r1" and pairs[0].original_caption == "caption 1"
+    assert pairs[0].original_target == "t1" and pairs[0].negative_path == "/img/a1.png"
+    assert len({p.pairid for p in pairs}) == len(pairs)
+
+
+def test_pair_limit_keeps_the_most_queries():
+    pairs, available = select_pairs(TRIPLETS, IMAGES, mined_queries(), 1, per_query=3, limit=3)
+    assert available == 6
+    assert [p.source_pairid for p in pairs] == ["q1", "q2", "q3"]
+
+
+def test_pairs_refuse_queries_missing_from_the_split_and_bad_counts():
+    with pytest.raises(ValueError, match="not in the training split"):
+        select_pairs(TRIPLETS[:1], IMAGES, mined_queries(), 1, 1, None)
+    with pytest.raises(ValueError, match="--augment_pairs_per_query"):
+        select_pairs(TRIPLETS, IMAGES, mined_queries(), 1, 0, None)
+
+
+def test_pairs_digest_follows_the_requests_not_the_paths():
+    pairs, _ = select_pairs(TRIPLETS, IMAGES, mined_queries(), 1, 1, None)
+    moved = {name: "/elsewhere" + path for name, path in IMAGES.items()}
+    same, _ = select_pairs(TRIPLETS, moved, mined_queries(), 1, 1, None)
+    fewer, _ = select_pairs(TRIPLETS, IMAGES, mined_queries(), 1, 1, 2)
+    assert pairs_digest(pairs) == pairs_digest(same) != pairs_digest(fewer)
+
+
+# ---------------------------------------------------------------- clean-up
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Make the dog black. Then add a cat.", "Make the dog black."),
+        ("make the dog black\nand some other line", "make the dog black"),
+        ("New modification text: make the dog black", "make the dog black"),
+        ('Sure! Here is the new modification text: "make the dog black"', "make the dog black"),
+        ("**Answer:** make the dog black", "make the dog black"),
+        ("Modification text:\n  make the dog black", "make the dog black"),
+        ("- make the dog black", "make the dog black"),
+        ("1. make the dog black", "make the dog black"),
+        ("“Make the dog black.” It is now black.", "Make the dog black."),
+        ("'make the dog black", "make the dog black"),
+        ("\x1fmake the \ufffd dog  black", "make the dog black"),
+        ("Final text: show two cats", "show two cats"),
+        ("make it say 'hello' on the sign", "make it say 'hello' on the sign"),
+    ],
+)
+def test_clean_text(raw, expected):
+    assert clean_text(raw)[0] == expected
+
+
+def test_clean_text_says_whether_the_text_ended():
+    assert clean_text("make the dog black.")[1]
+    assert clean_text("make the dog black\nmore")[1]
+    assert not clean_text("make the dog black and")[1]
+
+
+@pytest.mark.parametrize(
+    ("raw", "finished", "reason"),
+    [
+        (None, True, "not_describable"),
+        ("", True, "empty"),
+        ('  ""  ', True, "empty"),
+        ("...", True, "empty"),
+        ("Answer:", True, "empty"),
+        ("make the dog black and put", False, "truncated"),
+        ("make the dog black and put", True, None),
+        ("make the dog black. And then", False, None),
+        ("In the second image the dog is black.", True, "mentions_images"),
+        ("The first image shows a dog.", True, "mentions_images"),
+        ("Replace the dog of the left image by a cat", True, "mentions_images"),
+        ("Make the dogs in both images black", True, "mentions_images"),
+        ("put the dog on the right side of the sofa", True, None),
+        (" ".join(["word"] * (MIN_WORD_LIMIT + 1)), True, "too_long"),
+        (" ".join(["word"] * MIN_WORD_LIMIT), True, None),
+        ("Make the dog brown and put it on grass.", True, "copies_original"),
+        ('"make the dog brown, and put it on grass"', True, "copies_original"),
+        ("make the dog white and put it on sand", True, None),
+    ],
+)
+def test_each_rejection_rule(raw, finished, reason):
+    assert judge(raw, ORIGINAL, "direct", finished).reason == reason
+
+
+def test_length_limit_grows_with_a_long_original():
+    long_original = " ".join(["word"] * 20)
+    assert judge(" ".join(["other"] * 50), long_original, "direct", True).reason is None
+    assert judge(" ".join(["other"] * 61), long_original, "direct", True).reason == "too_long"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("The target dog is black.\nFinal text: make the dog black", "make the dog black"),
+        ('The dog is black.\nfinal text: "make the dog black."', "make the dog black."),
+        ("Final text: draft\nFinal text: make the dog black", "make the dog black"),
+        ("It differs.\nFinal text:\nmake the dog black\nbecause", "make the dog black"),
+    ],
+)
+def test_cot_parser(raw, expected):
+    assert judge(raw, ORIGINAL, "cot", True) == judge(expected, ORIGINAL, "direct", True)
+    assert judge(raw, ORIGINAL, "cot", True).text == expected
+
+
+def test_cot_without_marker_is_rejected():
+    assert final_text("make the dog black") is None
+    assert judge("make the dog black", ORIGINAL, "cot", True).reason == "no_final_marker"
+    assert judge("Final text:   ", ORIGINAL, "cot", True).reason == "empty"
+
+
+def test_filter_counts_every_reason_and_rejects_duplicates_per_reference():
+    pairs = [pair(f"p{i}", reference="ref" if i < 4 else "other") for i in range(6)]
+    texts = {
+        "p0": "make the dog black",
+        "p1": "Make the dog black.",  # same text, same reference
+        "p2": "the second image is darker",
+        "p3": None,
+        "p4": "make the dog black",  # same text, another reference
+        "p5": "make the dog",
+    }
+    generations = {k: {"text": v, "finished": k != "p5"} for k, v in texts.items()}
+    kept, rejected, reasons = filter_generations(pairs, generations, "direct")
+    assert [(p.pairid, text) for p, text in kept] == [
+        ("p0", "make the dog black"),
+        ("p4", "make the dog black"),
+    ]
+    assert {p.pairid: j.reason for p, j in rejected} == {
+        "p1": "duplicate",
+        "p2": "mentions_images",
+        "p3": "not_describable",
+        "p5": "truncated",
+    }
+    assert set(reasons) <= set(REJECTION_REASONS)
+    assert sum(reasons.values()) + len(kept) == len(pairs)
+
+
+# ---------------------------------------------------------------- consistency
+
+
+@pytest.mark.parametrize(
+    ("new_yes", "original_yes", "keep", "false_negative", "reason"),
+    [
+        (0.9, 0.1, True, False, None),
+        (0.9, 0.8, False, True, "consistency_false_negative"),
+        (0.2, 0.1, False, False, "consistency_new_text_no"),
+        (0.2, 0.9, False, True, "consistency_false_negative"),
+        (0.5, 0.5, False, False, "consistency_new_text_no"),
+    ],
+)
+def test_consistency_verdicts(new_yes, original_yes, keep, false_negative, reason):
+    decision = verdict(new_yes, original_yes)
+    assert (decision.keep, decision.false_negative, decision.reason) == (
+        keep,
+        false_negative,
+        reason,
+    )
+
+
+def test_consistency_keeps_and_drops_the_right_samples():
+    kept = [
+        (pair("a", negative="n1", source="q1"), "text a"),
+        (pair("b", negative="n2", source="q1"), "text b"),
+        (pair("c", negative="n3", source="q2"), "text c"),
+        (pair("d", negative="n4", source="q1"), "text d"),
+    ]
+    answers = {"a": (0.8, 0.1), "b": (0.9, 0.7), "c": (0.3, 0.2), "d": (0.1, 0.6)}
+    stay, dropped, reasons, false_negatives = apply_answers(kept, answers)
+    assert [p.pairid for p, _ in stay] == ["a"]
+    assert [(p.pairid, reason) for p, _, reason in dropped] == [
+        ("b", "consistency_false_negative"),
+        ("c", "consistency_new_text_no"),
+        ("d", "consistency_false_negative"),
+    ]
+    assert reasons == {"consistency_false_negative": 2, "consistency_new_text_no": 1}
+    assert false_negatives == {"q1": ["n2", "n4"]}
+
+
+def test_yes_probability_reads_yes_against_no():
+    log_p = torch.log(torch.tensor([[0.1, 0.3, 0.1, 0.4, 0.1], [0.6, 0.05, 0.05, 0.1, 0.2]]))
+    probability = yes_probability(log_p + 7.0, yes_ids=[1, 2], no_ids=[3])
+    assert probability.tolist() == pytest.approx([0.4 / 0.8, 0.1 / 0.2])
+    assert math.isclose(yes_probability(torch.zeros(1, 4), [0], [1]).item(), 0.5)
+
+
+class _OneTokenTokenizer:
+    def encode(self, text, add_special_tokens=False):
+        return [7]
+
+
+def test_answer_tokens_must_differ(tiny_qwen):
+    from transformers import AutoTokenizer
+
+    yes, no = answer_token_ids(
+        AutoTokenizer.from_pretrained(tiny_qwen), ("yes", "Yes"), ("no", "No")
+    )
+    assert yes and no and not set(yes) & set(no)
+    with pytest.raises(ValueError, match="cannot tell the answers apart"):
+        answer_token_ids(_OneTokenTokenizer(), ("yes",), ("no",))

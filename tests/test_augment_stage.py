@@ -1,0 +1,465 @@
+"""The augmentation stage of a round: real generation on the tiny checkpoints, resume after
+a kill, the consistency and embedder filters, the defaults, and a fast-mode run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import weakref
+from pathlib import Path
+
+import pytest
+
+import src.augment.stage as stage
+import src.retrieval.encode as encode
+from src.arguments import parse_arguments
+from src.augment.captioners import SceneOracle
+from src.augment.stage import (
+    ALL_REASONS,
+    augmented_training_samples,
+    choose_captioner,
+    partial_files,
+    run_augmentation,
+)
+from src.cli import train_main
+from src.data.records import Triplet
+from src.experiment import Experiment
+from src.experiment_io import read_json, write_json_atomic
+from src.model.encoder import build_encoder
+from src.retrieval.encode import EmbeddingCache, weights_fingerprint
+from src.retrieval.evaluate import encode_split
+from src.rounds import Job, resolve_job, training_samples
+
+NUM_MINED = 4
+ENCODE_ROWS = encode.encode_rows
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ending_models(tiny_model_dirs, tmp_path_factory):
+    """The tiny checkpoints with `forced_eos_token_id` in their generation config: their
+    (gibberish) answers end at the token limit, so clean-up keeps some of them."""
+    root = tmp_path_factory.mktemp("ending")
+    models = {}
+    for backbone in ("qwen2_vl", "llava_next"):
+        directory = shutil.copytree(tiny_model_dirs[backbone], root / backbone)
+        config_file = directory / "generation_config.json"
+        config = json.loads(config_file.read_text())
+        config["forced_eos_token_id"] = config["eos_token_id"]
+        config_file.write_text(json.dumps(config))
+        models[backbone] = directory
+    return models
+
+
+def make_job(tmp_path, model_dir, benchmark, *flags: str) -> Job:
+    """A job whose round 0 has mined the near misses of the first NUM_MINED triplets."""
+    argv = [
+        "--model_name", str(model_dir),
+        "--dataset_path", str(benchmark),
+        "--experiment_dir", str(tmp_path / "exp"),
+        "--dataloader_num_workers", "0",
+        "--encode_batch_size", "32",
+        *flags,
+    ]  # fmt: skip
+    job = resolve_job(*parse_arguments(argv))
+    queries = {}
+    for t in job.train_split.triplets[:NUM_MINED]:
+        near_misses = [m for m in t.group if m not in (t.reference, t.target)]
+        queries[t.pairid] = {
+            "negatives": [
+                {"image": m, "score": 0.5 - 0.01 * r, "rank": r} for r, m in enumerate(near_misses)
+            ],
+            "target_rank": len(near_misses),
+            "target_score": 0.4,
+        }
+    mined = {"meta": {"checkpoint_fingerprint": "mined-by-test"}, "stats": {}, "queries": queries}
+    write_json_atomic(job.experiment.hard_negatives(0), mined)
+    return job
+
+
+def check_accounting(payload: dict) -> None:
+    """Every pair is either a sample or a rejection, and the stats say so."""
+    stats = payload["stats"]
+    assert set(stats["rejected"]) == set(ALL_REASONS)
+    assert stats["kept"] == len(payload["samples"])
+    assert stats["kept"] + sum(stats["rejected"].values()) == stats["pairs"]
+    assert len(payload["rejected"]) == sum(stats["rejected"].values())
+    for reason, count in stats["rejected"].items():
+        assert sum(r["reason"] == reason for r in payload["rejected"]) == count
+    ids = [s["pairid"] for s in payload["samples"]] + [r["pairid"] for r in payload["rejected"]]
+    assert len(set(ids)) == len(ids) == stats["pairs"]
+
+
+@pytest.mark.parametrize(
+    ("model", "flags"),
+    [
+        ("qwen2_vl", ["--foundation_model_backbone", "qwen2_vl"]),
+        ("llava_next", ["--consistency_filter"]),  # backbone detected: llava
+    ],
+)
+def test_round_generates_cleans_filters_and_writes_with_provenance(
+    model, flags, ending_models, small_benchmark, tmp_path, monkeypatch, capsys
+):
+    job = make_job(
+        tmp_path,
+        ending_models["qwen2_vl"],
+        small_benchmark,
+        "--foundation_model_path", str(ending_models[model]),
+        "--augment_pairs_per_query", "2",
+        "--foundation_batch_size", "3",
+        "--max_new_tokens", "8",
+        *flags,
+    )  # fmt: skip
+    loaded, real_load = [], stage.load_captioner
+
+    def load_and_watch(*args, **kwargs):
+        captioner = real_load(*args, **kwargs)
+        loaded.append(weakref.ref(captioner.model))
+        return captioner
+
+    monkeypatch.setattr(stage, "load_captioner", load_and_watch)
+    run_augmentation(job, 1)
+
+    assert len(loaded) == 1 and loaded[0]() is None  # released before training
+    payload = read_json(job.experiment.augmented(1))
+    meta, stats = payload["meta"], payload["stats"]
+    generator = "qwen2_vl" if model == "qwen2_vl" else "llava"
+    assert meta["generator"] == generator
+    assert meta["checkpoint"] == str(ending_models[model].resolve())
+    assert meta["stands_in_for_a_foundation_model"] is False
+    assert meta["prompt_version"] == stage.PROMPT_VERSION
+    assert meta["options"]["consistency_filter"] == ("--consistency_filter" in flags)
+    assert stats["pairs_available"] == stats["pairs"] == stats["pairs_generated"] == 2 * NUM_MINED
+    assert stats["run"]["layout"] == ("two_images" if model == "qwen2_vl" else "side_by_side")
+    check_accounting(payload)
+    if model == "qwen2_vl":
+        assert stats["kept"] > 0
+    else:  # the consistency check ran on every sample that passed clean-up
+        asked = stats["kept"] + sum(stats["rejected"][r] for r in stage.CONSISTENCY_REASONS)
+        assert asked > 0
+        assert all(0 < s["consistency"]["new_text_yes"] < 1 for s in payload["samples"])
+        flagged = sum(len(v) for v in payload["false_negatives"].values())
+        assert flagged == stats["false_negatives"]
+    triplets = {t.pairid: t for t in job.train_split.triplets}
+    mined = read_json(job.experiment.hard_negatives(0))["queries"]
+    for sample in payload["samples"]:
+        source = triplets[sample["source_pairid"]]
+        assert re.fullmatch(rf"aug1_{source.pairid}_[01]", sample["pairid"])
+        assert sample["reference"] == source.reference
+        assert sample["original_caption"] == source.caption
+        assert sample["original_target"] == source.target
+        j = int(sample["pairid"][-1])
+        assert sample["target"] == mined[source.pairid]["negatives"][j]["image"]
+        assert sample["generator"] == generator
+        assert sample["caption"] and sample["raw_output"] is not None
+    augmented = augmented_training_samples(job.experiment, 1, "current")
+    assert [t.pairid for t in augmented.triplets] == [s["pairid"] for s in payload["samples"]]
+    assert all(t.source == "augmented:1" for t in augmented.triplets)
+    logged = capsys.readouterr()
+    assert "captioning" in logged.err  # the progress bar
+    stages = [s for s in job.experiment.stage_log() if s["stage"] == "augment"]
+    assert len(stages) == 1 and stages[0]["meta"]["kept"] == stats["kept"]
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def test_kill_mid_generation_and_resume(ending_models, small_benchmark, tmp_path, monkeypatch):
+    job = make_job(
+        tmp_path,
+        ending_models["qwen2_vl"],
+        small_benchmark,
+        "--foundation_model_path", str(ending_models["qwen2_vl"]),
+        "--augment_pairs_per_query", "2",
+        "--foundation_batch_size", "2",
+        "--augment_flush_every", "2",
+        "--max_new_tokens", "6",
+    )  # fmt: skip
+    real_load = stage.load_captioner
+    generated: list[str] = []
+
+    def load_counting(*args, kill_after_batches: int | None, **kwargs):
+        captioner = real_load(*args, **kwargs)
+        generate = captioner.generate
+
+        def counted(pairs):
+            if kill_after_batches is not None and len(generated) >= 2 * kill_after_batches:
+                raise Killed
+            generated.extend(p.pairid for p in pairs)
+            return generate(pairs)
+
+        captioner.generate = counted
+        return captioner
+
+    monkeypatch.setattr(
+        stage, "load_captioner", lambda *a, **k: load_counting(*a, kill_after_batches=3, **k)
+    )
+    with pytest.raises(Killed):
+        run_augmentation(job, 1)
+    assert not job.experiment.augmented(1).exists()
+    (partial,) = partial_files(job.experiment, 1)
+    first_run = list(generated)
+    saved = read_json(partial)["generations"]
+    assert sorted(saved) == sorted(first_run) and len(saved) == 6
+
+    generated.clear()
+    monkeypatch.setattr(
+        stage, "load_captioner", lambda *a, **k: load_counting(*a, kill_after_batches=None, **k)
+    )
+    run_augmentation(job, 1)
+    payload = read_json(job.experiment.augmented(1))
+    assert len(generated) == 2 and not set(generated) & set(first_run)
+    assert payload["stats"]["pairs_resumed"] == 6 and payload["stats"]["pairs_generated"] == 2
+    check_accounting(payload)
+    outputs = {s["pairid"]: s["raw_output"] for s in payload["samples"] + payload["rejected"]}
+    assert all(outputs[k] == v["text"] for k, v in saved.items())
+    assert partial_files(job.experiment, 1) == []
+
+
+def test_consistency_answers_drop_samples_and_false_negatives(
+    tiny_qwen, small_benchmark, tmp_path, monkeypatch
+):
+    job = make_job(tmp_path, tiny_qwen, small_benchmark, "--consistency_filter")
+    first, second, third = job.train_split.triplets[:3]
+
+    def answers(self, pairs, texts):
+        """Stubbed yes/no: the first query's text is right; the second query's mined negative
+        also fits its original text (a false negative); the third query's text is wrong."""
+        values = []
+        for pair, text in zip(pairs, texts, strict=True):
+            is_original = text == pair.original_caption
+            if pair.source_pairid == second.pairid:
+                values.append(0.9)
+            elif pair.source_pairid == third.pairid:
+                values.append(0.1 if not is_original else 0.2)
+            else:
+                values.append(0.2 if is_original else 0.8)
+        return values
+
+    monkeypatch.setattr(SceneOracle, "yes_probabilities", answers)
+    run_augmentation(job, 1)
+    payload = read_json(job.experiment.augmented(1))
+    check_accounting(payload)
+    kept_sources = {s["source_pairid"] for s in payload["samples"]}
+    assert first.pairid in kept_sources and not {second.pairid, third.pairid} & kept_sources
+    negative = read_json(job.experiment.hard_negatives(0))["queries"][second.pairid]["negatives"][0]
+    assert payload["false_negatives"] == {second.pairid: [negative["image"]]}
+    assert payload["stats"]["rejected"]["consistency_false_negative"] == 1
+    assert payload["stats"]["rejected"]["consistency_new_text_no"] == 1
+    _, negatives = training_samples(job, 1)
+    assert negative["image"] not in negatives[second.pairid]
+    assert len(negatives[second.pairid]) == NUM_MINED - 1
+
+
+def test_verify_keeps_what_the_current_embedder_prefers(
+    tiny_qwen, small_benchmark, tmp_path, monkeypatch
+):
+    job = make_job(
+        tmp_path,
+        tiny_qwen,
+        small_benchmark,
+        "--verify_augmented",
+        "--augment_pairs_per_query", "4",
+    )  # fmt: skip
+    encoder = build_encoder(tiny_qwen)
+    checkpoint = job.experiment.checkpoint(0)
+    encoder.save(checkpoint)
+    fingerprint = weights_fingerprint(encoder)
+    write_json_atomic(checkpoint / "stage.json", {"fingerprint": fingerprint})
+    cache = EmbeddingCache(job.experiment.embeddings_dir)
+    encoded = encode_split(
+        encoder, job.train_split, [], job.instruction_set, cache, fingerprint, 32, 0
+    )  # what mining leaves in the cache
+    encoded_rows = []
+
+    def counting(encoder, rows, *args, **kwargs):
+        encoded_rows.append(rows.kind)
+        return ENCODE_ROWS(encoder, rows, *args, **kwargs)
+
+    monkeypatch.setattr(encode, "encode_rows", counting)
+    monkeypatch.setattr("src.augment.verify.encode_rows", counting)
+    run_augmentation(job, 1)
+    assert encoded_rows == ["queries"]  # the gallery came from the cache
+    payload = read_json(job.experiment.augmented(1))
+    check_accounting(payload)
+    gallery = dict(zip(encoded.gallery_names, encoded.gallery, strict=True))
+    failed = [r for r in payload["rejected"] if r["reason"] == "embedder_prefers_original_target"]
+    assert payload["samples"] and failed  # a random tiny embedder gets some right, some wrong
+    for sample in payload["samples"]:
+        scores = sample["verify"]
+        assert scores["target_score"] > scores["original_target_score"]
+        assert scores["original_target_score"] == pytest.approx(
+            float(gallery[sample["original_target"]] @ _query(job, encoder, sample)), abs=1e-4
+        )
+
+
+def _query(job, encoder, sample):
+    triplet = Triplet(sample["pairid"], sample["reference"], sample["caption"], sample["target"])
+    rows = encode.query_rows(job.train_split, [triplet], encoder, job.instruction_set)
+    return ENCODE_ROWS(encoder, rows, 1, 0)[0]
+
+
+def test_defaults_and_clear_errors(tiny_qwen, tiny_model_dirs):
+    assert choose_captioner(None, None, synthetic=True) == "scene_oracle"
+    assert choose_captioner(None, str(tiny_model_dirs["llava_next"]), synthetic=False) == "llava"
+    with pytest.raises(
+        ValueError, match="--foundation_model_path.*--foundation_model_backbone none"
+    ):
+        choose_captioner(None, None, synthetic=False)
+    with pytest.raises(ValueError, match="only on the synthetic benchmark"):
+        choose_captioner("scene_oracle", None, synthetic=False)
+    with pytest.raises(ValueError, match="needs --foundation_model_path"):
+        choose_captioner("qwen2_vl", None, synthetic=True)
+    with pytest.raises(ValueError, match="uses no model"):
+        choose_captioner("none", str(tiny_qwen), synthetic=True)
+    with pytest.raises(ValueError, match="choose one of"):
+        choose_captioner("blip", str(tiny_qwen), synthetic=True)
+
+
+def test_none_skips_and_says_so(tiny_qwen, small_benchmark, tmp_path):
+    job = make_job(tmp_path, tiny_qwen, small_benchmark, "--foundation_model_backbone", "none")
+    run_augmentation(job, 1)
+    payload = read_json(job.experiment.augmented(1))
+    assert payload["meta"]["generator"] == "none" and "none" in payload["meta"]["skipped"]
+    assert payload["samples"] == []
+    triplets, _ = training_samples(job, 1)
+    assert len(triplets) == len(job.train_split.triplets)
+
+
+def test_bad_flags_are_refused_before_any_work(tiny_qwen, small_benchmark, tmp_path):
+    for flag, value in (("--prompt_mode", "chatty"), ("--augmented_pool", "all")):
+        job = make_job(tmp_path, tiny_qwen, small_benchmark, flag, value)
+        with pytest.raises(ValueError, match=flag):
+            run_augmentation(job, 1)
+        assert not job.experiment.augmented(1).exists()
+
+
+def test_a_finished_file_is_redone_only_when_its_meta_changes(
+    tiny_qwen, small_benchmark, tmp_path, monkeypatch
+):
+    job = make_job(tmp_path, tiny_qwen, small_benchmark)
+    calls = []
+    generate = SceneOracle.generate
+    monkeypatch.setattr(
+        SceneOracle,
+        "generate",
+        lambda self, pairs: calls.append(len(pairs)) or generate(self, pairs),
+    )
+    run_augmentation(job, 1)
+    assert sum(calls) == NUM_MINED
+    run_augmentation(job, 1)
+    assert sum(calls) == NUM_MINED
+    job.iter_args.augment_pairs_per_query = 2
+    run_augmentation(job, 1)
+    assert sum(calls) == NUM_MINED + 2 * NUM_MINED
+    assert read_json(job.experiment.augmented(1))["stats"]["pairs"] == 2 * NUM_MINED
+    assert [s["stage"] for s in job.experiment.stage_log()] == ["augment", "augment"]
+
+
+def test_pool_current_or_cumulative(tiny_qwen, small_benchmark, tmp_path):
+    job = make_job(tmp_path, tiny_qwen, small_benchmark, "--max_augmented_per_iteration", "3")
+    run_augmentation(job, 1)
+    mined = read_json(job.experiment.hard_negatives(0))
+    mined["meta"]["checkpoint_fingerprint"] = "round-1"
+    write_json_atomic(job.experiment.hard_negatives(1), mined)
+    run_augmentation(job, 2)
+    current = augmented_training_samples(job.experiment, 2, "current")
+    cumulative = augmented_training_samples(job.experiment, 2, "cumulative")
+    assert {t.source for t in current.triplets} == {"augmented:2"}
+    assert len(current.triplets) == 3
+    assert [t.source for t in cumulative.triplets] == ["augmented:1"] * 3 + ["augmented:2"] * 3
+    assert len({t.pairid for t in cumulative.triplets}) == 6
+
+
+@pytest.mark.slow
+def test_fast_mode_trains_round_1_on_original_plus_augmented(tmp_path, capsys):
+    directory = tmp_path / "exp"
+    argv = [
+        "--fast_mode",
+        "--foundation_model_backbone", "scene_oracle",
+        "--num_iterations", "1",
+        "--image_size", "56",
+        "--batch_size", "8",
+        "--cache_dir", str(tmp_path / "cache"),
+        "--experiment_dir", str(directory),
+        "--dataloader_num_workers", "0",
+    ]  # fmt: skip
+    assert train_main(argv) == 0
+    experiment = Experiment(directory)
+    payload = read_json(experiment.augmented(1))
+    kept = payload["stats"]["kept"]
+    assert kept > 0 and payload["meta"]["generator"] == "scene_oracle"
+    assert payload["meta"]["stands_in_for_a_foundation_model"] is True
+    log = capsys.readouterr().out
+    assert f"round 1: {200 + kept} training triplets (200 original, {kept} augmented)" in log
+    assert "augmentation (scene_oracle): generated" in log
+    (train_1,) = [
+        s for s in experiment.stage_log() if s["stage"] == "train" and s["iteration"] == 1
+    ]
+    assert train_1["meta"]["num_samples"] == 200 + kept
+
+
+DISTRIBUTED_SCRIPT = """
+import sys
+import torch.distributed as dist
+from src.arguments import parse_arguments
+from src.augment.stage import run_augmentation
+from src.rounds import resolve_job
+
+dist.init_process_group("gloo")
+run_augmentation(resolve_job(*parse_arguments(sys.argv[1:])), 1)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_work_and_write_what_one_writes(
+    ending_models, small_benchmark, tmp_path
+):
+    flags = [
+        "--foundation_model_path", str(ending_models["qwen2_vl"]),
+        "--augment_pairs_per_query", "2",
+        "--foundation_batch_size", "2",
+        "--max_new_tokens", "6",
+        "--consistency_filter",
+    ]  # fmt: skip
+    one = make_job(tmp_path / "one", ending_models["qwen2_vl"], small_benchmark, *flags)
+    run_augmentation(one, 1)
+    two = make_job(tmp_path / "two", ending_models["qwen2_vl"], small_benchmark, *flags)
+    script = tmp_path / "augment_two.py"
+    script.write_text(DISTRIBUTED_SCRIPT)
+    argv = [
+        "--model_name", str(ending_models["qwen2_vl"]),
+        "--dataset_path", str(small_benchmark),
+        "--experiment_dir", str(two.experiment.dir),
+        *flags,
+    ]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+    ]
+    environment = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [*command, str(script), *argv], cwd=REPO, env=environment, capture_output=True, text=True
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    single, double = read_json(one.experiment.augmented(1)), read_json(two.experiment.augmented(1))
+    assert double["meta"] == single["meta"]
+
+    def outcome(payload: dict) -> dict:
+        records = payload["samples"] + payload["rejected"]
+        return {r["pairid"]: (r["raw_output"], r.get("reason"), r.get("target")) for r in records}
+
+    assert outcome(double) == outcome(single) and len(outcome(single)) == 2 * NUM_MINED
+    assert double["stats"]["rejected"] == single["stats"]["rejected"]
+    assert double["false_negatives"] == single["false_negatives"]
+    assert partial_files(two.experiment, 1) == []
