@@ -4,7 +4,8 @@
     while the model runs; a tqdm bar) against a bare loop of the model's forward over
     already-preprocessed tensors of the same batches (target: at least 0.90 of the bare
     loop's items/s). Gallery images and composed queries of the synthetic benchmark, tiny
-    Qwen2-VL.
+    Qwen2-VL. The overlap can only hide preprocessing on a core the forward does not use:
+    run it once with the defaults and once with `--torch_threads 1 --workers 1`.
 (b) Search over 20,000 queries and 20,000 gallery embeddings of dimension 1,536 against
     the single matrix product of the same sizes in the same run (target: at most 1.3 times
     the matrix product), with peak memory: benchmarks/bench_search.py, run from here.
@@ -108,9 +109,18 @@ def main() -> None:
     parser.add_argument("--num_images", type=int, default=1200, help="validation gallery size")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--torch_threads",
+        type=int,
+        default=None,
+        help="threads of the model's forward (default: torch's); with 2 cores, 1 thread and 1 "
+        "worker leaves the worker a core of its own",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip_search", action="store_true", help="only the encoding part")
     args = parser.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     with tempfile.TemporaryDirectory() as workdir:
         result = {"encoding": encoding_benchmark(args, Path(workdir))}
         if not args.skip_search:

@@ -35,7 +35,7 @@ from src.experiment_io import read_json, write_json_atomic
 from src.model.encoder import VLM2VecEncoder, build_encoder, load_encoder
 from src.offline import offline_benchmark, offline_model
 from src.retrieval.encode import EmbeddingCache, weights_fingerprint
-from src.retrieval.evaluate import encode_split, split_metrics
+from src.retrieval.evaluate import EncodedSplit, encode_split, split_metrics
 from src.retrieval.mining import MiningOptions, mine_hard_negatives
 from src.training import LossOptions, train_round
 
@@ -165,8 +165,20 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _loaded(checkpoint: Path, job: Job) -> VLM2VecEncoder:
-    return load_encoder(checkpoint, dtype=job.model_args.torch_dtype).to(_device())
+def encode_with_checkpoint(job: Job, iteration: int, split: Split) -> EncodedSplit:
+    """A split's gallery and queries encoded by checkpoint_iter_{iteration}, through the cache."""
+    checkpoint = job.experiment.checkpoint(iteration)
+    encoder = load_encoder(checkpoint, dtype=job.model_args.torch_dtype).to(_device())
+    return encode_split(
+        encoder,
+        split,
+        split.triplets,
+        job.instruction_set,
+        EmbeddingCache(job.experiment.embeddings_dir),
+        checkpoint_meta(checkpoint)["fingerprint"],
+        job.iter_args.encode_batch_size,
+        job.training_args.dataloader_num_workers,
+    )
 
 
 def train_stage(job: Job, iteration: int) -> None:
@@ -287,17 +299,7 @@ def mine_stage(job: Job, iteration: int) -> None:
             logger.info("%s is done, skipping mining", output.name)
             return
     with _stage(f"mining with {checkpoint.name} -> {output.name}"):
-        encoder = _loaded(checkpoint, job)
-        encoded = encode_split(
-            encoder,
-            job.train_split,
-            job.train_split.triplets,
-            job.instruction_set,
-            EmbeddingCache(experiment.embeddings_dir),
-            fingerprint,
-            job.iter_args.encode_batch_size,
-            job.training_args.dataloader_num_workers,
-        )
+        encoded = encode_with_checkpoint(job, iteration, job.train_split)
         mined = mine_hard_negatives(
             encoded.queries,
             encoded.gallery,
@@ -362,17 +364,7 @@ def evaluate_stage(job: Job, iteration: int) -> dict[str, float]:
         return results[key]
     checkpoint = experiment.checkpoint(iteration)
     with _stage(f"evaluating {checkpoint.name} on {job.val_split.name}"):
-        encoder = _loaded(checkpoint, job)
-        encoded = encode_split(
-            encoder,
-            job.val_split,
-            job.val_split.triplets,
-            job.instruction_set,
-            EmbeddingCache(experiment.embeddings_dir),
-            checkpoint_meta(checkpoint)["fingerprint"],
-            job.iter_args.encode_batch_size,
-            job.training_args.dataloader_num_workers,
-        )
+        encoded = encode_with_checkpoint(job, iteration, job.val_split)
         metrics = split_metrics(encoded, job.val_split, job.data_args.dataset_name)
         if rank() == 0:
             results = (
