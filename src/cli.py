@@ -15,7 +15,7 @@ from src.data.loading import load_split
 from src.distributed import rank
 from src.experiment import CONFIG_NAME, Experiment
 from src.experiment_io import read_json, write_json_atomic
-from src.model.encoder import load_encoder
+from src.model.encoder import default_device, load_encoder
 from src.report import format_table, plot_results
 from src.retrieval.encode import EmbeddingCache
 from src.retrieval.evaluate import encode_split, split_metrics, submission_files
@@ -117,7 +117,9 @@ def eval_main(argv: list[str] | None = None) -> int:
     results = read_json(output) if output.is_file() else {}
     for iteration in iterations:
         checkpoint = experiment.checkpoint(iteration)
-        encoder = load_encoder(checkpoint, dtype=saved.get("torch_dtype", "auto"))
+        encoder = load_encoder(checkpoint, dtype=saved.get("torch_dtype", "auto")).to(
+            default_device()
+        )
         encoded = encode_split(
             encoder,
             split,

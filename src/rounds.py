@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from transformers import TrainingArguments, set_seed
 
 from src.arguments import DataArguments, IterativeArguments, ModelArguments
@@ -32,7 +31,7 @@ from src.data.records import Split, Triplet
 from src.distributed import barrier, rank
 from src.experiment import Experiment, result_config
 from src.experiment_io import read_json, write_json_atomic
-from src.model.encoder import VLM2VecEncoder, build_encoder, load_encoder
+from src.model.encoder import VLM2VecEncoder, build_encoder, default_device, load_encoder
 from src.offline import offline_benchmark, offline_model
 from src.retrieval.encode import EmbeddingCache, weights_fingerprint
 from src.retrieval.evaluate import EncodedSplit, encode_split, split_metrics
@@ -161,14 +160,10 @@ def _new_encoder(job: Job, start_from: str | Path) -> VLM2VecEncoder:
     )
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def encode_with_checkpoint(job: Job, iteration: int, split: Split) -> EncodedSplit:
     """A split's gallery and queries encoded by checkpoint_iter_{iteration}, through the cache."""
     checkpoint = job.experiment.checkpoint(iteration)
-    encoder = load_encoder(checkpoint, dtype=job.model_args.torch_dtype).to(_device())
+    encoder = load_encoder(checkpoint, dtype=job.model_args.torch_dtype).to(default_device())
     return encode_split(
         encoder,
         split,

@@ -1,6 +1,7 @@
 """Two processes (torchrun, gloo) give the same update as one process with the same global batch,
 in plain and in cached (GradCache) mode: the gather keeps local gradients and nothing is lost."""
 
+import json
 import os
 import subprocess
 import sys
@@ -45,3 +46,28 @@ def test_two_processes_match_one(tiny_qwen, small_benchmark, tmp_path, grad_cach
         assert torch.allclose(weight, double["weights"][name], atol=2e-5), name
         changed += int(not torch.equal(weight, single["initial"][name]))
     assert changed > 10
+
+
+def test_launcher_runs_the_whole_job_on_two_processes(tiny_qwen, small_benchmark, tmp_path):
+    """./run_iterative_training.sh --nproc 2: every artifact, each stage recorded once."""
+    experiment = tmp_path / "exp"
+    args = ["--model_name", str(tiny_qwen), "--dataset_path", str(small_benchmark), "--fast_mode",
+            "--num_iterations", "1", "--batch_size", "8", "--experiment_dir", str(experiment),
+            "--dataloader_num_workers", "0"]  # fmt: skip
+    completed = subprocess.run(
+        ["bash", "run_iterative_training.sh", "--nproc", "2", *args],
+        cwd=REPO,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert completed.stdout.count("experiment directory:") == 2  # the log line and the final report
+    stages = [json.loads(line) for line in (experiment / "stages.jsonl").read_text().splitlines()]
+    assert sorted((s["stage"], s["iteration"]) for s in stages) == [
+        ("augment", 1), ("evaluate", 0), ("evaluate", 1), ("mine", 0), ("train", 0), ("train", 1),
+    ]  # fmt: skip
+    results = json.loads((experiment / "evaluation_results.json").read_text())
+    assert sorted(results) == ["iter_0", "iter_1"]
+    assert (experiment / "checkpoint_iter_1" / "stage.json").is_file()

@@ -31,7 +31,7 @@ from src.augment.pairs import CaptionPair
 from src.augment.prompts import NO_ANSWERS, YES_ANSWERS, caption_prompt, consistency_question
 from src.data.images import load_image
 from src.data.synthetic import apply_caption, describe_difference, load_scenes
-from src.model.encoder import resolve_dtype
+from src.model.encoder import default_device, resolve_dtype
 from src.model.registry import load_processor
 
 logger = logging.getLogger("augment")
@@ -330,7 +330,7 @@ def load_captioner(
         layout = SIDE_BY_SIDE
     else:
         layout = TWO_IMAGES if takes_two_images(processor) else SIDE_BY_SIDE
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     model = AutoModelForImageTextToText.from_pretrained(
         str(model_path), dtype=resolve_dtype("auto")
     )

@@ -16,7 +16,7 @@ import torch
 from src.augment.pairs import CaptionPair
 from src.data.records import Triplet
 from src.experiment_io import read_json
-from src.model.encoder import load_encoder
+from src.model.encoder import default_device, load_encoder
 from src.retrieval.encode import (
     EmbeddingCache,
     encode_cached,
@@ -40,7 +40,7 @@ def embedder_scores(
     experiment, split = job.experiment, job.train_split
     checkpoint = experiment.checkpoint(iteration - 1)
     fingerprint = read_json(checkpoint / "stage.json")["fingerprint"]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     encoder = load_encoder(checkpoint, dtype=job.model_args.torch_dtype).to(device)
     batch_size = job.iter_args.encode_batch_size
     workers = job.training_args.dataloader_num_workers

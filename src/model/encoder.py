@@ -8,6 +8,7 @@ embeddings it gave before saving.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,13 @@ class VLM2VecEncoder(nn.Module):
         self.model.save_pretrained(output_dir)
         self.processor.save_pretrained(output_dir)
         (output_dir / EMBEDDER_CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
+
+
+def default_device() -> torch.device:
+    """This process's GPU (by LOCAL_RANK under torchrun / accelerate) if there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def resolve_dtype(name: str) -> torch.dtype:
