@@ -140,3 +140,21 @@ def test_training_refuses_unlabelled_triplets(small_train_split):
     with pytest.raises(ValueError, match="no target"):
         ComposedRetrievalDataset(split, split.triplets)
     assert small_train_split.has_labels
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_gives_the_same_step(tiny_qwen, small_train_split, tmp_path, lora):
+    losses = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        encoder = build_encoder(tiny_qwen, dtype="float32", lora=lora, lora_r=4, lora_dropout=0.0)
+        trainer = IterativeTrainer(
+            model=encoder,
+            args=trainer_args(tmp_path, max_steps=2, gradient_checkpointing=checkpointing),
+            train_dataset=hard_negative_dataset(small_train_split),
+            data_collator=ContrastiveCollator(encoder.processor, encoder.backbone),
+        )
+        losses.append(trainer.train().training_loss)
+        hf_model = encoder.model.get_base_model() if lora else encoder.model
+        assert hf_model.is_gradient_checkpointing == checkpointing
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)

@@ -66,11 +66,17 @@ class VLM2VecEncoder(nn.Module):
         pooled = last_token_pool(outputs.last_hidden_state, inputs["attention_mask"]).float()
         return F.normalize(pooled, dim=-1) if self.config.normalize else pooled
 
-    def gradient_checkpointing_enable(
-        self, gradient_checkpointing_kwargs: dict | None = None
+    def activation_checkpointing_enable(
+        self,
+        activation_checkpointing_kwargs: dict | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
     ) -> None:
+        """What the Trainer calls for --gradient_checkpointing: delegated to the wrapped model."""
         hf_model = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
-        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+        hf_model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs, every_n_layers=every_n_layers, offload=offload
+        )
         if isinstance(self.model, PeftModel):
             hf_model.enable_input_require_grads()
 
