@@ -446,3 +446,15 @@ def test_load_split_dispatch(cirr_root: Path, fiq_root: Path) -> None:
     assert list(fiq.categories) == ["dress"]
     with pytest.raises(ValueError, match="unknown dataset 'coco'"):
         load_split("coco", cirr_root, "val")
+
+
+def test_a_corrupt_image_fails_naming_the_file(tmp_path):
+    from src.data.images import ImageLoadError, load_image
+
+    bad = tmp_path / "train" / "broken.png"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(ImageLoadError, match="broken.png"):
+        load_image(bad)
+    with pytest.raises(ImageLoadError, match="absent.png"):
+        load_image(tmp_path / "absent.png")

@@ -219,11 +219,12 @@ def _mined_negatives(
 def _random_negatives(triplets, chosen, gallery_names, options) -> dict[str, dict]:
     """The baseline: k gallery images drawn uniformly per query, under the same exclusions."""
     rng = random.Random(options.seed)
+    gallery = set(gallery_names)
     queries = {}
     for i in chosen:
         triplet = triplets[i]
-        forbidden = _positives(triplet) | {triplet.reference}
-        wanted = min(options.k, len(set(gallery_names) - forbidden))
+        forbidden = (_positives(triplet) | {triplet.reference}) & gallery
+        wanted = min(options.k, len(gallery) - len(forbidden))
         drawn: list[str] = []
         while len(drawn) < wanted:
             name = gallery_names[rng.randrange(len(gallery_names))]
