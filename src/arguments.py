@@ -24,6 +24,13 @@ class ModelArguments:
             "checkpoint_iter_i). Default: the offline tiny Qwen2-VL, built once into --cache_dir."
         },
     )
+    base_model_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Local base model of a LoRA adapter given as --model_name (released VLM2Vec "
+            "checkpoints are adapters on Qwen2-VL); default: the adapter's base_model_name_or_path."
+        },
+    )
     model_backbone: str | None = field(
         default=None,
         metadata={

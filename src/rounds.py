@@ -157,6 +157,7 @@ def _new_encoder(job: Job, start_from: str | Path) -> VLM2VecEncoder:
         lora_dropout=args.lora_dropout,
         lora_target_modules=[m.strip() for m in args.lora_target_modules.split(",") if m.strip()],
         dtype=args.torch_dtype,
+        base_model_name=args.base_model_name,
     )
 
 

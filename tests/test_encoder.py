@@ -1,5 +1,7 @@
 """The VLM2Vec encoder: pooling, batch independence, save/load round trips."""
 
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -61,3 +63,38 @@ def test_save_load_round_trip_gives_identical_embeddings(tiny_qwen, tmp_path, lo
     with torch.no_grad():
         after = reloaded(**inputs)
     assert torch.equal(before, after)
+
+
+def test_a_released_lora_adapter_checkpoint_loads_with_its_intended_embeddings(tiny_qwen, tmp_path):
+    """VLM2Vec releases are LoRA adapters beside their base's config and processor files."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2VLForConditionalGeneration
+
+    base = Qwen2VLForConditionalGeneration.from_pretrained(tiny_qwen, dtype=torch.float32)
+    adapted = get_peft_model(
+        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    release = tmp_path / "released"
+    adapted.save_pretrained(release)
+    reference = build_encoder(tiny_qwen, dtype="float32")
+    reference.processor.save_pretrained(release)
+    (release / "config.json").write_text((tiny_qwen / "config.json").read_text())
+    collator = ContrastiveCollator(reference.processor, reference.backbone)
+    inputs = collator.pack_queries(images(2), CAPTIONS[:2])[0]
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(
+            adapted.get_base_model().model(**inputs).last_hidden_state[:, -1].float(), dim=-1
+        )
+        loaded = build_encoder(release, dtype="float32").eval()
+        assert torch.allclose(loaded(**inputs), expected, atol=1e-5)
+        assert not torch.allclose(reference.eval()(**inputs), expected, atol=1e-3)
+    adapter_config = json.loads((release / "adapter_config.json").read_text())
+    adapter_config["base_model_name_or_path"] = "Org/not-a-local-path"
+    (release / "adapter_config.json").write_text(json.dumps(adapter_config))
+    with pytest.raises(FileNotFoundError, match="--base_model_name"):
+        build_encoder(release, dtype="float32")
+    assert torch.allclose(
+        build_encoder(release, dtype="float32", base_model_name=str(tiny_qwen)).eval()(**inputs),
+        expected,
+        atol=1e-5,
+    )

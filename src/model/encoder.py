@@ -30,6 +30,7 @@ class EmbedderConfig:
 
     backbone: str
     base_model: str
+    adapter_base_model: str | None = None
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
@@ -105,8 +106,27 @@ def resolve_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def _load_hf_model(path: str | Path, backbone: Backbone, dtype: torch.dtype) -> nn.Module:
-    return backbone.model_class.from_pretrained(str(path), dtype=dtype)
+def _load_hf_model(
+    path: str | Path, backbone: Backbone, dtype: torch.dtype, adapter_base_model: str | None = None
+) -> nn.Module:
+    """A full model from a checkpoint directory, or from a LoRA adapter merged into its base.
+
+    Released embedders such as VLM2Vec-Qwen2VL-2B ship as a LoRA adapter (adapter_config.json
+    beside the base's config and processor); their base must be a local directory, named by
+    `adapter_base_model` or, if that is a local path, by the adapter's own config.
+    """
+    path = Path(path)
+    adapter_config = path / "adapter_config.json"
+    if not adapter_config.is_file():
+        return backbone.model_class.from_pretrained(str(path), dtype=dtype)
+    base = adapter_base_model or json.loads(adapter_config.read_text())["base_model_name_or_path"]
+    if not Path(base).is_dir():
+        raise FileNotFoundError(
+            f"{path} is a LoRA adapter whose base model {base!r} is not a local directory; "
+            "pass its local path with --base_model_name"
+        )
+    base_model = backbone.model_class.from_pretrained(str(base), dtype=dtype)
+    return PeftModel.from_pretrained(base_model, str(path)).merge_and_unload()
 
 
 def freeze_unused_head(model: nn.Module) -> None:
@@ -126,6 +146,7 @@ def build_encoder(
     lora_dropout: float = 0.05,
     lora_target_modules: list[str] | None = None,
     dtype: str = "auto",
+    base_model_name: str | None = None,
 ) -> VLM2VecEncoder:
     """A fresh embedder on top of a base checkpoint (round 0), optionally with a new LoRA adapter.
 
@@ -137,13 +158,16 @@ def build_encoder(
     config = EmbedderConfig(
         backbone=backbone_name,
         base_model=str(Path(model_name).resolve()),
+        adapter_base_model=str(Path(base_model_name).resolve()) if base_model_name else None,
         lora=lora,
         lora_r=lora_r,
         lora_alpha=lora_alpha,
         lora_dropout=lora_dropout,
         lora_target_modules=list(lora_target_modules or DEFAULT_LORA_TARGETS),
     )
-    model = _load_hf_model(model_name, get_backbone(backbone_name), resolve_dtype(dtype))
+    model = _load_hf_model(
+        model_name, get_backbone(backbone_name), resolve_dtype(dtype), config.adapter_base_model
+    )
     freeze_unused_head(model)
     if lora:
         peft_config = LoraConfig(
@@ -169,7 +193,7 @@ def load_encoder(
     backbone = get_backbone(config.backbone)
     torch_dtype = resolve_dtype(dtype)
     if config.lora:
-        base = _load_hf_model(config.base_model, backbone, torch_dtype)
+        base = _load_hf_model(config.base_model, backbone, torch_dtype, config.adapter_base_model)
         model = PeftModel.from_pretrained(base, str(checkpoint_dir), is_trainable=trainable)
     else:
         model = _load_hf_model(checkpoint_dir, backbone, torch_dtype)
