@@ -28,7 +28,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.data.collator import ContrastiveCollator  # noqa: E402
 from src.data.loading import load_split  # noqa: E402
 from src.data.synthetic import build_synthetic_benchmark  # noqa: E402
 from src.model.encoder import build_encoder  # noqa: E402
@@ -45,7 +44,7 @@ from src.retrieval.encode import (  # noqa: E402
 
 def bare_forward_items_per_second(encoder, rows: EncodingRows, batch_size: int) -> float:
     """The model's forward alone, over batches preprocessed beforehand (not timed)."""
-    pack = PackRows(ContrastiveCollator(encoder.processor, encoder.backbone))
+    pack = PackRows(encoder.processor, encoder.backbone)
     dataset = RowDataset(rows, list(range(len(rows.names))))
     batches = [
         pack([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])[1]

@@ -21,14 +21,15 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+from transformers import BatchFeature, ProcessorMixin
 
-from src.data.collator import ContrastiveCollator
 from src.data.images import load_image
 from src.data.records import Split, Triplet
 from src.distributed import rank, world_size
 from src.experiment_io import write_json_atomic
 from src.model.encoder import VLM2VecEncoder
 from src.model.prompts import candidate_text, query_text
+from src.model.registry import Backbone
 
 logger = logging.getLogger(__name__)
 
@@ -106,13 +107,16 @@ class RowDataset(Dataset):
 
 @dataclass
 class PackRows:
-    collator: ContrastiveCollator
+    """Collate (index, text, image) rows into model inputs; runs in the DataLoader workers."""
 
-    def __call__(self, items: list[tuple]) -> tuple[torch.Tensor, object]:
+    processor: ProcessorMixin
+    backbone: Backbone
+
+    def __call__(self, items: list[tuple]) -> tuple[torch.Tensor, BatchFeature]:
         indices = torch.tensor([item[0] for item in items])
         texts = [item[1] for item in items]
         images = [item[2] for item in items]
-        return indices, self.collator.backbone.pack(self.collator.processor, texts, images)
+        return indices, self.backbone.pack(self.processor, texts, images)
 
 
 @torch.no_grad()
@@ -126,12 +130,11 @@ def encode_rows(
     """Embeddings (len(rows), d) float32, in row order; sharded over processes when several run."""
     world, this_rank = world_size(), rank()
     indices = list(range(this_rank, len(rows.names), world))
-    collator = ContrastiveCollator(encoder.processor, encoder.backbone)
     loader = DataLoader(
         RowDataset(rows, indices),
         batch_size=batch_size,
         num_workers=num_workers,
-        collate_fn=PackRows(collator),
+        collate_fn=PackRows(encoder.processor, encoder.backbone),
     )
     device = next(encoder.parameters()).device
     was_training = encoder.training
