@@ -259,7 +259,9 @@ def default_training_arguments() -> dict:
         "save_total_limit": 2,
         "remove_unused_columns": False,
         "report_to": "none",
-        "dataloader_num_workers": 2,
+        # Workers overlap image preprocessing with a GPU's forward; on a CPU-only machine they
+        # compete with the forward for the same cores (benchmarks/bench_retrieval.py: slower).
+        "dataloader_num_workers": 2 if torch.cuda.is_available() else 0,
         "seed": 0,
         "disable_tqdm": False,
         "dataloader_pin_memory": torch.cuda.is_available(),
