@@ -124,3 +124,33 @@ def test_rerun_without_auto_resume_is_refused_and_with_it_redoes_nothing(
                 "3",
             )
         )
+
+
+def test_eval_iterative_writes_the_cirr_test_submission_files(finished_run, small_benchmark):
+    assert (
+        eval_main(
+            [
+                "--experiment_dir",
+                str(finished_run.dir),
+                "--eval_dataset",
+                "cirr_test",
+                "--iterations",
+                "2",
+            ]
+        )
+        == 0
+    )
+    test_split = load_split("cirr", small_benchmark, "test1")
+    recall = json.loads((finished_run.dir / "cirr_test_submission_iter_2_recall.json").read_text())
+    subset = json.loads(
+        (finished_run.dir / "cirr_test_submission_iter_2_recall_subset.json").read_text()
+    )
+    assert recall["version"] == subset["version"] == "rc2"
+    assert (recall["metric"], subset["metric"]) == ("recall", "recall_subset")
+    pairids = {t.pairid for t in test_split.triplets}
+    assert set(recall) - {"version", "metric"} == pairids == set(subset) - {"version", "metric"}
+    for triplet in test_split.triplets:
+        assert triplet.reference not in recall[triplet.pairid]
+        assert len(subset[triplet.pairid]) == 3 and set(subset[triplet.pairid]) <= set(
+            triplet.group
+        )
