@@ -4,10 +4,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from src.cli import eval_main, train_main
 from src.data.loading import load_split
 from src.experiment import Experiment
+from src.model.encoder import load_encoder
 
 pytestmark = pytest.mark.slow
 
@@ -154,3 +156,34 @@ def test_eval_iterative_writes_the_cirr_test_submission_files(finished_run, smal
         assert len(subset[triplet.pairid]) == 3 and set(subset[triplet.pairid]) <= set(
             triplet.group
         )
+
+
+def test_round_zero_only_and_skip_round0(tiny_qwen, small_benchmark, tmp_path):
+    """--num_iterations 0 trains round 0 only; --skip_round0 keeps the base model as iteration 0."""
+    trained = Experiment(tmp_path / "round0")
+    args = run_args(tiny_qwen, small_benchmark, trained.dir)
+    args[args.index("--num_iterations") + 1] = "0"
+    assert train_main(args) == 0
+    assert trained.checkpoint(0).is_dir() and not trained.checkpoint(1).exists()
+    assert not trained.hard_negatives(0).exists()
+    assert sorted(json.loads(trained.evaluation_results.read_text())) == ["iter_0"]
+
+    skipped = Experiment(tmp_path / "skipped")
+    args = run_args(tiny_qwen, small_benchmark, skipped.dir, "--skip_round0")
+    args[args.index("--num_iterations") + 1] = "0"
+    assert train_main(args) == 0
+    base = load_encoder(tiny_qwen, dtype="float32")
+    kept = load_encoder(skipped.checkpoint(0), dtype="float32")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            base.model.state_dict().values(), kept.model.state_dict().values(), strict=True
+        )
+    )
+    tuned = load_encoder(trained.checkpoint(0), dtype="float32")
+    assert not all(
+        torch.equal(a, b)
+        for a, b in zip(
+            base.model.state_dict().values(), tuned.model.state_dict().values(), strict=True
+        )
+    )
