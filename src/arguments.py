@@ -10,6 +10,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformers import HfArgumentParser, TrainingArguments
@@ -50,7 +51,7 @@ class ModelArguments:
     temperature: float = field(
         default=0.02, metadata={"help": "InfoNCE temperature (VLM2Vec's released training: 0.02)."}
     )
-    torch_dtype: str = field(
+    torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
         default="auto",
         metadata={
             "help": "auto (bfloat16 on a GPU that supports it, else float32), float32, bfloat16, float16."
@@ -60,7 +61,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    dataset_name: str = field(
+    dataset_name: Literal["cirr", "fashioniq"] = field(
         default="cirr", metadata={"help": "cirr or fashioniq (annotation layout and instruction)."}
     )
     dataset_path: str | None = field(
@@ -163,7 +164,7 @@ class IterativeArguments:
         default=64, metadata={"help": "Batch size for encoding galleries and queries."}
     )
     hard_negative_k: int = field(default=5, metadata={"help": "Hard negatives mined per query."})
-    mine_scope: str = field(
+    mine_scope: Literal["failures", "all"] = field(
         default="failures",
         metadata={
             "help": "failures: mine only queries whose target is not ranked first; all: every query."
@@ -178,7 +179,7 @@ class IterativeArguments:
     hard_negative_skip_top: int = field(
         default=0, metadata={"help": "Skip the first N ranked candidates."}
     )
-    negative_source: str = field(
+    negative_source: Literal["mined", "random"] = field(
         default="mined",
         metadata={
             "help": "mined: real retrieval; random: uniform gallery draws (a baseline, named as such)."
@@ -200,7 +201,7 @@ class IterativeArguments:
         default=448 * 448,
         metadata={"help": "Pixel budget per image given to the foundation model."},
     )
-    prompt_mode: str = field(
+    prompt_mode: Literal["direct", "cot"] = field(
         default="direct",
         metadata={
             "help": "direct: answer with the new text; cot: reason first, then the text after a marker."
@@ -232,7 +233,7 @@ class IterativeArguments:
             "help": "Ask the foundation model yes/no questions about each new triplet; flags false negatives."
         },
     )
-    augmented_pool: str = field(
+    augmented_pool: Literal["current", "cumulative"] = field(
         default="current",
         metadata={
             "help": "current: train round i on round i's new triplets; cumulative: on those of rounds 1..i."
