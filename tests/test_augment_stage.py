@@ -332,8 +332,12 @@ def test_none_skips_and_says_so(tiny_qwen, small_benchmark, tmp_path):
 
 
 def test_bad_flags_are_refused_before_any_work(tiny_qwen, small_benchmark, tmp_path):
+    """On the command line argparse refuses these values; a preset's values reach the stage."""
     for flag, value in (("--prompt_mode", "chatty"), ("--augmented_pool", "all")):
-        job = make_job(tmp_path, tiny_qwen, small_benchmark, flag, value)
+        with pytest.raises(SystemExit):
+            make_job(tmp_path, tiny_qwen, small_benchmark, flag, value)
+        job = make_job(tmp_path, tiny_qwen, small_benchmark)
+        setattr(job.iter_args, flag.removeprefix("--"), value)
         with pytest.raises(ValueError, match=flag):
             run_augmentation(job, 1)
         assert not job.experiment.augmented(1).exists()
