@@ -103,7 +103,10 @@ def resolve_dtype(name: str) -> torch.dtype:
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"--torch_dtype {name!r}: choose auto or one of {sorted(dtypes)}")
+    return dtypes[name]
 
 
 def _load_hf_model(
