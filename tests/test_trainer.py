@@ -158,3 +158,25 @@ def test_gradient_checkpointing_gives_the_same_step(tiny_qwen, small_train_split
         hf_model = encoder.model.get_base_model() if lora else encoder.model
         assert hf_model.is_gradient_checkpointing == checkpointing
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+
+
+@pytest.mark.parametrize("even_batches", [True, False])
+def test_grouped_batches_stay_whole_when_accelerate_shards_them_over_two_processes(even_batches):
+    from accelerate.data_loader import BatchSamplerShard
+
+    group_ids = [i // 3 for i in range(30)] + [100 + i for i in range(11)]
+    sampler = GroupedBatchSampler(group_ids, batch_size=6, seed=0)
+    seen = []
+    for process in range(2):
+        shard = BatchSamplerShard(
+            sampler, num_processes=2, process_index=process, even_batches=even_batches
+        )
+        for batch in shard:
+            groups = {group_ids[i] for i in batch}
+            assert all(
+                set(batch) >= {i for i, g in enumerate(group_ids) if g == group} for group in groups
+            )
+            seen.extend(batch)
+    assert set(seen) == set(range(len(group_ids)))
+    if not even_batches:
+        assert sorted(seen) == list(range(len(group_ids)))

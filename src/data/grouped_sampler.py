@@ -26,7 +26,9 @@ class GroupedBatchSampler(Sampler[list[int]]):
         for index, group in enumerate(group_ids):
             groups[group].append(index)
         self.groups = list(groups.values())
-        self.batch_size = batch_size
+        # Batch sizes vary around `batch_size`; None tells accelerate's BatchSamplerShard so,
+        # which otherwise drops every batch whose size differs from its `batch_size`.
+        self.batch_size = None
         self.seed = seed
         self.epoch = 0
         self.num_batches = max(1, math.ceil(len(group_ids) / batch_size))
