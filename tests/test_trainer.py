@@ -180,3 +180,19 @@ def test_grouped_batches_stay_whole_when_accelerate_shards_them_over_two_process
     assert set(seen) == set(range(len(group_ids)))
     if not even_batches:
         assert sorted(seen) == list(range(len(group_ids)))
+
+
+def test_the_trainer_tells_the_dataset_each_epoch(tiny_qwen, small_train_split, tmp_path):
+    encoder = build_encoder(tiny_qwen, dtype="float32")
+    dataset = hard_negative_dataset(small_train_split, num_hard_negatives=1)
+    epochs = []
+    original = dataset.set_epoch
+    dataset.set_epoch = lambda epoch: (epochs.append(epoch), original(epoch))
+    trainer = IterativeTrainer(
+        model=encoder,
+        args=trainer_args(tmp_path, max_steps=-1, num_train_epochs=3),
+        train_dataset=dataset,
+        data_collator=ContrastiveCollator(encoder.processor, encoder.backbone),
+    )
+    trainer.train()
+    assert epochs[-1] == 2 and dataset.epoch == 2 and sorted(set(epochs)) == [0, 1, 2]
