@@ -288,7 +288,8 @@ def mine_stage(job: Job, iteration: int) -> None:
     output = experiment.hard_negatives(iteration)
     checkpoint = experiment.checkpoint(iteration)
     fingerprint = checkpoint_meta(checkpoint)["fingerprint"]
-    options = dataclasses.asdict(mining_options(job))
+    mining = mining_options(job)
+    options = dataclasses.asdict(mining)
     if output.is_file():
         meta = read_json(output)["meta"]
         if meta["checkpoint_fingerprint"] == fingerprint and meta["options"] == options:
@@ -301,7 +302,7 @@ def mine_stage(job: Job, iteration: int) -> None:
             encoded.gallery,
             encoded.gallery_names,
             encoded.triplets,
-            mining_options(job),
+            mining,
         )
         if rank() == 0:
             meta = {
@@ -363,11 +364,6 @@ def evaluate_stage(job: Job, iteration: int) -> dict[str, float]:
         encoded = encode_with_checkpoint(job, iteration, job.val_split)
         metrics = split_metrics(encoded, job.val_split, job.data_args.dataset_name)
         if rank() == 0:
-            results = (
-                read_json(experiment.evaluation_results)
-                if experiment.evaluation_results.is_file()
-                else {}
-            )
             results[key] = metrics
             write_json_atomic(experiment.evaluation_results, results)
             experiment.record_stage("evaluate", iteration, metrics)

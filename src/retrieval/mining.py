@@ -111,7 +111,7 @@ def mine_hard_negatives(
     )
     chosen = [i for i in range(len(triplets)) if options.scope == "all" or ranks[i] > 1]
     removed = {
-        "reference": len(triplets),
+        "reference": sum(1 for t in triplets if t.reference != t.target),
         "target": 0,
         "soft_positive": 0,
         "skip_top": 0,
