@@ -10,7 +10,7 @@
     the single matrix product of the same sizes in the same run (target: at most 1.3 times
     the matrix product), with peak memory: benchmarks/bench_search.py, run from here.
 
-    python benchmarks/bench_retrieval.py --output benchmarks/results/retrieval.json
+    python -m benchmarks.bench_retrieval --output benchmarks/results/retrieval.json
 """
 
 from __future__ import annotations
@@ -26,13 +26,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from src.data.loading import load_split  # noqa: E402
-from src.data.synthetic import build_synthetic_benchmark  # noqa: E402
-from src.model.encoder import build_encoder  # noqa: E402
-from src.model.tiny import build_tiny_checkpoint  # noqa: E402
-from src.retrieval.encode import (  # noqa: E402
+from src.data.loading import load_split
+from src.model.encoder import build_encoder
+from src.offline.synthetic.benchmark import build_synthetic_benchmark
+from src.offline.tiny import build_tiny_checkpoint
+from src.retrieval.encode import (
     EncodingRows,
     PackRows,
     RowDataset,
@@ -73,8 +71,8 @@ def encoding_benchmark(args: argparse.Namespace, workdir: Path) -> dict:
     split = load_split("cirr", bench, "val")
     encoder = build_encoder(model_dir, dtype="float32")
     kinds = {
-        "gallery": gallery_rows(split, encoder),
-        "queries": query_rows(split, split.triplets, encoder, "cirr"),
+        "gallery": gallery_rows(split, encoder.backbone.image_token),
+        "queries": query_rows(split, split.triplets, encoder.backbone.image_token, "cirr"),
     }
     results = {}
     for kind, rows in kinds.items():
@@ -124,8 +122,11 @@ def main() -> None:
         result = {"encoding": encoding_benchmark(args, Path(workdir))}
         if not args.skip_search:
             search_json = Path(workdir) / "search.json"
-            script = Path(__file__).with_name("bench_search.py")
-            subprocess.run([sys.executable, str(script), "--output", str(search_json)], check=True)
+            subprocess.run(
+                [sys.executable, "-m", "benchmarks.bench_search", "--output", str(search_json)],
+                check=True,
+                cwd=Path(__file__).resolve().parents[1],
+            )
             result["search"] = json.loads(search_json.read_text())
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2))

@@ -1,6 +1,6 @@
 """Benchmark exact top-k search against one plain matrix product of the same size (CPU).
 
-    python benchmarks/bench_search.py [--num_queries 20000 --num_gallery 20000 --dim 1536
+    python -m benchmarks.bench_search [--num_queries 20000 --num_gallery 20000 --dim 1536
         --k 50 --chunk_size 256 1024 --repeats 3 --output benchmarks/results/search.json]
 
 Random L2-normalised float32 embeddings (seeded). Three methods, every call in its own
@@ -27,13 +27,10 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TARGET_RATIO = 1.3
 

@@ -10,7 +10,7 @@
     memory during the step over its level just before (sampled every millisecond), each
     size in a fresh process. Without GradCache the 512 step is shown for comparison.
 
-    python benchmarks/bench_train.py --output benchmarks/results/train.json
+    python -m benchmarks.bench_train --output benchmarks/results/train.json
 """
 
 from __future__ import annotations
@@ -31,13 +31,11 @@ import torch
 from PIL import Image
 from transformers import TrainerCallback, TrainingArguments
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from src.data.collator import ContrastiveCollator  # noqa: E402
-from src.loss import ContrastiveBatch, contrastive_loss  # noqa: E402
-from src.model.encoder import build_encoder  # noqa: E402
-from src.model.tiny import build_tiny_checkpoint  # noqa: E402
-from src.trainer_iterative import IterativeTrainer  # noqa: E402
+from src.data.collator import ContrastiveCollator
+from src.loss import ContrastiveBatch, contrastive_loss
+from src.model.encoder import build_encoder
+from src.offline.tiny import build_tiny_checkpoint
+from src.trainer_iterative import IterativeTrainer
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -234,9 +232,10 @@ def main(argv: list[str] | None = None) -> None:
                 ("0",) if size == max(int(s) for s in args.memory_sizes.split(",")) else ()
             ):
                 completed = subprocess.run(
-                    [sys.executable, __file__, "--_memory_probe", f"{size}:{cached}", "--_model_dir", str(model_dir),
-                     "--mini_batch", str(args.mini_batch), "--image_size", str(args.image_size)],
-                    capture_output=True, text=True, check=True,
+                    [sys.executable, "-m", "benchmarks.bench_train", "--_memory_probe", f"{size}:{cached}",
+                     "--_model_dir", str(model_dir), "--mini_batch", str(args.mini_batch),
+                     "--image_size", str(args.image_size)],
+                    capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
                 )  # fmt: skip
                 memory.append(
                     json.loads(completed.stdout.strip().splitlines()[-1])

@@ -1,6 +1,10 @@
-"""Every command-line flag, as dataclasses parsed by HfArgumentParser.
+"""Every command-line flag, as dataclasses parsed by HfArgumentParser, each checking itself.
 
 A `--config preset.json` may set any field; flags given on the command line win over it.
+Each dataclass refuses a bad value of its own fields in `__post_init__` (which runs for
+command-line flags and preset values alike), and `check_together` refuses flags that do
+not go together; the stages then assume valid options. Every refusal is an
+`ArgumentError` that names the flag.
 """
 
 from __future__ import annotations
@@ -8,12 +12,49 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import typing
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
 import torch
 from transformers import HfArgumentParser, TrainingArguments
+
+from src.errors import ArgumentError
+
+MODEL_BACKBONES = ("qwen2_vl", "qwen2_5_vl", "llava_next")
+FOUNDATION_MODEL_BACKBONES = ("qwen2_vl", "qwen2_5_vl", "llava", "generic")
+CAPTIONERS = (*FOUNDATION_MODEL_BACKBONES, "scene_oracle", "none")
+DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+MIN_FOUNDATION_PIXELS = 56 * 56
+
+
+def _require(condition: bool, flag: str, value: object, rule: str) -> None:
+    if not condition:
+        raise ArgumentError(f"--{flag} {value!r}: {rule}")
+
+
+def _check_literals(instance: object) -> None:
+    """Literal-typed fields hold one of their values (argparse checks only the command line)."""
+    hints = typing.get_type_hints(type(instance))
+    for item in dataclasses.fields(instance):
+        allowed = typing.get_args(hints[item.name])
+        if typing.get_origin(hints[item.name]) is Literal:
+            value = getattr(instance, item.name)
+            _require(value in allowed, item.name, value, f"choose one of {', '.join(allowed)}")
+
+
+def _at_least(instance: object, minimum: float, *names: str, optional: bool = False) -> None:
+    for name in names:
+        value = getattr(instance, name)
+        if optional and value is None:
+            continue
+        _require(value is not None and value >= minimum, name, value, f"must be >= {minimum}")
+
+
+def _split_names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 @dataclass
@@ -45,7 +86,7 @@ class ModelArguments:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: str = field(
-        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        default=DEFAULT_LORA_TARGETS,
         metadata={"help": "Comma-separated module names that get LoRA adapters."},
     )
     temperature: float = field(
@@ -57,6 +98,30 @@ class ModelArguments:
             "help": "auto (bfloat16 on a GPU that supports it, else float32), float32, bfloat16, float16."
         },
     )
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        if self.model_backbone is not None:
+            _require(
+                self.model_backbone in MODEL_BACKBONES,
+                "model_backbone",
+                self.model_backbone,
+                f"choose one of {', '.join(MODEL_BACKBONES)}",
+            )
+        _at_least(self, 1, "lora_r")
+        _require(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "must be > 0")
+        _require(0 <= self.lora_dropout < 1, "lora_dropout", self.lora_dropout, "must be in [0, 1)")
+        _require(
+            bool(_split_names(self.lora_target_modules)),
+            "lora_target_modules",
+            self.lora_target_modules,
+            "name at least one module",
+        )
+        _require(self.temperature > 0, "temperature", self.temperature, "must be > 0")
+
+    @property
+    def lora_target_list(self) -> list[str]:
+        return _split_names(self.lora_target_modules)
 
 
 @dataclass
@@ -93,8 +158,23 @@ class DataArguments:
         default=None, metadata={"help": "Use only the first N training triplets (a quick check)."}
     )
     max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Use only the first N validation triplets (a quick check)."}
+        default=None,
+        metadata={
+            "help": "Use only N validation triplets (a quick check); FashionIQ takes them from "
+            "every category in turn."
+        },
     )
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        _at_least(self, 6, "synthetic_train_images", "synthetic_val_images", "synthetic_test_images")
+        _require(
+            self.image_size > 0 and self.image_size % 28 == 0,
+            "image_size",
+            self.image_size,
+            "must be a positive multiple of 28 (the Qwen2-VL patch grid)",
+        )
+        _at_least(self, 1, "max_train_samples", "max_eval_samples", optional=True)
 
 
 @dataclass
@@ -244,6 +324,95 @@ class IterativeArguments:
         metadata={"help": "Write the partial augmentation file every N generated pairs."},
     )
 
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        _at_least(self, 0, "num_iterations", "num_hard_negatives", "hard_negative_skip_top")
+        _at_least(self, 0, "group_loss_weight", "resume_from_iteration", optional=True)
+        _at_least(self, 1, "batch_size", optional=True)
+        _at_least(
+            self,
+            1,
+            "gc_mini_batch_size",
+            "encode_batch_size",
+            "hard_negative_k",
+            "foundation_batch_size",
+            "max_new_tokens",
+            "augment_pairs_per_query",
+            "augment_flush_every",
+        )
+        _at_least(self, 0, "max_augmented_per_iteration", optional=True)
+        _at_least(self, MIN_FOUNDATION_PIXELS, "foundation_max_pixels")
+        if self.hard_negative_margin is not None:
+            _require(
+                self.hard_negative_margin > 0,
+                "hard_negative_margin",
+                self.hard_negative_margin,
+                "must be > 0 (0.95 to 0.99 is a common choice)",
+            )
+        _require(
+            self.generation_temperature > 0,
+            "generation_temperature",
+            self.generation_temperature,
+            "must be > 0",
+        )
+        _require(0 < self.top_p <= 1, "top_p", self.top_p, "must be in (0, 1]")
+        _require(
+            self.group_loss_weight == 0 or self.group_by_reference,
+            "group_loss_weight",
+            self.group_loss_weight,
+            "needs --group_by_reference (the term contrasts queries of one reference group)",
+        )
+        if self.resume_from_iteration is not None:
+            _require(
+                self.resume_from_iteration <= self.num_iterations,
+                "resume_from_iteration",
+                self.resume_from_iteration,
+                f"must be <= --num_iterations ({self.num_iterations})",
+            )
+        self._check_captioner()
+
+    def _check_captioner(self) -> None:
+        backbone, path = self.foundation_model_backbone, self.foundation_model_path
+        if backbone is None:
+            return
+        _require(
+            backbone in CAPTIONERS,
+            "foundation_model_backbone",
+            backbone,
+            f"choose one of {', '.join(CAPTIONERS)}",
+        )
+        if backbone in FOUNDATION_MODEL_BACKBONES:
+            _require(path is not None, "foundation_model_backbone", backbone, "needs --foundation_model_path")
+        elif path is not None:
+            raise ArgumentError(
+                f"--foundation_model_backbone {backbone} uses no model, but --foundation_model_path "
+                f"{path} is given; drop one of the two"
+            )
+
+    @property
+    def resuming(self) -> bool:
+        return self.auto_resume or self.resume_from_iteration is not None
+
+
+@dataclass
+class IterativeTrainingArguments(TrainingArguments):
+    """The Trainer's own flags, with the ranges a contrastive run needs checked up front."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
+        _at_least(self, 1, "per_device_train_batch_size", "gradient_accumulation_steps")
+        _require(
+            self.max_steps > 0 or self.num_train_epochs > 0,
+            "num_train_epochs",
+            self.num_train_epochs,
+            "must be > 0 (or set --max_steps)",
+        )
+        _at_least(self, 0, "warmup_steps", "weight_decay")
+
+
+ARGUMENT_GROUPS = (ModelArguments, DataArguments, IterativeArguments, IterativeTrainingArguments)
+
 
 def default_training_arguments() -> dict:
     """Trainer defaults that suit this project (any of them can be overridden by flag)."""
@@ -269,30 +438,70 @@ def default_training_arguments() -> dict:
     }
 
 
+def read_preset(path: str) -> dict:
+    """A `--config` preset: a JSON object of known flag names."""
+    config_path = Path(path)
+    if not config_path.is_file():
+        raise ArgumentError(f"--config {config_path}: no such file")
+    try:
+        preset = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ArgumentError(
+            f"--config {config_path}: invalid JSON at line {error.lineno}, column {error.colno}: "
+            f"{error.msg}"
+        ) from None
+    if not isinstance(preset, dict):
+        raise ArgumentError(f"--config {config_path}: the top level must be a JSON object of flags")
+    known = {item.name for group in ARGUMENT_GROUPS for item in dataclasses.fields(group)}
+    unknown = sorted(set(preset) - known)
+    if unknown:
+        raise ArgumentError(f"--config {config_path}: unknown keys {unknown}")
+    return preset
+
+
+def _deepspeed_stage(deepspeed: dict | str | None) -> int | None:
+    if deepspeed is None:
+        return None
+    if isinstance(deepspeed, str):
+        path = Path(deepspeed)
+        if not path.is_file():
+            raise ArgumentError(f"--deepspeed {deepspeed}: no such file")
+        try:
+            deepspeed = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ArgumentError(f"--deepspeed {deepspeed}: invalid JSON ({error})") from None
+    return deepspeed.get("zero_optimization", {}).get("stage")
+
+
+def check_together(iter_args: IterativeArguments, training_args: TrainingArguments) -> None:
+    """Refuse flags that each pass their own checks but do not go together."""
+    if iter_args.grad_cache and _deepspeed_stage(training_args.deepspeed) == 3:
+        raise ArgumentError(
+            "--grad_cache with DeepSpeed ZeRO-3: GradCache's second forward pass re-gathers "
+            "partitioned weights chunk by chunk outside the engine's backward; use ZeRO-2 "
+            "(configs/deepspeed_zero2.json) or drop --grad_cache"
+        )
+
+
 def parse_arguments(
     argv: list[str] | None = None,
-) -> tuple[ModelArguments, DataArguments, IterativeArguments, TrainingArguments]:
+) -> tuple[ModelArguments, DataArguments, IterativeArguments, IterativeTrainingArguments]:
     """Parse flags; `--config FILE` supplies defaults that explicit flags override."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(
-        (ModelArguments, DataArguments, IterativeArguments, TrainingArguments)
-    )
+    parser = HfArgumentParser(ARGUMENT_GROUPS)
     parser.set_defaults(**default_training_arguments())
     if "--config" in argv:
-        config_path = Path(argv[argv.index("--config") + 1])
-        if not config_path.is_file():
-            raise FileNotFoundError(f"--config {config_path}: no such file")
-        preset = json.loads(config_path.read_text())
-        known = {
-            f.name
-            for group in (ModelArguments, DataArguments, IterativeArguments, TrainingArguments)
-            for f in dataclasses.fields(group)
-        }
-        unknown = sorted(set(preset) - known)
-        if unknown:
-            raise ValueError(f"--config {config_path}: unknown keys {unknown}")
-        parser.set_defaults(**preset)
-    model_args, data_args, iter_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+        position = argv.index("--config") + 1
+        if position >= len(argv):
+            raise ArgumentError("--config needs a file name")
+        parser.set_defaults(**read_preset(argv[position]))
+    try:
+        model_args, data_args, iter_args, training_args = parser.parse_args_into_dataclasses(
+            args=argv
+        )
+    except metadata.PackageNotFoundError as error:  # e.g. --deepspeed without the package
+        raise ArgumentError(f"a flag needs a package that is not installed: {error}") from None
     if iter_args.batch_size is not None:
         training_args.per_device_train_batch_size = iter_args.batch_size
+    check_together(iter_args, training_args)
     return model_args, data_args, iter_args, training_args

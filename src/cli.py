@@ -1,26 +1,42 @@
-"""The two entry points, `train_iterative.py` and `eval_iterative.py`, as testable functions."""
+"""The two entry points, `train_iterative.py` and `eval_iterative.py`, as testable functions.
+
+This module wires the product to the offline defaults (src/offline/) and turns a user
+error (`UsageError`) into one line on stderr and exit status 2; `--debug` or CIR_DEBUG=1
+shows its traceback too. Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from src.arguments import parse_arguments
 from src.data.loading import load_split
-from src.distributed import rank
-from src.experiment import CONFIG_NAME, Experiment
+from src.distributed import is_main, process_group
+from src.errors import (
+    INTERRUPTED_EXIT_STATUS,
+    USAGE_EXIT_STATUS,
+    ExperimentError,
+    TrainingInterrupted,
+    UsageError,
+)
+from src.experiment import Experiment
 from src.experiment_io import read_json, write_json_atomic
-from src.model.encoder import default_device, load_encoder
+from src.job import resolve_job
+from src.offline import OFFLINE_DEFAULTS
 from src.report import format_table, plot_results
-from src.retrieval.encode import EmbeddingCache
-from src.retrieval.evaluate import encode_split, split_metrics, submission_files
-from src.rounds import checkpoint_meta, resolve_job, run_job
+from src.retrieval.checkpoint_encoding import EncodeSettings
+from src.rounds import run_job
+from src.stages.evaluate import evaluate_stage
 
+DEBUG_ENV = "CIR_DEBUG"
+# HF TrainingArguments has a `--debug <option>` of its own; only a bare --debug is ours.
+HF_DEBUG_OPTIONS = ("underflow_overflow", "tpu_metrics_debug")
 EVAL_DATASETS = {
     "cirr_val": ("cirr", "val"),
     "cirr_test": ("cirr", "test1"),
@@ -42,14 +58,51 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
+    """argv without our bare `--debug`, and whether tracebacks of user errors are wanted."""
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    kept = []
+    for i, item in enumerate(argv):
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if item == "--debug" and following not in HF_DEBUG_OPTIONS:
+            debug = True
+        else:
+            kept.append(item)
+    return kept, debug
+
+
+def run_entry(main: Callable[[list[str]], int], argv: list[str] | None) -> int:
+    """Run an entry point; a UsageError becomes one line on stderr and exit status 2."""
+    argv, debug = _take_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    try:
+        with process_group():
+            return main(argv)
+    except UsageError as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return USAGE_EXIT_STATUS
+    except TrainingInterrupted as interrupted:
+        print(f"interrupted: {interrupted}", file=sys.stderr)
+        return INTERRUPTED_EXIT_STATUS
+
+
 def train_main(argv: list[str] | None = None) -> int:
+    return run_entry(_train, argv)
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    return run_entry(_evaluate, argv)
+
+
+def _train(argv: list[str]) -> int:
     setup_logging()
     start = time.perf_counter()
     model_args, data_args, iter_args, training_args = parse_arguments(argv)
     training_args.device  # noqa: B018  (sets up the process group under torchrun / accelerate)
-    job = resolve_job(model_args, data_args, iter_args, training_args)
+    job = resolve_job(model_args, data_args, iter_args, training_args, OFFLINE_DEFAULTS)
     results = run_job(job)
-    if rank() == 0:
+    if is_main():
         print("\n" + format_table(results))
         plot = plot_results(
             results, job.experiment.dir / "evaluation_results.png", str(job.experiment.dir)
@@ -59,16 +112,7 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _checkpoints(experiment: Experiment) -> list[int]:
-    found = []
-    for path in experiment.dir.glob("checkpoint_iter_*"):
-        match = re.fullmatch(r"checkpoint_iter_(\d+)", path.name)
-        if match and (path / "stage.json").is_file():
-            found.append(int(match.group(1)))
-    return sorted(found)
-
-
-def eval_main(argv: list[str] | None = None) -> int:
+def _eval_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Evaluate the checkpoints of an iterative experiment."
     )
@@ -93,55 +137,60 @@ def eval_main(argv: list[str] | None = None) -> int:
         help="Results JSON to update. Default: evaluation_results.json in the experiment.",
     )
     parser.add_argument("--batch_size", type=int, default=64, help="Encoding batch size.")
-    args = parser.parse_args(argv)
+    parser.add_argument("--debug", action="store_true", help="Show tracebacks of user errors.")
+    return parser
+
+
+def _iterations(text: str | None, available: list[int], experiment: Experiment) -> list[int]:
+    if text is None:
+        return available
+    try:
+        iterations = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise UsageError(f'--iterations {text!r}: expected numbers such as "1,3,5"') from None
+    missing = sorted(set(iterations) - set(available))
+    if missing:
+        raise ExperimentError(
+            f"{experiment.dir}: no finished checkpoint_iter_{missing} (have {available})"
+        )
+    return iterations
+
+
+def _evaluate(argv: list[str]) -> int:
+    args = _eval_parser().parse_args(argv)
     setup_logging()
+    if args.batch_size < 1:
+        raise UsageError(f"--batch_size {args.batch_size}: must be >= 1")
     experiment = Experiment(args.experiment_dir)
-    if not experiment.config_file.is_file():
-        raise SystemExit(f"{experiment.dir}: no {CONFIG_NAME}; is this an experiment directory?")
-    saved = read_json(experiment.config_file)["arguments"]
+    saved = experiment.saved_arguments()
     dataset_name, split_name = EVAL_DATASETS[args.eval_dataset]
     if dataset_name != saved["dataset_name"]:
-        raise SystemExit(
+        raise UsageError(
             f"--eval_dataset {args.eval_dataset} does not match the experiment's dataset "
             f"{saved['dataset_name']!r}"
         )
-    available = _checkpoints(experiment)
-    iterations = [int(i) for i in args.iterations.split(",")] if args.iterations else available
-    missing = sorted(set(iterations) - set(available))
-    if missing:
-        raise SystemExit(
-            f"{experiment.dir}: no finished checkpoint_iter_{missing} (have {available})"
-        )
+    iterations = _iterations(args.iterations, experiment.finished_checkpoints(), experiment)
     split = load_split(dataset_name, args.dataset_path or saved["dataset_path"], split_name)
-    output = Path(args.output_file) if args.output_file else experiment.evaluation_results
-    results = read_json(output) if output.is_file() else {}
-    for iteration in iterations:
-        checkpoint = experiment.checkpoint(iteration)
-        encoder = load_encoder(checkpoint, dtype=saved.get("torch_dtype", "auto")).to(
-            default_device()
-        )
-        encoded = encode_split(
-            encoder,
-            split,
-            split.triplets,
-            dataset_name,
-            EmbeddingCache(experiment.embeddings_dir),
-            checkpoint_meta(checkpoint)["fingerprint"],
-            args.batch_size,
-        )
-        if split.has_labels:
-            results[f"iter_{iteration}"] = split_metrics(encoded, split, dataset_name)
-            write_json_atomic(output, results)
-        else:
-            for payload in submission_files(encoded):
-                path = (
-                    experiment.dir
-                    / f"cirr_test_submission_iter_{iteration}_{payload['metric']}.json"
-                )
-                write_json_atomic(path, payload)
-                logging.info("wrote %s", path)
-    if results:
-        print("\n" + format_table(results))
-        plot = plot_results(results, output.with_suffix(".png"), str(experiment.dir))
-        print(f"\nresults: {output}; plot: {plot}")
+    settings = EncodeSettings(args.batch_size, 0, saved.get("torch_dtype", "auto"))
+    contents = {i: evaluate_stage(experiment, i, split, dataset_name, settings) for i in iterations}
+    if not is_main():
+        return 0
+    if not split.has_labels:
+        print(f"\n{split_name} has no labels: no metrics. Submission files (upload them to the "
+              "CIRR evaluation server):")
+        for content in contents.values():
+            for name in content["submission_files"]:
+                print(f"  {experiment.dir / name}")
+        return 0
+    results = {f"iter_{i}": content["metrics"] for i, content in contents.items()}
+    output = experiment.evaluation_results
+    if args.output_file:
+        output = Path(args.output_file)
+        results = (read_json(output) if output.is_file() else {}) | results
+        write_json_atomic(output, results)
+    else:
+        results = read_json(output)
+    print(f"\n{split_name} metrics\n" + format_table(results))
+    plot = plot_results(results, output.with_suffix(".png"), str(experiment.dir))
+    print(f"\nresults: {output}; plot: {plot}")
     return 0

@@ -1,22 +1,37 @@
-"""One round's training: an IterativeTrainer over the round's dataset, resumable mid-round."""
+"""One round's training: an IterativeTrainer over the round's dataset, resumable mid-round.
+
+Each Trainer checkpoint `checkpoint-N` gets `checkpoint_files.json`, the size and hash of
+every file in it, once the Trainer has finished saving it (a callback); a resumed round
+starts from the newest checkpoint whose files all match, so one cut off while being saved
+or damaged afterwards is never resumed from. SIGTERM (a cluster's preemption, or torchrun
+stopping the job) makes the Trainer save a checkpoint at the end of the current step and
+stop; the round then ends with `TrainingInterrupted` instead of a half-trained checkpoint.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import re
 import shutil
+import signal
 from pathlib import Path
 
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from src.data.collator import ContrastiveCollator
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
+from src.distributed import any_process, barrier, broadcast_object, is_main
+from src.errors import TrainingInterrupted
+from src.experiment_io import read_json, write_json_atomic
+from src.faults import fault_point
+from src.integrity import DigestCache
 from src.model.encoder import VLM2VecEncoder
 from src.trainer_iterative import IterativeTrainer
 
 logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILES_NAME = "checkpoint_files.json"
 
 
 @dataclasses.dataclass
@@ -28,6 +43,44 @@ class LossOptions:
     group_by_reference: bool = False
 
 
+class RecordCheckpointFiles(TrainerCallback):
+    """After the Trainer saved checkpoint-N: record its files (rank 0), then the fault point."""
+
+    def __init__(self, iteration: int):
+        self.iteration = iteration
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir():
+            records = DigestCache().directory(checkpoint, skip=(CHECKPOINT_FILES_NAME,))
+            write_json_atomic(checkpoint / CHECKPOINT_FILES_NAME, records)
+        fault_point("training", state.global_step, self.iteration)
+
+
+class StopOnSigterm(TrainerCallback):
+    """On SIGTERM: save a checkpoint at the end of the current step and stop training."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if any_process(self.received):  # every process stops at the same step
+            self.received = True
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
 def train_round(
     encoder: VLM2VecEncoder,
     dataset: ComposedRetrievalDataset,
@@ -35,8 +88,9 @@ def train_round(
     loss: LossOptions,
     instruction_set: str,
     output_dir: Path,
+    iteration: int = 0,
 ) -> dict:
-    """Train `encoder` in place; resumes from the last `checkpoint-N` in `output_dir` if any."""
+    """Train `encoder` in place; resumes from the last complete `checkpoint-N` in `output_dir`."""
     args = dataclasses.replace(training_args, output_dir=str(output_dir))
     collator = ContrastiveCollator(
         encoder.processor,
@@ -44,6 +98,7 @@ def train_round(
         instruction_set,
         chunk_size=loss.gc_mini_batch_size if loss.grad_cache else None,
     )
+    stop = StopOnSigterm()
     trainer = IterativeTrainer(
         model=encoder,
         args=args,
@@ -53,33 +108,54 @@ def train_round(
         group_loss_weight=loss.group_loss_weight,
         grad_cache=loss.grad_cache,
         group_by_reference=loss.group_by_reference,
+        callbacks=[RecordCheckpointFiles(iteration), stop],
     )
     last = last_complete_checkpoint(output_dir)
     if last:
         logger.info("resuming training from %s", last)
     result = trainer.train(resume_from_checkpoint=last)
+    if stop.received:
+        raise TrainingInterrupted(
+            f"stopped by SIGTERM after saving {output_dir}/checkpoint-{result.global_step}; "
+            "continue with --auto_resume"
+        )
     return {"train_loss": result.training_loss, "steps": result.global_step, "resumed_from": last}
 
 
 def last_complete_checkpoint(output_dir: Path) -> str | None:
-    """The newest `checkpoint-N` that the Trainer finished writing, or None.
+    """The newest `checkpoint-N` whose files match their records, the same on every process.
 
-    The Trainer writes trainer_state.json last, so a checkpoint without a readable one was
-    interrupted mid-save: it is removed (it holds nothing that can be resumed) and the
-    previous one is used.
+    Rank 0 decides; it removes the newer checkpoints that do not match (cut off while being
+    saved, or damaged since: they hold nothing that can be resumed), and the others wait.
     """
-    if not output_dir.is_dir():
-        return None
-    numbered = []
-    for path in output_dir.iterdir():
-        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if match and path.is_dir():
-            numbered.append((int(match.group(1)), path))
-    for _, path in sorted(numbered, reverse=True):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-            return str(path)
-        except (OSError, ValueError):
-            logger.warning("removing %s: interrupted while it was being saved", path)
+    found = None
+    if is_main() and output_dir.is_dir():
+        numbered = sorted(
+            (
+                (int(match.group(1)), path)
+                for path in output_dir.iterdir()
+                if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and path.is_dir()
+            ),
+            reverse=True,
+        )
+        for _, path in numbered:
+            reason = _incomplete(path)
+            if reason is None:
+                found = str(path)
+                break
+            logger.warning("removing %s: %s", path, reason)
             shutil.rmtree(path)
-    return None
+    barrier()
+    return broadcast_object(found)
+
+
+def _incomplete(checkpoint: Path) -> str | None:
+    """Why a Trainer checkpoint cannot be resumed from (None: every file matches its record)."""
+    records_file = checkpoint / CHECKPOINT_FILES_NAME
+    if not records_file.is_file():
+        return "interrupted while it was being saved (no record of its files)"
+    try:
+        records = read_json(records_file)
+    except ValueError as error:
+        return str(error)
+    return DigestCache().directory_mismatch(checkpoint, records, skip=(CHECKPOINT_FILES_NAME,))

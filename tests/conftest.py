@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from src.data.loading import load_split
-from src.data.synthetic import build_synthetic_benchmark
-from src.model.tiny import build_tiny_checkpoint
+from src.offline.synthetic.benchmark import build_synthetic_benchmark
+from src.offline.tiny import build_tiny_checkpoint
 
 torch.set_num_threads(2)
 

@@ -11,14 +11,15 @@ import torch
 from PIL import Image
 
 from src.augment.captioners import (
-    GenerationOptions,
-    SceneOracle,
     detect_foundation_backbone,
     load_captioner,
+    resolve_captioner,
     side_by_side,
     takes_two_images,
 )
 from src.augment.consistency import yes_probability
+from src.augment.generation import ask_consistency
+from src.augment.options import GenerationOptions
 from src.augment.pairs import CaptionPair
 from src.augment.prompts import (
     COT_INSTRUCTION,
@@ -26,8 +27,10 @@ from src.augment.prompts import (
     SIDE_BY_SIDE_INTRO,
     TWO_IMAGES_INTRO,
 )
-from src.augment.stage import ask_consistency
-from src.data.synthetic import apply_caption, describe_difference, load_scenes
+from src.errors import ArgumentError
+from src.offline.scene_oracle import SCENE_ORACLE, SceneOracle
+from src.offline.synthetic.captions import apply_caption, describe_difference
+from src.offline.synthetic.scenes import load_scenes
 
 OPTIONS = GenerationOptions(max_new_tokens=4)
 
@@ -54,19 +57,19 @@ def near_miss_pairs(split, count: int) -> list[CaptionPair]:
 
 @pytest.fixture(scope="module")
 def qwen_captioner(tiny_model_dirs, small_benchmark):
-    return load_captioner("qwen2_vl", tiny_model_dirs["qwen2_vl"], OPTIONS, small_benchmark)
+    return load_captioner("qwen2_vl", tiny_model_dirs["qwen2_vl"], OPTIONS)
 
 
 @pytest.fixture(scope="module")
 def llava_captioner(tiny_model_dirs, small_benchmark):
-    return load_captioner("llava", tiny_model_dirs["llava_next"], OPTIONS, small_benchmark)
+    return load_captioner("llava", tiny_model_dirs["llava_next"], OPTIONS)
 
 
 @pytest.mark.parametrize("backbone", ["qwen2_vl", "qwen2_5_vl"])
 def test_qwen_prompt_holds_both_images(
     backbone, tiny_model_dirs, small_benchmark, small_train_split
 ):
-    captioner = load_captioner(backbone, tiny_model_dirs[backbone], OPTIONS, small_benchmark)
+    captioner = load_captioner(backbone, tiny_model_dirs[backbone], OPTIONS)
     pairs = near_miss_pairs(small_train_split, 3)
     inputs = captioner.caption_inputs(pairs)
     image_token = captioner.model.config.image_token_id
@@ -94,7 +97,7 @@ def test_qwen_pixel_budget_sets_the_image_size(tiny_qwen, small_benchmark, tmp_p
     tokens = {}
     for budget in (56 * 56, 112 * 112):
         options = GenerationOptions(max_pixels=budget)
-        captioner = load_captioner("qwen2_vl", tiny_qwen, options, small_benchmark)
+        captioner = load_captioner("qwen2_vl", tiny_qwen, options)
         # The tiny processor pins every image to 56 x 56; let the budget decide instead.
         captioner.processor.image_processor.max_pixels = 1024 * 1024
         captioner.processor.image_processor.size = {
@@ -121,7 +124,7 @@ def test_llava_prompt_holds_one_double_width_picture(llava_captioner, small_trai
 
 def test_llava_pixel_budget_shrinks_each_half(tiny_model_dirs, small_benchmark, small_train_split):
     options = GenerationOptions(max_pixels=56 * 56 // 4)
-    captioner = load_captioner("llava", tiny_model_dirs["llava_next"], options, small_benchmark)
+    captioner = load_captioner("llava", tiny_model_dirs["llava_next"], options)
     inputs = captioner.caption_inputs(near_miss_pairs(small_train_split, 1))
     height, width = inputs["image_sizes"][0].tolist()
     assert height == 28 and 2 * 28 < width < 2 * 56
@@ -142,7 +145,7 @@ def test_generic_uses_two_images_where_the_processor_takes_them(
     tiny_model_dirs, small_benchmark, small_train_split
 ):
     for directory in (tiny_model_dirs["qwen2_vl"], tiny_model_dirs["llava_next"]):
-        captioner = load_captioner("generic", directory, OPTIONS, small_benchmark)
+        captioner = load_captioner("generic", directory, OPTIONS)
         assert captioner.layout == "two_images"
         inputs = captioner.caption_inputs(near_miss_pairs(small_train_split, 1))
         images = inputs.get("image_grid_thw", inputs.get("image_sizes"))
@@ -174,7 +177,7 @@ def test_generation_returns_one_text_per_pair(qwen_captioner, llava_captioner, s
 
 def test_sampling_follows_the_seed(tiny_qwen, small_benchmark, small_train_split):
     options = GenerationOptions(max_new_tokens=6, do_sample=True, temperature=1.5, top_p=1.0)
-    captioner = load_captioner("qwen2_vl", tiny_qwen, options, small_benchmark)
+    captioner = load_captioner("qwen2_vl", tiny_qwen, options)
     pairs = near_miss_pairs(small_train_split, 2)
     torch.manual_seed(0)
     first = captioner.generate(pairs)
@@ -242,9 +245,20 @@ def test_scene_oracle_describes_a_known_pair(small_benchmark, small_train_split)
     assert oracle.describe()["stands_in_for_a_foundation_model"] is True
 
 
-def test_scene_oracle_refuses_a_dataset_without_scenes(tmp_path):
-    with pytest.raises(ValueError, match="only on the synthetic benchmark"):
-        SceneOracle(tmp_path)
+def test_captioner_choice_defaults_and_clear_errors(tiny_qwen, tiny_model_dirs, small_benchmark, tmp_path):
+    oracle = {SCENE_ORACLE.name: SCENE_ORACLE}
+    assert resolve_captioner(None, None, small_benchmark, oracle) == "scene_oracle"
+    llava = str(tiny_model_dirs["llava_next"])
+    assert resolve_captioner(None, llava, tmp_path, oracle) == "llava"
+    assert resolve_captioner("none", None, tmp_path, oracle) == "none"
+    with pytest.raises(ArgumentError, match="--foundation_model_path.*--foundation_model_backbone none"):
+        resolve_captioner(None, None, tmp_path, oracle)
+    with pytest.raises(ArgumentError, match="only on the synthetic benchmark"):
+        resolve_captioner("scene_oracle", None, tmp_path, oracle)
+    with pytest.raises(ArgumentError, match="not available"):
+        resolve_captioner("scene_oracle", None, small_benchmark, {})
+    with pytest.raises(ArgumentError, match="no config.json"):
+        resolve_captioner("qwen2_vl", str(tmp_path / "missing"), small_benchmark, oracle)
 
 
 def test_backbone_detection(tiny_model_dirs, tmp_path):
@@ -253,5 +267,5 @@ def test_backbone_detection(tiny_model_dirs, tmp_path):
     assert detect_foundation_backbone(tiny_model_dirs["llava_next"]) == "llava"
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "idefics3"}))
     assert detect_foundation_backbone(tmp_path) == "generic"
-    with pytest.raises(FileNotFoundError, match="--foundation_model_path"):
+    with pytest.raises(ArgumentError, match="--foundation_model_path"):
         detect_foundation_backbone(tmp_path / "missing")

@@ -16,7 +16,13 @@ from src.augment.cleaning import (
     final_text,
     judge,
 )
-from src.augment.consistency import answer_token_ids, apply_answers, verdict, yes_probability
+from src.augment.consistency import (
+    answer_token_ids,
+    apply_answers,
+    false_negatives,
+    verdict,
+    yes_probability,
+)
 from src.augment.pairs import CaptionPair, pairs_digest, select_pairs
 from src.data.records import Triplet
 
@@ -71,11 +77,9 @@ def test_pair_limit_keeps_the_most_queries():
     assert [p.source_pairid for p in pairs] == ["q1", "q2", "q3"]
 
 
-def test_pairs_refuse_queries_missing_from_the_split_and_bad_counts():
+def test_pairs_refuse_queries_missing_from_the_split():
     with pytest.raises(ValueError, match="not in the training split"):
         select_pairs(TRIPLETS[:1], IMAGES, mined_queries(), 1, 1, None)
-    with pytest.raises(ValueError, match="--augment_pairs_per_query"):
-        select_pairs(TRIPLETS, IMAGES, mined_queries(), 1, 0, None)
 
 
 def test_pairs_digest_follows_the_requests_not_the_paths():
@@ -181,41 +185,37 @@ def test_filter_counts_every_reason_and_rejects_duplicates_per_reference():
         "p5": "make the dog",
     }
     generations = {k: {"text": v, "finished": k != "p5"} for k, v in texts.items()}
-    kept, rejected, reasons = filter_generations(pairs, generations, "direct")
-    assert [(p.pairid, text) for p, text in kept] == [
+    result = filter_generations(pairs, generations, "direct")
+    assert [(p.pairid, text) for p, text in result.kept] == [
         ("p0", "make the dog black"),
         ("p4", "make the dog black"),
     ]
-    assert {p.pairid: j.reason for p, j in rejected} == {
+    assert {r.pair.pairid: r.reason for r in result.rejected} == {
         "p1": "duplicate",
         "p2": "mentions_images",
         "p3": "not_describable",
         "p5": "truncated",
     }
-    assert set(reasons) <= set(REJECTION_REASONS)
-    assert sum(reasons.values()) + len(kept) == len(pairs)
+    assert {r.reason for r in result.rejected} <= set(REJECTION_REASONS)
+    assert len(result.rejected) + len(result.kept) == len(pairs)
 
 
 # ---------------------------------------------------------------- consistency
 
 
 @pytest.mark.parametrize(
-    ("new_yes", "original_yes", "keep", "false_negative", "reason"),
+    ("new_yes", "original_yes", "keep", "reason"),
     [
-        (0.9, 0.1, True, False, None),
-        (0.9, 0.8, False, True, "consistency_false_negative"),
-        (0.2, 0.1, False, False, "consistency_new_text_no"),
-        (0.2, 0.9, False, True, "consistency_false_negative"),
-        (0.5, 0.5, False, False, "consistency_new_text_no"),
+        (0.9, 0.1, True, None),
+        (0.9, 0.8, False, "consistency_false_negative"),
+        (0.2, 0.1, False, "consistency_new_text_no"),
+        (0.2, 0.9, False, "consistency_false_negative"),
+        (0.5, 0.5, False, "consistency_new_text_no"),
     ],
 )
-def test_consistency_verdicts(new_yes, original_yes, keep, false_negative, reason):
+def test_consistency_verdicts(new_yes, original_yes, keep, reason):
     decision = verdict(new_yes, original_yes)
-    assert (decision.keep, decision.false_negative, decision.reason) == (
-        keep,
-        false_negative,
-        reason,
-    )
+    assert (decision.keep, decision.reason) == (keep, reason)
 
 
 def test_consistency_keeps_and_drops_the_right_samples():
@@ -226,15 +226,14 @@ def test_consistency_keeps_and_drops_the_right_samples():
         (pair("d", negative="n4", source="q1"), "text d"),
     ]
     answers = {"a": (0.8, 0.1), "b": (0.9, 0.7), "c": (0.3, 0.2), "d": (0.1, 0.6)}
-    stay, dropped, reasons, false_negatives = apply_answers(kept, answers)
-    assert [p.pairid for p, _ in stay] == ["a"]
-    assert [(p.pairid, reason) for p, _, reason in dropped] == [
+    result = apply_answers(kept, answers)
+    assert [p.pairid for p, _ in result.kept] == ["a"]
+    assert [(r.pair.pairid, r.reason) for r in result.rejected] == [
         ("b", "consistency_false_negative"),
         ("c", "consistency_new_text_no"),
         ("d", "consistency_false_negative"),
     ]
-    assert reasons == {"consistency_false_negative": 2, "consistency_new_text_no": 1}
-    assert false_negatives == {"q1": ["n2", "n4"]}
+    assert false_negatives(result.rejected) == {"q1": ["n2", "n4"]}
 
 
 def test_yes_probability_reads_yes_against_no():

@@ -3,6 +3,7 @@ a kill, the consistency and embedder filters, the defaults, and a fast-mode run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -14,25 +15,23 @@ from pathlib import Path
 
 import pytest
 
-import src.augment.stage as stage
+import src.retrieval.checkpoint_encoding as checkpoint_encoding
 import src.retrieval.encode as encode
+import src.stages.augment as stage
 from src.arguments import parse_arguments
-from src.augment.captioners import SceneOracle
-from src.augment.stage import (
-    ALL_REASONS,
-    augmented_training_samples,
-    choose_captioner,
-    partial_files,
-    run_augmentation,
-)
 from src.cli import train_main
+from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.data.records import Triplet
 from src.experiment import Experiment
 from src.experiment_io import read_json, write_json_atomic
+from src.job import Job, resolve_job
 from src.model.encoder import build_encoder
-from src.retrieval.encode import EmbeddingCache, weights_fingerprint
-from src.retrieval.evaluate import encode_split
-from src.rounds import Job, resolve_job, training_samples
+from src.offline import OFFLINE_DEFAULTS
+from src.offline.scene_oracle import SceneOracle
+from src.retrieval.checkpoint_encoding import CheckpointEncoder, EncodeSettings
+from src.retrieval.encode import EmbeddingCache
+from src.stages.augment import ALL_REASONS, augment_stage
+from src.stages.train import round_inputs, save_checkpoint
 
 NUM_MINED = 4
 ENCODE_ROWS = encode.encode_rows
@@ -65,7 +64,7 @@ def make_job(tmp_path, model_dir, benchmark, *flags: str) -> Job:
         "--encode_batch_size", "32",
         *flags,
     ]  # fmt: skip
-    job = resolve_job(*parse_arguments(argv))
+    job = resolve_job(*parse_arguments(argv), OFFLINE_DEFAULTS)
     queries = {}
     for t in job.train_split.triplets[:NUM_MINED]:
         near_misses = [m for m in t.group if m not in (t.reference, t.target)]
@@ -79,6 +78,14 @@ def make_job(tmp_path, model_dir, benchmark, *flags: str) -> Job:
     mined = {"meta": {"checkpoint_fingerprint": "mined-by-test"}, "stats": {}, "queries": queries}
     write_json_atomic(job.experiment.hard_negatives(0), mined)
     return job
+
+
+def round_data(job: Job, iteration: int) -> ComposedRetrievalDataset:
+    return ComposedRetrievalDataset.for_round(job.train_split, *round_inputs(job, iteration))
+
+
+def partial_files(experiment: Experiment, iteration: int) -> list[Path]:
+    return experiment.partial_augmented_files(iteration)
 
 
 def check_accounting(payload: dict) -> None:
@@ -122,7 +129,7 @@ def test_round_generates_cleans_filters_and_writes_with_provenance(
         return captioner
 
     monkeypatch.setattr(stage, "load_captioner", load_and_watch)
-    run_augmentation(job, 1)
+    augment_stage(job, 1)
 
     assert len(loaded) == 1 and loaded[0]() is None  # released before training
     payload = read_json(job.experiment.augmented(1))
@@ -156,9 +163,9 @@ def test_round_generates_cleans_filters_and_writes_with_provenance(
         assert sample["target"] == mined[source.pairid]["negatives"][j]["image"]
         assert sample["generator"] == generator
         assert sample["caption"] and sample["raw_output"] is not None
-    augmented = augmented_training_samples(job.experiment, 1, "current")
-    assert [t.pairid for t in augmented.triplets] == [s["pairid"] for s in payload["samples"]]
-    assert all(t.source == "augmented:1" for t in augmented.triplets)
+    augmented = [t for t in round_data(job, 1).triplets if t.source != "original"]
+    assert [t.pairid for t in augmented] == [s["pairid"] for s in payload["samples"]]
+    assert all(t.source == "augmented:1" for t in augmented)
     logged = capsys.readouterr()
     assert "captioning" in logged.err  # the progress bar
     stages = [s for s in job.experiment.stage_log() if s["stage"] == "augment"]
@@ -200,7 +207,7 @@ def test_kill_mid_generation_and_resume(ending_models, small_benchmark, tmp_path
         stage, "load_captioner", lambda *a, **k: load_counting(*a, kill_after_batches=3, **k)
     )
     with pytest.raises(Killed):
-        run_augmentation(job, 1)
+        augment_stage(job, 1)
     assert not job.experiment.augmented(1).exists()
     (partial,) = partial_files(job.experiment, 1)
     first_run = list(generated)
@@ -211,7 +218,7 @@ def test_kill_mid_generation_and_resume(ending_models, small_benchmark, tmp_path
     monkeypatch.setattr(
         stage, "load_captioner", lambda *a, **k: load_counting(*a, kill_after_batches=None, **k)
     )
-    run_augmentation(job, 1)
+    augment_stage(job, 1)
     payload = read_json(job.experiment.augmented(1))
     assert len(generated) == 2 and not set(generated) & set(first_run)
     assert payload["stats"]["pairs_resumed"] == 6 and payload["stats"]["pairs_generated"] == 2
@@ -242,7 +249,7 @@ def test_consistency_answers_drop_samples_and_false_negatives(
         return values
 
     monkeypatch.setattr(SceneOracle, "yes_probabilities", answers)
-    run_augmentation(job, 1)
+    augment_stage(job, 1)
     payload = read_json(job.experiment.augmented(1))
     check_accounting(payload)
     kept_sources = {s["source_pairid"] for s in payload["samples"]}
@@ -251,7 +258,7 @@ def test_consistency_answers_drop_samples_and_false_negatives(
     assert payload["false_negatives"] == {second.pairid: [negative["image"]]}
     assert payload["stats"]["rejected"]["consistency_false_negative"] == 1
     assert payload["stats"]["rejected"]["consistency_new_text_no"] == 1
-    _, negatives = training_samples(job, 1)
+    negatives = round_data(job, 1).hard_negatives
     assert negative["image"] not in negatives[second.pairid]
     assert len(negatives[second.pairid]) == NUM_MINED - 1
 
@@ -268,22 +275,20 @@ def test_verify_keeps_what_the_current_embedder_prefers(
     )  # fmt: skip
     encoder = build_encoder(tiny_qwen)
     checkpoint = job.experiment.checkpoint(0)
-    encoder.save(checkpoint)
-    fingerprint = weights_fingerprint(encoder)
-    write_json_atomic(checkpoint / "stage.json", {"fingerprint": fingerprint})
+    save_checkpoint(job.experiment, encoder, checkpoint, {}, {"iteration": 0})
+    job.experiment.record_stage("train", 0, {}, checkpoint)
+    verified = job.experiment.verified_checkpoint(0)
     cache = EmbeddingCache(job.experiment.embeddings_dir)
-    encoded = encode_split(
-        encoder, job.train_split, [], job.instruction_set, cache, fingerprint, 32, 0
-    )  # what mining leaves in the cache
+    with CheckpointEncoder(checkpoint, verified.fingerprint, cache, EncodeSettings(32)) as reader:
+        encoded = reader.encode_split(job.train_split, [], job.instruction_set)  # as mining does
     encoded_rows = []
 
     def counting(encoder, rows, *args, **kwargs):
         encoded_rows.append(rows.kind)
         return ENCODE_ROWS(encoder, rows, *args, **kwargs)
 
-    monkeypatch.setattr(encode, "encode_rows", counting)
-    monkeypatch.setattr("src.augment.verify.encode_rows", counting)
-    run_augmentation(job, 1)
+    monkeypatch.setattr(checkpoint_encoding, "encode_rows", counting)
+    augment_stage(job, 1)
     assert encoded_rows == ["queries"]  # the gallery came from the cache
     payload = read_json(job.experiment.augmented(1))
     check_accounting(payload)
@@ -300,47 +305,19 @@ def test_verify_keeps_what_the_current_embedder_prefers(
 
 def _query(job, encoder, sample):
     triplet = Triplet(sample["pairid"], sample["reference"], sample["caption"], sample["target"])
-    rows = encode.query_rows(job.train_split, [triplet], encoder, job.instruction_set)
+    rows = encode.query_rows(
+        job.train_split, [triplet], encoder.backbone.image_token, job.instruction_set
+    )
     return ENCODE_ROWS(encoder, rows, 1, 0)[0]
-
-
-def test_defaults_and_clear_errors(tiny_qwen, tiny_model_dirs):
-    assert choose_captioner(None, None, synthetic=True) == "scene_oracle"
-    assert choose_captioner(None, str(tiny_model_dirs["llava_next"]), synthetic=False) == "llava"
-    with pytest.raises(
-        ValueError, match="--foundation_model_path.*--foundation_model_backbone none"
-    ):
-        choose_captioner(None, None, synthetic=False)
-    with pytest.raises(ValueError, match="only on the synthetic benchmark"):
-        choose_captioner("scene_oracle", None, synthetic=False)
-    with pytest.raises(ValueError, match="needs --foundation_model_path"):
-        choose_captioner("qwen2_vl", None, synthetic=True)
-    with pytest.raises(ValueError, match="uses no model"):
-        choose_captioner("none", str(tiny_qwen), synthetic=True)
-    with pytest.raises(ValueError, match="choose one of"):
-        choose_captioner("blip", str(tiny_qwen), synthetic=True)
 
 
 def test_none_skips_and_says_so(tiny_qwen, small_benchmark, tmp_path):
     job = make_job(tmp_path, tiny_qwen, small_benchmark, "--foundation_model_backbone", "none")
-    run_augmentation(job, 1)
+    augment_stage(job, 1)
     payload = read_json(job.experiment.augmented(1))
     assert payload["meta"]["generator"] == "none" and "none" in payload["meta"]["skipped"]
     assert payload["samples"] == []
-    triplets, _ = training_samples(job, 1)
-    assert len(triplets) == len(job.train_split.triplets)
-
-
-def test_bad_flags_are_refused_before_any_work(tiny_qwen, small_benchmark, tmp_path):
-    """On the command line argparse refuses these values; a preset's values reach the stage."""
-    for flag, value in (("--prompt_mode", "chatty"), ("--augmented_pool", "all")):
-        with pytest.raises(SystemExit):
-            make_job(tmp_path, tiny_qwen, small_benchmark, flag, value)
-        job = make_job(tmp_path, tiny_qwen, small_benchmark)
-        setattr(job.iter_args, flag.removeprefix("--"), value)
-        with pytest.raises(ValueError, match=flag):
-            run_augmentation(job, 1)
-        assert not job.experiment.augmented(1).exists()
+    assert len(round_data(job, 1)) == len(job.train_split.triplets)
 
 
 def test_a_finished_file_is_redone_only_when_its_meta_changes(
@@ -354,12 +331,12 @@ def test_a_finished_file_is_redone_only_when_its_meta_changes(
         "generate",
         lambda self, pairs: calls.append(len(pairs)) or generate(self, pairs),
     )
-    run_augmentation(job, 1)
+    augment_stage(job, 1)
     assert sum(calls) == NUM_MINED
-    run_augmentation(job, 1)
+    augment_stage(job, 1)
     assert sum(calls) == NUM_MINED
-    job.iter_args.augment_pairs_per_query = 2
-    run_augmentation(job, 1)
+    job.augment = dataclasses.replace(job.augment, pairs_per_query=2)
+    augment_stage(job, 1)
     assert sum(calls) == NUM_MINED + 2 * NUM_MINED
     assert read_json(job.experiment.augmented(1))["stats"]["pairs"] == 2 * NUM_MINED
     assert [s["stage"] for s in job.experiment.stage_log()] == ["augment", "augment"]
@@ -367,17 +344,18 @@ def test_a_finished_file_is_redone_only_when_its_meta_changes(
 
 def test_pool_current_or_cumulative(tiny_qwen, small_benchmark, tmp_path):
     job = make_job(tmp_path, tiny_qwen, small_benchmark, "--max_augmented_per_iteration", "3")
-    run_augmentation(job, 1)
+    augment_stage(job, 1)
     mined = read_json(job.experiment.hard_negatives(0))
     mined["meta"]["checkpoint_fingerprint"] = "round-1"
     write_json_atomic(job.experiment.hard_negatives(1), mined)
-    run_augmentation(job, 2)
-    current = augmented_training_samples(job.experiment, 2, "current")
-    cumulative = augmented_training_samples(job.experiment, 2, "cumulative")
-    assert {t.source for t in current.triplets} == {"augmented:2"}
-    assert len(current.triplets) == 3
-    assert [t.source for t in cumulative.triplets] == ["augmented:1"] * 3 + ["augmented:2"] * 3
-    assert len({t.pairid for t in cumulative.triplets}) == 6
+    augment_stage(job, 2)
+    current = [t for t in round_data(job, 2).triplets if t.source != "original"]
+    job.augment = dataclasses.replace(job.augment, pool="cumulative")
+    cumulative = [t for t in round_data(job, 2).triplets if t.source != "original"]
+    assert {t.source for t in current} == {"augmented:2"}
+    assert len(current) == 3
+    assert [t.source for t in cumulative] == ["augmented:1"] * 3 + ["augmented:2"] * 3
+    assert len({t.pairid for t in cumulative}) == 6
 
 
 @pytest.mark.slow
@@ -412,11 +390,12 @@ DISTRIBUTED_SCRIPT = """
 import sys
 import torch.distributed as dist
 from src.arguments import parse_arguments
-from src.augment.stage import run_augmentation
-from src.rounds import resolve_job
+from src.job import resolve_job
+from src.offline import OFFLINE_DEFAULTS
+from src.stages.augment import augment_stage
 
 dist.init_process_group("gloo")
-run_augmentation(resolve_job(*parse_arguments(sys.argv[1:])), 1)
+augment_stage(resolve_job(*parse_arguments(sys.argv[1:]), OFFLINE_DEFAULTS), 1)
 dist.destroy_process_group()
 """
 
@@ -433,7 +412,7 @@ def test_two_processes_share_the_work_and_write_what_one_writes(
         "--consistency_filter",
     ]  # fmt: skip
     one = make_job(tmp_path / "one", ending_models["qwen2_vl"], small_benchmark, *flags)
-    run_augmentation(one, 1)
+    augment_stage(one, 1)
     two = make_job(tmp_path / "two", ending_models["qwen2_vl"], small_benchmark, *flags)
     script = tmp_path / "augment_two.py"
     script.write_text(DISTRIBUTED_SCRIPT)

@@ -3,12 +3,16 @@
 import json
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from src.experiment import Experiment, ExperimentError
 from src.experiment_io import read_json, write_json_atomic
 
+REPO = Path(__file__).resolve().parents[1]
 ARGS = {
     "model_name": "m",
     "seed": 0,
@@ -45,21 +49,47 @@ def test_mismatched_resume_names_every_differing_key(tmp_path):
 
 def test_second_run_on_the_same_directory_is_refused(tmp_path):
     experiment = Experiment(tmp_path / "exp")
-    with experiment.lock(), pytest.raises(ExperimentError, match="in use by process"):  # noqa: SIM117
+    with experiment.lock(), pytest.raises(ExperimentError, match=f"process {os.getpid()}"):  # noqa: SIM117
         with Experiment(tmp_path / "exp").lock():
             pass
     with experiment.lock():
         pass
 
 
-def test_lock_of_a_dead_process_is_taken_over(tmp_path):
+@pytest.mark.parametrize("content", ["", "garbage{", '{"pid": 1, "host": "elsewhere"}'])
+def test_a_stale_empty_or_garbage_lock_file_never_blocks(tmp_path, content):
     experiment = Experiment(tmp_path / "exp")
     experiment.dir.mkdir()
-    (experiment.dir / ".lock").write_text(
-        json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()})
-    )
+    (experiment.dir / ".lock").write_text(content)
+    (experiment.dir / ".lock.owner").write_text(content)
     with experiment.lock():
-        assert json.loads((experiment.dir / ".lock").read_text())["pid"] == os.getpid()
+        owner = json.loads((experiment.dir / ".lock.owner").read_text())
+        assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
+
+
+def test_a_lock_held_by_a_killed_process_is_free(tmp_path):
+    """The OS releases the lock of a process that dies, however it dies."""
+    experiment = Experiment(tmp_path / "exp")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from src.experiment import Experiment\n"
+            f"with Experiment({str(experiment.dir)!r}).lock():\n"
+            "    print('locked', flush=True); time.sleep(60)",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(ExperimentError, match=f"process {holder.pid}"):  # noqa: SIM117
+        with experiment.lock():
+            pass
+    holder.kill()
+    holder.wait()
+    with experiment.lock():
+        pass
 
 
 def test_resume_from_iteration_moves_rounds_aside(tmp_path):
@@ -68,7 +98,8 @@ def test_resume_from_iteration_moves_rounds_aside(tmp_path):
         experiment.checkpoint(i).mkdir(parents=True)
         write_json_atomic(experiment.hard_negatives(i), {"i": i})
         write_json_atomic(experiment.augmented(i), {"i": i})
-    write_json_atomic(experiment.evaluation_results, {f"iter_{i}": {"r": i} for i in range(3)})
+        write_json_atomic(experiment.evaluation("val", i), {"metrics": {"r": i}})
+    experiment.write_results_summary()
     moved = experiment.move_rounds_aside(1)
     assert sorted(p.name for p in moved.iterdir()) == sorted(
         [
@@ -76,10 +107,11 @@ def test_resume_from_iteration_moves_rounds_aside(tmp_path):
             "checkpoint_iter_2",
             "augmented_samples_iter_1.json",
             "augmented_samples_iter_2.json",
+            "evaluation_val_iter_1.json",
+            "evaluation_val_iter_2.json",
             "hard_negatives_iter_0.json",
             "hard_negatives_iter_1.json",
             "hard_negatives_iter_2.json",
-            "evaluation_results.json",
         ]
     )
     assert experiment.checkpoint(0).is_dir() and experiment.augmented(0).is_file()

@@ -82,13 +82,6 @@ def test_stats_report_rank_histogram_and_recall():
     assert stats["train_recall@1"] == 0.0 and stats["train_recall@5"] == 100.0
 
 
-def test_bad_options_are_refused():
-    with pytest.raises(ValueError, match="mine_scope"):
-        MiningOptions(scope="some")
-    with pytest.raises(ValueError, match="negative_source"):
-        MiningOptions(source="other")
-
-
 def test_mined_file_round_trips_into_the_next_rounds_negatives(tmp_path):
     from src.experiment_io import read_json, write_json_atomic
 

@@ -12,8 +12,9 @@ from PIL import Image
 from src.data.cirr import load_cirr_split
 from src.data.fashioniq import join_fashioniq_captions, load_fashioniq_split
 from src.data.loading import load_split
-from src.data.records import AnnotationError, Split
+from src.data.records import Split
 from src.data.validation import check_image_files
+from src.errors import AnnotationError
 
 # ---------------------------------------------------------------- fixture builders
 

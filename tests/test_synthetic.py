@@ -11,25 +11,26 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from src.data.synthetic import (
+from src.offline.synthetic.benchmark import build_synthetic_benchmark, main
+from src.offline.synthetic.captions import (
+    TEMPLATES,
+    apply_caption,
+    corpus_sentences,
+    describe_difference,
+    parse_caption,
+    render_caption,
+)
+from src.offline.synthetic.scenes import (
     COLOURS,
     EDIT_KINDS,
     POSITIONS,
     SHAPES,
     SIZES,
-    TEMPLATES,
     Edit,
     SceneObject,
-    apply_caption,
     apply_edits,
-    build_synthetic_benchmark,
-    corpus_sentences,
-    describe_difference,
     load_scenes,
-    main,
     make_scene,
-    parse_caption,
-    render_caption,
     scene_from_json,
     scene_to_json,
 )

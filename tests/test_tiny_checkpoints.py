@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from src.model import prompts
-from src.model.tiny import BACKBONES, INFO_FILE, build_tiny_checkpoint, main
-from src.model.tokenizer_corpus import corpus_texts
+from src.offline.tiny import BACKBONES, INFO_FILE, build_tiny_checkpoint, main
+from src.offline.tokenizer_corpus import corpus_texts
 
 PROCESSOR_CLASSES = {
     "qwen2_vl": "Qwen2VLProcessor",
@@ -32,7 +32,7 @@ IMAGE_TOKENS = {
     "qwen2_5_vl": "<|image_pad|>",
     "llava_next": "<image>",
 }
-# Image tokens per image: {checkpoint: {image side: tokens}} (NOTES.md: 4 / 16 for Qwen at
+# Image tokens per image: {checkpoint: {image side: tokens}} (docs/notes.md: 4 / 16 for Qwen at
 # 56 / 112 px; LLaVA-NeXT with CLIP at 56 px: 36 / 88).
 EXPECTED_IMAGE_TOKENS = {
     "qwen2_vl": {56: 4},

@@ -8,8 +8,9 @@ and answers the consistency check's yes/no questions about it.
   in one picture with a visible bar between them, the prompt saying which side is which;
 - `generic`: any checkpoint that `AutoModelForImageTextToText` loads and whose processor
   has a chat template: two images where its processor takes them, side by side otherwise;
-- `scene_oracle`: the synthetic benchmark's exact scene difference (scenes.json), a
-  stand-in for a perfect foundation model; it refuses any other dataset.
+- a `DatasetCaptioner`: one that reads the dataset instead of running a model, handed in
+  by whoever builds the job (src/offline/ hands in the synthetic benchmark's scene oracle,
+  a stand-in for a perfect foundation model, which works only on that benchmark).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -26,18 +28,19 @@ from PIL import Image, ImageDraw
 from qwen_vl_utils import process_vision_info
 from transformers import AutoModelForImageTextToText, BatchFeature, ProcessorMixin
 
+from src.arguments import FOUNDATION_MODEL_BACKBONES
 from src.augment.consistency import answer_token_ids, yes_probability
+from src.augment.options import GenerationOptions
 from src.augment.pairs import CaptionPair
 from src.augment.prompts import NO_ANSWERS, YES_ANSWERS, caption_prompt, consistency_question
 from src.data.images import load_image
-from src.data.synthetic import apply_caption, describe_difference, load_scenes
+from src.errors import ArgumentError
 from src.model.encoder import default_device, resolve_dtype
 from src.model.registry import load_processor
 
 logger = logging.getLogger("augment")
 
 QWEN_BACKBONES = ("qwen2_vl", "qwen2_5_vl")
-FOUNDATION_BACKBONES = (*QWEN_BACKBONES, "llava", "generic")
 TWO_IMAGES, SIDE_BY_SIDE = "two_images", "side_by_side"
 
 
@@ -60,15 +63,33 @@ class Captioner(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class DatasetCaptioner:
+    """A captioner that reads the dataset instead of running a model.
+
+    `works_on(dataset_root)` says whether it can caption that dataset (it is then the
+    default when no foundation model is named), `requirement` what it needs, in words;
+    `load(dataset_root)` builds it.
+    """
+
+    name: str
+    requirement: str
+    works_on: Callable[[Path], bool]
+    load: Callable[[Path], Captioner]
+
+
 def detect_foundation_backbone(model_path: str | Path) -> str:
     """The captioner for a checkpoint, from its config's `model_type`."""
     config_file = Path(model_path) / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(
+        raise ArgumentError(
             f"--foundation_model_path {model_path}: no config.json there; pass a local "
             "checkpoint directory"
         )
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (ValueError, AttributeError):
+        raise ArgumentError(f"--foundation_model_path {model_path}: {config_file} is not a JSON config") from None
     if model_type in QWEN_BACKBONES:
         return model_type
     if model_type in ("llava", "llava_next"):
@@ -76,49 +97,40 @@ def detect_foundation_backbone(model_path: str | Path) -> str:
     return "generic"
 
 
-# ---------------------------------------------------------------- the scene oracle
-
-
-class SceneOracle:
-    """The exact difference between two synthetic scenes: a perfect captioner, named as such."""
-
-    name = "scene_oracle"
-
-    def __init__(self, dataset_path: str | Path):
-        scenes_file = Path(dataset_path) / "scenes.json"
-        if not scenes_file.is_file():
-            raise ValueError(
-                f"--foundation_model_backbone scene_oracle works only on the synthetic benchmark: "
-                f"{dataset_path} has no scenes.json"
-            )
-        self.scenes = load_scenes(scenes_file)
-
-    def generate(self, pairs: list[CaptionPair]) -> list[dict]:
-        return [
-            {
-                "text": describe_difference(self.scenes[p.reference], self.scenes[p.negative]),
-                "finished": True,
-            }
-            for p in pairs
-        ]
-
-    def yes_probabilities(self, pairs: list[CaptionPair], texts: list[str]) -> list[float]:
-        answers = []
-        for pair, text in zip(pairs, texts, strict=True):
-            try:
-                fits = (
-                    apply_caption(self.scenes[pair.reference], text) == self.scenes[pair.negative]
-                )
-            except ValueError:
-                fits = False
-            answers.append(1.0 if fits else 0.0)
-        return answers
-
-    def describe(self) -> dict:
-        return {
-            "stands_in_for_a_foundation_model": True,
-            "method": "exact scene difference from scenes.json",
-        }
+def resolve_captioner(
+    backbone: str | None,
+    model_path: str | None,
+    dataset_root: str | Path,
+    dataset_captioners: Mapping[str, DatasetCaptioner],
+) -> str:
+    """The captioner of this run (flags already checked alone), or a clear error where none
+    may be chosen silently: on real data a foundation model is never picked by default."""
+    root = Path(dataset_root)
+    if backbone is None:
+        if model_path is not None:
+            return detect_foundation_backbone(model_path)
+        for captioner in dataset_captioners.values():
+            if captioner.works_on(root):
+                return captioner.name
+        raise ArgumentError(
+            "no foundation model for augmentation on real data: pass --foundation_model_path "
+            "(a local chat vision-language checkpoint), or --foundation_model_backbone none to "
+            "skip augmentation"
+        )
+    if backbone in FOUNDATION_MODEL_BACKBONES:
+        detect_foundation_backbone(model_path)  # the directory holds a config
+        return backbone
+    if backbone == "none":
+        return backbone
+    captioner = dataset_captioners.get(backbone)
+    if captioner is None:
+        raise ArgumentError(f"--foundation_model_backbone {backbone} is not available in this run")
+    if not captioner.works_on(root):
+        raise ArgumentError(
+            f"--foundation_model_backbone {backbone} {captioner.requirement}, which {root} is "
+            "not; pass --foundation_model_path for real data"
+        )
+    return backbone
 
 
 # ---------------------------------------------------------------- images
@@ -173,16 +185,6 @@ def takes_two_images(processor: ProcessorMixin) -> bool:
 
 
 # ---------------------------------------------------------------- foundation models
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    prompt_mode: str = "direct"
-    max_new_tokens: int = 48
-    do_sample: bool = False
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_pixels: int = 448 * 448
 
 
 class VisionLanguageCaptioner:
@@ -304,22 +306,12 @@ class VisionLanguageCaptioner:
 
 
 def load_captioner(
-    backbone: str,
-    model_path: str | Path | None,
-    options: GenerationOptions,
-    dataset_path: str | Path,
-) -> Captioner:
-    """The captioner of `--foundation_model_backbone`, on the GPU when there is one (bf16
-    where supported)."""
-    if backbone == "scene_oracle":
-        return SceneOracle(dataset_path)
-    if backbone not in FOUNDATION_BACKBONES:
-        raise ValueError(
-            f"--foundation_model_backbone {backbone!r}: choose one of {FOUNDATION_BACKBONES}"
-        )
+    backbone: str, model_path: str | Path, options: GenerationOptions
+) -> VisionLanguageCaptioner:
+    """A foundation model as captioner, on the GPU when there is one (bf16 where supported)."""
     processor = load_processor(model_path)
     if not processor.chat_template:
-        raise ValueError(
+        raise ArgumentError(
             f"--foundation_model_path {model_path}: its processor has no chat template; the "
             "captioners need a chat (instruction-tuned) checkpoint"
         )

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections import Counter
 from dataclasses import dataclass
 
+from src.augment.filters import FilterResult, Rejection
 from src.augment.pairs import CaptionPair
 from src.augment.prompts import FINAL_MARKER
 
@@ -156,13 +156,10 @@ def judge(raw: str | None, original: str, mode: str, finished: bool) -> Judged:
 
 def filter_generations(
     pairs: list[CaptionPair], generations: dict[str, dict], mode: str
-) -> tuple[list[tuple[CaptionPair, str]], list[tuple[CaptionPair, Judged]], Counter]:
-    """Kept (pair, text), rejected (pair, judgement) and the count of each reason.
-
-    `generations` maps a pair's id to {"text", "finished"}; a text already kept for the
-    same reference image is a `duplicate`.
-    """
-    kept, rejected, reasons, seen = [], [], Counter(), set()
+) -> FilterResult:
+    """Clean and judge each pair's generation ({"text", "finished"} by pairid); a text
+    already kept for the same reference image is a `duplicate`."""
+    result, seen = FilterResult(), set()
     for pair in pairs:
         generation = generations[pair.pairid]
         judged = judge(generation["text"], pair.original_caption, mode, generation["finished"])
@@ -172,8 +169,7 @@ def filter_generations(
                 judged = Judged(judged.text, "duplicate")
             seen.add(key)
         if judged.reason is None:
-            kept.append((pair, judged.text))
+            result.kept.append((pair, judged.text))
         else:
-            rejected.append((pair, judged))
-            reasons[judged.reason] += 1
-    return kept, rejected, reasons
+            result.rejected.append(Rejection(pair, judged.text, judged.reason))
+    return result

@@ -10,14 +10,14 @@ position, read from one forward pass, not from generated text.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 import torch
 
-from src.augment.pairs import CaptionPair
+from src.augment.filters import FilterResult, Kept, Rejection
 
-CONSISTENCY_REASONS = ("consistency_new_text_no", "consistency_false_negative")
+FALSE_NEGATIVE = "consistency_false_negative"
+CONSISTENCY_REASONS = ("consistency_new_text_no", FALSE_NEGATIVE)
 YES_THRESHOLD = 0.5
 
 
@@ -57,35 +57,34 @@ def yes_probability(logits: torch.Tensor, yes_ids: list[int], no_ids: list[int])
 @dataclass(frozen=True)
 class Verdict:
     keep: bool
-    false_negative: bool
     reason: str | None
 
 
 def verdict(new_text_yes: float, original_text_yes: float) -> Verdict:
     """Keep on yes / no; a yes to the original text flags a false negative (and drops the sample)."""
     if original_text_yes > YES_THRESHOLD:
-        return Verdict(False, True, "consistency_false_negative")
+        return Verdict(False, FALSE_NEGATIVE)
     if new_text_yes <= YES_THRESHOLD:
-        return Verdict(False, False, "consistency_new_text_no")
-    return Verdict(True, False, None)
+        return Verdict(False, "consistency_new_text_no")
+    return Verdict(True, None)
 
 
-def apply_answers(
-    kept: list[tuple[CaptionPair, str]], answers: dict[str, tuple[float, float]]
-) -> tuple[list[tuple[CaptionPair, str]], list[tuple[CaptionPair, str, str]], Counter, dict]:
-    """Filter `kept` by the answers {pairid: (new text yes, original text yes)}.
-
-    Returns the samples that stay, the dropped ones as (pair, text, reason), the count of
-    each reason, and the false negatives as {source pairid: [negative images]}.
-    """
-    stay, dropped, reasons, false_negatives = [], [], Counter(), {}
+def apply_answers(kept: Kept, answers: dict[str, tuple[float, float]]) -> FilterResult:
+    """Filter `kept` by the answers {pairid: (new text yes, original text yes)}."""
+    result = FilterResult()
     for pair, text in kept:
         decision = verdict(*answers[pair.pairid])
-        if decision.false_negative:
-            false_negatives.setdefault(pair.source_pairid, []).append(pair.negative)
         if decision.keep:
-            stay.append((pair, text))
+            result.kept.append((pair, text))
         else:
-            dropped.append((pair, text, decision.reason))
-            reasons[decision.reason] += 1
-    return stay, dropped, reasons, false_negatives
+            result.rejected.append(Rejection(pair, text, decision.reason))
+    return result
+
+
+def false_negatives(rejected: list[Rejection]) -> dict[str, list[str]]:
+    """{source pairid: [mined negatives]} that the check found to match the original text."""
+    found: dict[str, list[str]] = {}
+    for rejection in rejected:
+        if rejection.reason == FALSE_NEGATIVE:
+            found.setdefault(rejection.pair.source_pairid, []).append(rejection.pair.negative)
+    return found

@@ -41,10 +41,6 @@ def select_pairs(
     negative's place first (every query's hardest negative, then every query's second,
     ...), so that a `limit` keeps as many different queries as it can.
     """
-    if per_query < 1:
-        raise ValueError(f"--augment_pairs_per_query must be at least 1, got {per_query}")
-    if limit is not None and limit < 0:
-        raise ValueError(f"--max_augmented_per_iteration must be >= 0, got {limit}")
     by_pairid = {t.pairid: t for t in triplets}
     missing = [pairid for pairid in mined if pairid not in by_pairid]
     if missing:

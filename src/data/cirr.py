@@ -11,7 +11,7 @@ import os
 from functools import partial
 from pathlib import Path
 
-from src.data.records import AnnotationError, Split, Triplet
+from src.data.records import Split, Triplet
 from src.data.validation import (
     check_entries,
     check_image_files,
@@ -22,6 +22,7 @@ from src.data.validation import (
     read_json,
     require,
 )
+from src.errors import AnnotationError
 
 CIRR_SPLITS = ("train", "val", "test1")
 UNLABELLED_SPLITS = ("test1",)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from src.data.records import AnnotationError, Split, Triplet
+from src.data.records import Split, Triplet
 from src.data.validation import (
     check_entries,
     check_image_files,
@@ -20,6 +20,7 @@ from src.data.validation import (
     read_json,
     require,
 )
+from src.errors import AnnotationError
 
 FASHIONIQ_SPLITS = ("train", "val", "test")
 FASHIONIQ_CATEGORIES = ("dress", "shirt", "toptee")

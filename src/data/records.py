@@ -9,10 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
-class AnnotationError(ValueError):
-    """Bad annotation input; the message names the file and the field or entry."""
-
-
 @dataclass
 class Triplet:
     """One composed query: reference image + modification text -> target image.

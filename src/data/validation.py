@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from src.data.records import AnnotationError, Split
+from src.data.records import Split
+from src.errors import AnnotationError
 
 MISSING_SHOWN = 5
 

@@ -40,6 +40,24 @@ class EmbedderConfig:
     normalize: bool = True
 
 
+@dataclass(frozen=True)
+class EncoderOptions:
+    """How a run builds its embedder from a base checkpoint (see `build_encoder`)."""
+
+    backbone: str | None = None
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    dtype: str = "auto"
+    base_model_name: str | None = None
+
+    def build(self, model_name: str | Path) -> VLM2VecEncoder:
+        fields = asdict(self) | {"lora_target_modules": list(self.lora_target_modules)}
+        return build_encoder(model_name, **fields)
+
+
 def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The hidden state of each row's last non-pad token, for left or right padding alike."""
     seq_len = attention_mask.shape[1]
@@ -184,15 +202,22 @@ def build_encoder(
     return VLM2VecEncoder(model, load_processor(model_name), config)
 
 
+def load_embedder_config(checkpoint_dir: str | Path) -> EmbedderConfig | None:
+    """What a saved embedder is (None for a plain Hugging Face checkpoint), without its weights."""
+    config_file = Path(checkpoint_dir) / EMBEDDER_CONFIG_NAME
+    if not config_file.is_file():
+        return None
+    return EmbedderConfig(**json.loads(config_file.read_text()))
+
+
 def load_encoder(
     checkpoint_dir: str | Path, dtype: str = "auto", trainable: bool = False
 ) -> VLM2VecEncoder:
     """Load a saved embedder; a plain Hugging Face checkpoint loads as an untrained embedder."""
     checkpoint_dir = Path(checkpoint_dir)
-    config_file = checkpoint_dir / EMBEDDER_CONFIG_NAME
-    if not config_file.is_file():
+    config = load_embedder_config(checkpoint_dir)
+    if config is None:
         return build_encoder(checkpoint_dir, dtype=dtype)
-    config = EmbedderConfig(**json.loads(config_file.read_text()))
     backbone = get_backbone(config.backbone)
     torch_dtype = resolve_dtype(dtype)
     if config.lora:

@@ -81,7 +81,7 @@ def load_processor(path: str | Path) -> ProcessorMixin:
     """Load a checkpoint's processor and refuse a tokenizer-only result.
 
     `AutoProcessor` silently returns just the tokenizer when the saved processor class is
-    unknown (NOTES.md), which would only fail much later inside the model's forward.
+    unknown (docs/notes.md), which would only fail much later inside the model's forward.
     """
     processor = AutoProcessor.from_pretrained(str(path))
     if not isinstance(processor, ProcessorMixin):

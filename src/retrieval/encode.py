@@ -1,16 +1,19 @@
 """Batched, cached encoding of a split's gallery images and composed queries.
 
 Image loading and preprocessing run in DataLoader workers, overlapping with the model's
-forward. Embeddings are cached under the experiment's `embeddings/` folder, keyed by a
-fingerprint of the model's weights, the rows (names and paths, or pairids, references and
+forward. Embeddings are cached under the experiment's `embeddings/` folder, keyed by the
+fingerprint of the weights (for a saved checkpoint: a digest of its files on disk, see
+`Experiment.verified_checkpoint`), the rows (names and paths, or pairids, references and
 captions), the prompts and the processor settings: mining and evaluation of the same
-checkpoint encode once, and any change of those keys encodes again. Each cache entry is a
-`.npy` matrix plus a `.json` with its row names and its key, readable with numpy alone.
+checkpoint encode once, and any change of those keys encodes again. Each entry is a
+`.npy` matrix plus a `.json` with its row names, its key and the matrix file's size and
+hash; an entry that does not match them is encoded again. Both read with numpy alone.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -18,15 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import BatchFeature, ProcessorMixin
 
 from src.data.images import load_image
 from src.data.records import Split, Triplet
-from src.distributed import rank, world_size
-from src.experiment_io import write_json_atomic
+from src.distributed import gather_objects, rank, world_size
+from src.errors import IntegrityError
+from src.experiment_io import read_json, write_atomic, write_json_atomic
+from src.integrity import HASH_NAME, DigestCache, bytes_hash
 from src.model.encoder import VLM2VecEncoder
 from src.model.prompts import candidate_text, query_text
 from src.model.registry import Backbone
@@ -34,21 +38,11 @@ from src.model.registry import Backbone
 logger = logging.getLogger(__name__)
 
 
-def weights_fingerprint(encoder: VLM2VecEncoder) -> str:
-    """A digest of every weight of the model (base and adapter), so a cache never outlives them."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(encoder.model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _digest(payload: object) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def processor_settings(encoder: VLM2VecEncoder) -> dict:
-    processor = encoder.processor
+def processor_settings(processor: ProcessorMixin) -> dict:
     return {
         "class": type(processor).__name__,
         "image_processor": processor.image_processor.to_dict(),
@@ -68,27 +62,34 @@ class EncodingRows:
     texts: list[str]
 
 
-def gallery_rows(
-    split: Split, encoder: VLM2VecEncoder, names: list[str] | None = None
-) -> EncodingRows:
+@dataclass
+class EncodedSplit:
+    """A split's gallery (each distinct image once) and queries, encoded."""
+
+    gallery_names: list[str]
+    gallery: np.ndarray
+    triplets: list[Triplet]
+    queries: np.ndarray
+
+
+def gallery_rows(split: Split, image_token: str, names: list[str] | None = None) -> EncodingRows:
     """Every distinct gallery image once, in `split.gallery_names()` order."""
     names = names if names is not None else split.gallery_names()
-    text = candidate_text(encoder.backbone.image_token)
+    text = candidate_text(image_token)
     return EncodingRows(
         "gallery", text, names, [split.images[n] for n in names], [text] * len(names)
     )
 
 
 def query_rows(
-    split: Split, triplets: list[Triplet], encoder: VLM2VecEncoder, instruction_set: str
+    split: Split, triplets: list[Triplet], image_token: str, instruction_set: str
 ) -> EncodingRows:
-    token = encoder.backbone.image_token
     return EncodingRows(
         "queries",
-        query_text(token, instruction_set, "{caption}"),
+        query_text(image_token, instruction_set, "{caption}"),
         [t.pairid for t in triplets],
         [split.images[t.reference] for t in triplets],
-        [query_text(token, instruction_set, t.caption) for t in triplets],
+        [query_text(image_token, instruction_set, t.caption) for t in triplets],
     )
 
 
@@ -153,21 +154,12 @@ def encode_rows(
         bar.update(len(batch_indices))
     bar.close()
     encoder.train(was_training)
-    embeddings = torch.cat(local_embeddings) if local_embeddings else torch.zeros(0, 0)
-    order = torch.cat(local_indices) if local_indices else torch.zeros(0, dtype=torch.long)
-    if world > 1:
-        embeddings, order = _gather_rows(embeddings, order)
+    parts = gather_objects((local_embeddings, local_indices))
+    embeddings = torch.cat([e for local, _ in parts for e in local] or [torch.zeros(0, 0)])
+    order = torch.cat([i for _, local in parts for i in local] or [torch.zeros(0, dtype=torch.long)])
     result = torch.empty_like(embeddings)
     result[order] = embeddings
     return result.numpy()
-
-
-def _gather_rows(embeddings: torch.Tensor, order: torch.Tensor):
-    gathered_embeddings = [None] * world_size()
-    gathered_order = [None] * world_size()
-    dist.all_gather_object(gathered_embeddings, embeddings)
-    dist.all_gather_object(gathered_order, order)
-    return torch.cat(gathered_embeddings), torch.cat(gathered_order)
 
 
 class EmbeddingCache:
@@ -176,8 +168,13 @@ class EmbeddingCache:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
 
+    @staticmethod
     def key(
-        self, encoder: VLM2VecEncoder, rows: EncodingRows, split_name: str, fingerprint: str
+        rows: EncodingRows,
+        split_name: str,
+        fingerprint: str,
+        backbone: str,
+        processor: ProcessorMixin,
     ) -> dict:
         return {
             "kind": rows.kind,
@@ -185,8 +182,8 @@ class EmbeddingCache:
             "weights": fingerprint,
             "rows": _digest([rows.names, rows.images, rows.texts]),
             "prompt": rows.prompt,
-            "processor": _digest(processor_settings(encoder)),
-            "backbone": encoder.config.backbone,
+            "processor": _digest(processor_settings(processor)),
+            "backbone": backbone,
         }
 
     def _paths(self, key: dict) -> tuple[Path, Path]:
@@ -194,42 +191,31 @@ class EmbeddingCache:
         return self.directory / f"{stem}.npy", self.directory / f"{stem}.json"
 
     def load(self, key: dict) -> np.ndarray | None:
+        """The cached matrix of `key`; None when absent, made for another key, or damaged."""
         matrix_path, meta_path = self._paths(key)
         if not (matrix_path.is_file() and meta_path.is_file()):
             return None
-        if json.loads(meta_path.read_text()).get("key") != key:
+        try:
+            meta = read_json(meta_path)
+        except IntegrityError as error:
+            logger.warning("embedding cache entry not used, encoding again: %s", error)
+            return None
+        if meta.get("key") != key:
+            return None
+        reason = DigestCache().mismatch(matrix_path, meta.get("matrix", {}))
+        if reason is not None:
+            logger.warning("embedding cache entry not used, encoding again: %s", reason)
             return None
         return np.load(matrix_path)
 
     def save(self, key: dict, names: list[str], matrix: np.ndarray) -> None:
         matrix_path, meta_path = self._paths(key)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = matrix_path.with_suffix(".tmp.npy")
-        np.save(temporary, matrix)
-        temporary.replace(matrix_path)
-        write_json_atomic(meta_path, {"key": key, "rows": names, "shape": list(matrix.shape)})
-
-
-def encode_cached(
-    encoder: VLM2VecEncoder,
-    rows: EncodingRows,
-    split_name: str,
-    cache: EmbeddingCache | None,
-    fingerprint: str | None = None,
-    batch_size: int = 64,
-    num_workers: int = 2,
-) -> np.ndarray:
-    """Embeddings of `rows`, read from the cache when its key matches, else encoded and stored."""
-    if cache is None:
-        return encode_rows(encoder, rows, batch_size, num_workers)
-    key = cache.key(encoder, rows, split_name, fingerprint or weights_fingerprint(encoder))
-    cached = cache.load(key)
-    if cached is not None:
-        logger.info(
-            "embeddings of %s %s read from cache (%d rows)", split_name, rows.kind, len(cached)
+        buffer = io.BytesIO()
+        np.save(buffer, matrix)
+        data = buffer.getvalue()
+        write_atomic(matrix_path, lambda file: file.write(data), binary=True)
+        record = {"size": len(data), HASH_NAME: bytes_hash(data)}
+        write_json_atomic(
+            meta_path, {"key": key, "rows": names, "shape": list(matrix.shape), "matrix": record}
         )
-        return cached
-    matrix = encode_rows(encoder, rows, batch_size, num_workers, f"encode {split_name} {rows.kind}")
-    if rank() == 0:
-        cache.save(key, rows.names, matrix)
-    return matrix
+

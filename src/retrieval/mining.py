@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from src.data.records import Triplet
+from src.faults import fault_point
 from src.retrieval.search import search_topk, target_ranks
 
 RANK_BINS = ((1, 1), (2, 5), (6, 10), (11, 50), (51, 100), (101, None))
@@ -34,20 +35,14 @@ RANK_BINS = ((1, 1), (2, 5), (6, 10), (11, 50), (51, 100), (101, None))
 
 @dataclass(frozen=True)
 class MiningOptions:
+    """The mining flags (checked by `IterativeArguments`): k, scope, margin, skip_top, source."""
+
     k: int = 5
     scope: str = "failures"
     margin: float | None = None
     skip_top: int = 0
     source: str = "mined"
     seed: int = 0
-
-    def __post_init__(self):
-        if self.scope not in ("failures", "all"):
-            raise ValueError(f"--mine_scope must be failures or all, not {self.scope!r}")
-        if self.source not in ("mined", "random"):
-            raise ValueError(f"--negative_source must be mined or random, not {self.source!r}")
-        if self.k < 1:
-            raise ValueError(f"--hard_negative_k must be at least 1, not {self.k}")
 
 
 def _positives(triplet: Triplet) -> set[str]:
@@ -189,6 +184,7 @@ def _mined_negatives(
         )
         still = []
         for row, i in enumerate(pending):
+            fault_point("mining", len(chosen) - len(pending) + row)
             triplet, kept = triplets[i], queries[triplets[i].pairid]["negatives"]
             positives = _positives(triplet)
             for rank in range(walked[i], window):

@@ -1,5 +1,13 @@
 """The training dataset of one round: triplets, their mined hard negatives, their images.
 
+`for_round` assembles a round's data in one place: the split's original triplets, the
+augmented triplets of the round's pool (each with its source query's original target as
+its hard negative, since the new text no longer describes that image), and the mined
+negatives, less those the consistency check flagged as likely false negatives.
+`mine_hard_negatives` mines for the dataset's own triplets by real retrieval with a
+checkpoint's embeddings (through the embedding cache) and the miner of
+src/retrieval/mining.py; nothing runs a model inside `__getitem__`.
+
 Each item is a query (reference image + modification text), its positive (target image)
 and `num_hard_negatives` images drawn from the query's mined list. The draw is a seeded
 permutation of the list per query, read as a window that moves every epoch, so each
@@ -9,11 +17,17 @@ epoch shows the next negatives of the list rather than the same ones again.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from torch.utils.data import Dataset
 
 from src.data.images import load_image
 from src.data.records import Split, Triplet
+from src.retrieval import mining
+
+if TYPE_CHECKING:
+    from src.retrieval.checkpoint_encoding import CheckpointEncoder
 
 
 class ComposedRetrievalDataset(Dataset):
@@ -33,22 +47,81 @@ class ComposedRetrievalDataset(Dataset):
             )
         self.split = split
         self.triplets = triplets
+        self.hard_negatives = hard_negatives or {}
         self.num_hard_negatives = num_hard_negatives
         self.image_ids = {name: i for i, name in enumerate(sorted(split.images))}
         self.epoch = 0
-        hard_negatives = hard_negatives or {}
         self._negative_orders = {
             t.pairid: random.Random(f"{seed}:{t.pairid}").sample(
-                hard_negatives.get(t.pairid, []), len(hard_negatives.get(t.pairid, []))
+                self.hard_negatives.get(t.pairid, []), len(self.hard_negatives.get(t.pairid, []))
             )
             for t in triplets
         }
+
+    @classmethod
+    def for_round(
+        cls,
+        split: Split,
+        mined: dict[str, dict] | None = None,
+        augmented: Sequence[tuple[int, dict]] = (),
+        num_hard_negatives: int = 0,
+        seed: int = 0,
+    ) -> ComposedRetrievalDataset:
+        """A round's data: `split`'s triplets plus the augmented ones, with their negatives.
+
+        `mined` is the "queries" of the hard-negative file the round trains with (None in
+        round 0); `augmented` the (round, augmented-sample file) pairs of the round's pool,
+        the round's own last: its consistency check's false negatives are dropped from the
+        mined lists.
+        """
+        triplets = list(split.triplets)
+        negatives = {
+            pairid: [n["image"] for n in query["negatives"]]
+            for pairid, query in (mined or {}).items()
+        }
+        if augmented:
+            for pairid, images in augmented[-1][1].get("false_negatives", {}).items():
+                negatives[pairid] = [n for n in negatives.get(pairid, []) if n not in images]
+        for iteration, payload in augmented:
+            for sample in payload["samples"]:
+                triplets.append(
+                    Triplet(
+                        pairid=sample["pairid"],
+                        reference=sample["reference"],
+                        caption=sample["caption"],
+                        target=sample["target"],
+                        source=f"augmented:{iteration}",
+                    )
+                )
+                negatives[sample["pairid"]] = [sample["original_target"]]
+        return cls(split, triplets, negatives, num_hard_negatives, seed)
+
+    def mine_hard_negatives(
+        self, encoder: CheckpointEncoder, instruction_set: str, options: mining.MiningOptions
+    ) -> dict:
+        """Mine negatives for this dataset's triplets by retrieval over its split's gallery.
+
+        Returns the miner's {"options", "stats", "queries"} (src/retrieval/mining.py).
+        """
+        encoded = encoder.encode_split(self.split, self.triplets, instruction_set)
+        return mining.mine_hard_negatives(
+            encoded.queries, encoded.gallery, encoded.gallery_names, encoded.triplets, options
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.triplets)
+
+    def counts(self) -> dict[str, int]:
+        """How many triplets are original, augmented, and have hard negatives."""
+        original = sum(t.source == "original" for t in self.triplets)
+        return {
+            "original": original,
+            "augmented": len(self.triplets) - original,
+            "with_hard_negatives": sum(1 for t in self.triplets if self.hard_negatives.get(t.pairid)),
+        }
 
     def negatives_of(self, index: int) -> list[str]:
         """This epoch's hard negatives of triplet `index` (empty if it has none mined)."""

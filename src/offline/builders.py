@@ -12,8 +12,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from src.data.synthetic import build_synthetic_benchmark
-from src.model.tiny import build_tiny_checkpoint
+from src.offline.synthetic.benchmark import build_synthetic_benchmark
+from src.offline.tiny import build_tiny_checkpoint
 
 logger = logging.getLogger(__name__)
 

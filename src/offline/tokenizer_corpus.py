@@ -1,7 +1,7 @@
 """The texts the tiny checkpoints' tokenizer is trained on.
 
 A byte-level BPE trained on a small corpus splits every word it never saw into letters
-(NOTES.md), so the corpus holds every fixed text the toolkit feeds a model: the embedding
+(docs/notes.md), so the corpus holds every fixed text the toolkit feeds a model: the embedding
 instructions, the captioning prompts and the synthetic benchmark's sentences, plus some
 FashionIQ- and CIRR-style English.
 """
@@ -9,8 +9,8 @@ FashionIQ- and CIRR-style English.
 from __future__ import annotations
 
 from src.augment import prompts as augment_prompts
-from src.data import synthetic
 from src.model import prompts
+from src.offline.synthetic import captions as synthetic_captions
 
 # FashionIQ-style relative captions ("is longer and darker", ...) so that a tiny model
 # also reads real FashionIQ text mostly as whole words.
@@ -65,7 +65,7 @@ def corpus_texts() -> list[str]:
     "<|image_pad|>" / "<image>"): they are special tokens added whole to the tokenizer,
     and their letters would otherwise count as corpus words.
     """
-    sentences = list(synthetic.corpus_sentences())
+    sentences = list(synthetic_captions.corpus_sentences())
     texts = [prompts.candidate_text("")]
     for dataset in prompts.QUERY_INSTRUCTIONS:
         texts.extend(prompts.query_text("", dataset, sentence) for sentence in sentences)

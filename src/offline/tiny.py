@@ -4,9 +4,9 @@
 tokenizer, image processor, processor, chat template) with `save_pretrained`, so that it
 loads with `AutoProcessor` / `AutoModelForImageTextToText` in a process that knows
 nothing of this project, and the offline default run goes through exactly the code a
-real checkpoint goes through (DESIGN.md, "Model inputs").
+real checkpoint goes through (docs/architecture.md, "Models").
 
-    python -m src.model.tiny --backbone qwen2_vl --output_dir DIR [--image_size 56] [--seed 0]
+    python -m src.offline.tiny --backbone qwen2_vl --output_dir DIR [--image_size 56] [--seed 0]
 """
 
 from __future__ import annotations
@@ -38,13 +38,13 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from src.model.tokenizer_corpus import corpus_texts
+from src.offline.tokenizer_corpus import corpus_texts
 
 BUILDER_VERSION = "tiny-v1"
 BACKBONES = ("qwen2_vl", "qwen2_5_vl", "llava_next")
 INFO_FILE = "tiny_checkpoint_info.json"
 
-# Widths and depths: NOTES.md's tiny Qwen2-VL (text 128 x 2 layers, vision 64 x 2).
+# Widths and depths: docs/notes.md's tiny Qwen2-VL (text 128 x 2 layers, vision 64 x 2).
 TEXT_WIDTH = 128
 TEXT_LAYERS = 2
 TEXT_HEADS = 4
@@ -118,7 +118,7 @@ CHAT_TEXTS = ("system\nuser\nassistant\n", "USER: ASSISTANT: USER: ASSISTANT:")
 def _train_bpe(special_tokens: tuple[str, ...]) -> Tokenizer:
     """A byte-level BPE over `corpus_texts()` in which every corpus word is one token.
 
-    Words absent from the corpus would split into letters (NOTES.md), so the corpus's
+    Words absent from the corpus would split into letters (docs/notes.md), so the corpus's
     words are also trained once with a leading space: " word" is how a word mid-sentence
     reaches the model. With MAX_VOCAB out of reach, training runs until no pair is left.
     """
@@ -145,7 +145,7 @@ def _train_bpe(special_tokens: tuple[str, ...]) -> Tokenizer:
 
 def _vocab_and_merges(tokenizer: Tokenizer) -> tuple[dict[str, int], list[tuple[str, str]]]:
     model = json.loads(tokenizer.to_str())["model"]
-    # Qwen2Tokenizer needs merges as tuples when built from a vocab (NOTES.md).
+    # Qwen2Tokenizer needs merges as tuples when built from a vocab (docs/notes.md).
     return model["vocab"], [tuple(merge) for merge in model["merges"]]
 
 
@@ -159,7 +159,7 @@ def _qwen_tokenizer() -> Qwen2Tokenizer:
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         extra_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
-        # padding_side is saved only when passed to the constructor (NOTES.md).
+        # padding_side is saved only when passed to the constructor (docs/notes.md).
         padding_side="left",
         model_max_length=32768,
     )
@@ -204,7 +204,7 @@ def _qwen_text_config(tokenizer) -> dict:
         "num_attention_heads": TEXT_HEADS,
         "num_key_value_heads": TEXT_KV_HEADS,
         "max_position_embeddings": 32768,
-        # mrope_section must sum to head_dim / 2 (NOTES.md); the real split is 1/4, 3/8, 3/8.
+        # mrope_section must sum to head_dim / 2 (docs/notes.md); the real split is 1/4, 3/8, 3/8.
         "rope_parameters": {
             "rope_type": "default",
             "rope_theta": 1000000.0,
@@ -226,7 +226,7 @@ def _vision_token_ids(tokenizer) -> dict[str, int]:
 
 def _qwen_processors(image_size: int) -> tuple[Qwen2VLImageProcessor, Qwen2VLVideoProcessor]:
     # min_pixels == max_pixels == S*S: an S x S image keeps its size (other aspect ratios
-    # get other grids, NOTES.md); set here because call-time min/max pixels are deprecated.
+    # get other grids, docs/notes.md); set here because call-time min/max pixels are deprecated.
     sizes = {
         "min_pixels": image_size * image_size,
         "max_pixels": image_size * image_size,
@@ -241,7 +241,7 @@ def _build_qwen2_vl(image_size: int):
     tokenizer = _qwen_tokenizer()
     config = Qwen2VLConfig(
         text_config=_qwen_text_config(tokenizer),
-        # vision hidden_size is the merger's output and must equal the text width (NOTES.md).
+        # vision hidden_size is the merger's output and must equal the text width (docs/notes.md).
         vision_config={
             "depth": VISION_LAYERS,
             "embed_dim": VISION_WIDTH,
@@ -267,7 +267,7 @@ def _build_qwen2_5_vl(image_size: int):
         text_config=_qwen_text_config(tokenizer),
         # Unlike Qwen2-VL, hidden_size is the tower's own width and out_hidden_size the
         # merger's output (= text width); window_size >= 28 (ZeroDivisionError below) and
-        # fullatt_block_indexes must name blocks of a 2-block tower (NOTES.md).
+        # fullatt_block_indexes must name blocks of a 2-block tower (docs/notes.md).
         vision_config={
             "depth": VISION_LAYERS,
             "hidden_size": VISION_WIDTH,
@@ -292,7 +292,7 @@ def _build_qwen2_5_vl(image_size: int):
 
 def _build_llava_next(image_size: int):
     tokenizer = _llava_tokenizer()
-    # The same grid pinpoints in config and image processor (NOTES.md): one crop for an
+    # The same grid pinpoints in config and image processor (docs/notes.md): one crop for an
     # S x S image, 2 x 2 crops for a 2S x 2S one.
     pinpoints = [[image_size * h, image_size * w] for h, w in ((1, 1), (1, 2), (2, 1), (2, 2))]
     config = LlavaNextConfig(
@@ -321,7 +321,7 @@ def _build_llava_next(image_size: int):
         image_seq_length=(image_size // PATCH) ** 2,
     )
     # A LlavaNextImageProcessor (a CLIPImageProcessor gives KeyError: 'image_sizes') whose
-    # size and crop_size match the CLIP image_size (NOTES.md).
+    # size and crop_size match the CLIP image_size (docs/notes.md).
     image_processor = LlavaNextImageProcessor(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},

@@ -1,0 +1,1 @@
+"""The synthetic CIRR-format benchmark: scenes and edits, caption grammar, rendering, writer."""

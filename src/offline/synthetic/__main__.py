@@ -1,0 +1,3 @@
+from src.offline.synthetic.benchmark import main
+
+main()

@@ -1,0 +1,129 @@
+"""Encode a split with a saved checkpoint, through the experiment's embedding cache.
+
+The one way the job turns a checkpoint into embeddings (mining, evaluation, the check of
+new texts, the report): the cache key comes from the checkpoint's verified fingerprint and
+its processor, both read without the weights, so a fully cached split never loads the
+model; otherwise the weights are loaded once, used for everything not cached, and released
+by `close()`.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src.data.records import Split, Triplet
+from src.distributed import is_main
+from src.model.encoder import VLM2VecEncoder, default_device, load_embedder_config, load_encoder
+from src.model.registry import get_backbone, load_processor
+from src.retrieval.encode import (
+    EmbeddingCache,
+    EncodedSplit,
+    EncodingRows,
+    encode_rows,
+    gallery_rows,
+    query_rows,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """How to run an encoder: batch size, DataLoader workers, dtype."""
+
+    batch_size: int = 64
+    num_workers: int = 0
+    dtype: str = "auto"
+
+
+class CheckpointEncoder:
+    """Embeddings of one checkpoint (`fingerprint`: the digest of its files on disk)."""
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        fingerprint: str,
+        cache: EmbeddingCache | None,
+        settings: EncodeSettings,
+    ):
+        self.checkpoint = Path(checkpoint)
+        self.fingerprint = fingerprint
+        self.cache = cache
+        self.settings = settings
+        config = load_embedder_config(self.checkpoint)
+        if config is None:
+            raise ValueError(f"{self.checkpoint} holds no embedder_config.json")
+        self.backbone_name = config.backbone
+        self.image_token = get_backbone(config.backbone).image_token
+        self.processor = load_processor(self.checkpoint)
+        self._encoder: VLM2VecEncoder | None = None
+
+    def __enter__(self) -> CheckpointEncoder:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _model(self) -> VLM2VecEncoder:
+        if self._encoder is None:
+            self._encoder = load_encoder(self.checkpoint, dtype=self.settings.dtype)
+            self._encoder.to(default_device())
+        return self._encoder
+
+    def close(self) -> None:
+        """Release the weights (the next encoding loads them again)."""
+        if self._encoder is not None:
+            self._encoder = None
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def encode(self, rows: EncodingRows, split_name: str, use_cache: bool = True) -> np.ndarray:
+        """Embeddings of `rows`, from the cache when an entry with the same key verifies."""
+        cache = self.cache if use_cache else None
+        key = None
+        if cache is not None:
+            key = cache.key(rows, split_name, self.fingerprint, self.backbone_name, self.processor)
+            cached = cache.load(key)
+            if cached is not None:
+                logger.info(
+                    "embeddings of %s %s read from cache (%d rows)",
+                    split_name,
+                    rows.kind,
+                    len(cached),
+                )
+                return cached
+        settings = self.settings
+        matrix = encode_rows(
+            self._model(),
+            rows,
+            settings.batch_size,
+            settings.num_workers,
+            f"encode {split_name} {rows.kind}",
+        )
+        if cache is not None and is_main():
+            cache.save(key, rows.names, matrix)
+        return matrix
+
+    def gallery(self, split: Split) -> tuple[list[str], np.ndarray]:
+        rows = gallery_rows(split, self.image_token)
+        return rows.names, self.encode(rows, split.name)
+
+    def queries(
+        self, split: Split, triplets: list[Triplet], instruction_set: str, use_cache: bool = True
+    ) -> np.ndarray:
+        rows = query_rows(split, triplets, self.image_token, instruction_set)
+        return self.encode(rows, split.name, use_cache)
+
+    def encode_split(
+        self, split: Split, triplets: list[Triplet], instruction_set: str
+    ) -> EncodedSplit:
+        """The split's gallery (each distinct image once) and the queries of `triplets`."""
+        names, gallery = self.gallery(split)
+        return EncodedSplit(names, gallery, triplets, self.queries(split, triplets, instruction_set))

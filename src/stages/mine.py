@@ -1,0 +1,73 @@
+"""Mining stage: hard negatives of the training queries, retrieved with checkpoint_iter_{i}.
+
+-> hard_negatives_iter_{i}.json: {"meta", "stats", "queries": {pairid: {target_rank,
+target_score, negatives}}}. The meta names the checkpoint's fingerprint and the mining
+options, so a rerun with either changed mines again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
+from src.experiment import StageResult
+from src.job import Job
+from src.retrieval.checkpoint_encoding import CheckpointEncoder
+from src.retrieval.encode import EmbeddingCache
+
+logger = logging.getLogger("rounds")
+
+SUMMARY_KEYS = ("num_queries", "num_mined", "num_negatives", "train_recall@1", "train_recall@5")
+
+
+def mine_stage(job: Job, iteration: int) -> None:
+    """Mine with checkpoint_iter_{iteration} -> hard_negatives_iter_{iteration}.json."""
+    experiment = job.experiment
+    checkpoint = experiment.verified_checkpoint(iteration)
+    options = dataclasses.asdict(job.mining)
+    meta = {"checkpoint_fingerprint": checkpoint.fingerprint, "options": options}
+
+    def work() -> StageResult:
+        dataset = ComposedRetrievalDataset(job.train_split, job.train_split.triplets)
+        cache = EmbeddingCache(experiment.embeddings_dir)
+        with CheckpointEncoder(checkpoint.path, checkpoint.fingerprint, cache, job.encoding) as encoder:
+            mined = dataset.mine_hard_negatives(encoder, job.instruction_set, job.mining)
+        log_mining_summary(mined["stats"])
+        content = {
+            "meta": {
+                "checkpoint": str(checkpoint.path),
+                "seed": options["seed"],
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+            "stats": mined["stats"],
+            "queries": mined["queries"],
+        }
+        return StageResult(content, {"stats": {k: mined["stats"][k] for k in SUMMARY_KEYS}})
+
+    experiment.run_stage("mine", iteration, experiment.hard_negatives(iteration), meta, work)
+
+
+def log_mining_summary(stats: dict) -> None:
+    logger.info(
+        "mined %d of %d queries, %d negatives; train R@1 %.1f R@5 %.1f",
+        stats["num_mined"],
+        stats["num_queries"],
+        stats["num_negatives"],
+        stats["train_recall@1"],
+        stats["train_recall@5"],
+    )
+    logger.info("target rank histogram: %s", stats["target_rank_histogram"])
+    logger.info("candidates removed by filter: %s", stats["removed_by_filter"])
+    for name in ("target_scores", "negative_scores"):
+        dist = stats[name]
+        if dist.get("count"):
+            logger.info(
+                "%s: mean %.3f, p5 %.3f, median %.3f, p95 %.3f",
+                name.replace("_", " "),
+                dist["mean"],
+                dist["p5"],
+                dist["p50"],
+                dist["p95"],
+            )

@@ -1,0 +1,118 @@
+"""Kill the job at named points (fault injection, CIR_FAULT) and resume it: a resumed run
+ends with the same artifacts as an uninterrupted one and never redoes a finished stage."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from src.cli import train_main
+from src.experiment import Experiment
+from src.experiment_io import read_json
+from src.faults import FAULT_ENV, FAULT_EXIT_STATUS
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+
+
+def job_args(tiny_qwen, small_benchmark, experiment_dir):
+    return [
+        "--model_name", str(tiny_qwen),
+        "--dataset_path", str(small_benchmark),
+        "--experiment_dir", str(experiment_dir),
+        "--num_iterations", "1",
+        "--max_steps", "6",
+        "--save_steps", "2",
+        "--batch_size", "8",
+        "--num_hard_negatives", "2",
+        "--dataloader_num_workers", "0",
+        "--encode_batch_size", "16",
+        "--augment_flush_every", "4",
+        "--foundation_batch_size", "2",
+    ]  # fmt: skip
+
+
+def run_with_fault(args: list[str], fault: str) -> subprocess.CompletedProcess:
+    """train_iterative.py in a child process that ends itself at the named point."""
+    completed = subprocess.run(
+        [sys.executable, "train_iterative.py", *args],
+        cwd=REPO,
+        env=os.environ | {FAULT_ENV: fault},
+        capture_output=True,
+        text=True,
+    )
+    assert completed.returncode == FAULT_EXIT_STATUS, completed.stderr[-3000:]
+    assert f"fault injected: {fault}" in completed.stderr
+    return completed
+
+
+def artifacts(experiment: Experiment) -> dict:
+    """Everything a run produces that must not depend on where it was interrupted."""
+    augmented = read_json(experiment.augmented(1))
+    return {
+        "mined": read_json(experiment.hard_negatives(0))["queries"],
+        "augmented": [augmented["samples"], augmented["rejected"]],
+        "fingerprints": [
+            read_json(experiment.checkpoint(i) / "stage.json")["fingerprint"] for i in (0, 1)
+        ],
+        "results": read_json(experiment.evaluation_results),
+    }
+
+
+def test_killed_at_every_named_point_resumes_to_the_same_artifacts(
+    tiny_qwen, small_benchmark, tmp_path
+):
+    baseline = Experiment(tmp_path / "baseline")
+    assert train_main(job_args(tiny_qwen, small_benchmark, baseline.dir)) == 0
+
+    killed = Experiment(tmp_path / "killed")
+    args = job_args(tiny_qwen, small_benchmark, killed.dir)
+    run_with_fault(args, "mining:10")
+    assert killed.checkpoint(0).is_dir() and not killed.hard_negatives(0).exists()
+
+    resume = [*args, "--auto_resume"]
+    run_with_fault(resume, "augmentation:4")
+    assert not killed.augmented(1).exists()
+    (partial,) = killed.partial_augmented_files(1)
+    assert len(read_json(partial)["generations"]) == 4
+
+    run_with_fault(resume, "training@1:4")
+    trainer_checkpoints = sorted(p.name for p in killed.train_dir(1).glob("checkpoint-*"))
+    assert trainer_checkpoints == ["checkpoint-2", "checkpoint-4"]
+    assert not killed.checkpoint(1).exists()
+
+    run_with_fault(resume, "evaluation:1")
+    assert killed.checkpoint(1).is_dir() and not killed.evaluation("val", 1).exists()
+
+    assert train_main(resume) == 0
+    assert artifacts(killed) == artifacts(baseline)
+    stages = [(s["stage"], s["iteration"]) for s in killed.stage_log()]
+    assert sorted(stages) == sorted(set(stages)), f"a finished stage ran twice: {stages}"
+    train_1 = [s for s in killed.stage_log() if s["stage"] == "train" and s["iteration"] == 1][0]
+    assert train_1["meta"]["resumed_from"].endswith("checkpoint-4")
+    augment_1 = [s for s in killed.stage_log() if s["stage"] == "augment"][0]
+    assert augment_1["meta"]["pairs_resumed"] == 4
+
+
+def test_resume_from_iteration_reruns_and_keeps_the_old_artifacts(
+    tiny_qwen, small_benchmark, tmp_path
+):
+    experiment = Experiment(tmp_path / "exp")
+    args = job_args(tiny_qwen, small_benchmark, experiment.dir)
+    assert train_main(args) == 0
+    old = json.loads(experiment.hard_negatives(0).read_text())
+    assert train_main([*args, "--auto_resume", "--resume_from_iteration", "1"]) == 0
+    moved = sorted(experiment.dir.glob("moved_aside_*"))
+    assert len(moved) == 1
+    assert {p.name for p in moved[0].iterdir()} >= {
+        "checkpoint_iter_1",
+        "hard_negatives_iter_0.json",
+        "train_iter_1",
+        "evaluation_val_iter_1.json",
+    }
+    assert json.loads((moved[0] / "hard_negatives_iter_0.json").read_text()) == old
+    assert experiment.checkpoint(1).is_dir()
+    assert json.loads(experiment.hard_negatives(0).read_text())["queries"] == old["queries"]
