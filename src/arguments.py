@@ -28,6 +28,7 @@ FOUNDATION_MODEL_BACKBONES = ("qwen2_vl", "qwen2_5_vl", "llava", "generic")
 CAPTIONERS = (*FOUNDATION_MODEL_BACKBONES, "scene_oracle", "none")
 DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 MIN_FOUNDATION_PIXELS = 56 * 56
+PIXELS_PER_TOKEN = 28 * 28  # Qwen2-VL: 14 x 14 patches merged 2 x 2
 
 
 def _require(condition: bool, flag: str, value: object, rule: str) -> None:
@@ -87,7 +88,18 @@ class ModelArguments:
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: str = field(
         default=DEFAULT_LORA_TARGETS,
-        metadata={"help": "Comma-separated module names that get LoRA adapters."},
+        metadata={
+            "help": "Comma-separated module names (their last part) that get LoRA adapters; "
+            "each must match linear layers of the model."
+        },
+    )
+    freeze_vision_tower: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the vision tower as it is: no gradient for it in full fine-tuning, no "
+            "LoRA adapters in it (Qwen2.5-VL's vision MLP and LLaVA's CLIP attention share "
+            "the language model's module names)."
+        },
     )
     temperature: float = field(
         default=0.02, metadata={"help": "InfoNCE temperature (VLM2Vec's released training: 0.02)."}
@@ -98,9 +110,29 @@ class ModelArguments:
             "help": "auto (bfloat16 on a GPU that supports it, else float32), float32, bfloat16, float16."
         },
     )
+    max_pixels: int | None = field(
+        default=None,
+        metadata={
+            "help": "Embedder pixel budget per image (Qwen2-VL / Qwen2.5-VL; one image token per "
+            "28 x 28 pixels). Default: 448 x 448 = 200,704 (256 tokens) for a new embedder; a "
+            "saved checkpoint keeps the budget it was trained with."
+        },
+    )
+    min_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Smallest pixel count an image is scaled up to. Default: 3,136 (VLM2Vec's)."},
+    )
 
     def __post_init__(self) -> None:
         _check_literals(self)
+        _at_least(self, PIXELS_PER_TOKEN, "max_pixels", "min_pixels", optional=True)
+        if self.min_pixels and self.max_pixels:
+            _require(
+                self.min_pixels <= self.max_pixels,
+                "min_pixels",
+                self.min_pixels,
+                f"must be <= --max_pixels ({self.max_pixels})",
+            )
         if self.model_backbone is not None:
             _require(
                 self.model_backbone in MODEL_BACKBONES,
@@ -164,9 +196,25 @@ class DataArguments:
             "every category in turn."
         },
     )
+    allow_external_images: bool = field(
+        default=False,
+        metadata={
+            "help": "Accept image paths that leave the dataset root (after resolving .. and "
+            "symlinks); refused by default."
+        },
+    )
+    max_image_pixels: int = field(
+        default=50_000_000,
+        metadata={"help": "Refuse (before any work) an image with more pixels than this."},
+    )
+    max_caption_tokens: int = field(
+        default=128,
+        metadata={"help": "Truncate longer modification texts to this many tokens (counted in the log)."},
+    )
 
     def __post_init__(self) -> None:
         _check_literals(self)
+        _at_least(self, 1, "max_image_pixels", "max_caption_tokens")
         _at_least(self, 6, "synthetic_train_images", "synthetic_val_images", "synthetic_test_images")
         _require(
             self.image_size > 0 and self.image_size % 28 == 0,
@@ -239,6 +287,13 @@ class IterativeArguments:
     allow_config_change: bool = field(
         default=False,
         metadata={"help": "Resume even if result-changing arguments differ from the experiment's."},
+    )
+    plan: bool = field(
+        default=False,
+        metadata={
+            "help": "Print what the job will do (stages, sizes, memory, time where measured) "
+            "and exit, without training or loading weights."
+        },
     )
     encode_batch_size: int = field(
         default=64, metadata={"help": "Batch size for encoding galleries and queries."}

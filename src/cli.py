@@ -29,6 +29,8 @@ from src.experiment import Experiment
 from src.experiment_io import read_json, write_json_atomic
 from src.job import resolve_job
 from src.offline import OFFLINE_DEFAULTS
+from src.plan import format_plan
+from src.preflight import preflight
 from src.report import format_table, plot_results
 from src.retrieval.checkpoint_encoding import EncodeSettings
 from src.rounds import run_job
@@ -101,6 +103,11 @@ def _train(argv: list[str]) -> int:
     model_args, data_args, iter_args, training_args = parse_arguments(argv)
     training_args.device  # noqa: B018  (sets up the process group under torchrun / accelerate)
     job = resolve_job(model_args, data_args, iter_args, training_args, OFFLINE_DEFAULTS)
+    image_sizes = preflight(job)
+    if iter_args.plan:
+        if is_main():
+            print(format_plan(job, image_sizes))
+        return 0
     results = run_job(job)
     if is_main():
         print("\n" + format_table(results))
@@ -137,6 +144,15 @@ def _eval_parser() -> argparse.ArgumentParser:
         help="Results JSON to update. Default: evaluation_results.json in the experiment.",
     )
     parser.add_argument("--batch_size", type=int, default=64, help="Encoding batch size.")
+    parser.add_argument(
+        "--max_pixels",
+        type=int,
+        default=None,
+        help="Pixel budget per image (Qwen2-VL / Qwen2.5-VL). Default: each checkpoint's own.",
+    )
+    parser.add_argument(
+        "--min_pixels", type=int, default=None, help="Smallest pixel count. Default: the checkpoint's."
+    )
     parser.add_argument("--debug", action="store_true", help="Show tracebacks of user errors.")
     return parser
 
@@ -170,8 +186,15 @@ def _evaluate(argv: list[str]) -> int:
             f"{saved['dataset_name']!r}"
         )
     iterations = _iterations(args.iterations, experiment.finished_checkpoints(), experiment)
-    split = load_split(dataset_name, args.dataset_path or saved["dataset_path"], split_name)
-    settings = EncodeSettings(args.batch_size, 0, saved.get("torch_dtype", "auto"))
+    split = load_split(
+        dataset_name,
+        args.dataset_path or saved["dataset_path"],
+        split_name,
+        allow_external_images=saved.get("allow_external_images", False),
+    )
+    settings = EncodeSettings(
+        args.batch_size, 0, saved.get("torch_dtype", "auto"), args.min_pixels, args.max_pixels
+    )
     contents = {i: evaluate_stage(experiment, i, split, dataset_name, settings) for i in iterations}
     if not is_main():
         return 0

@@ -65,6 +65,9 @@ OPERATIONAL_KEYS = frozenset(
         "auto_resume",
         "resume_from_iteration",
         "allow_config_change",
+        "plan",
+        "allow_external_images",
+        "max_image_pixels",
         "num_iterations",
         "encode_batch_size",
         "foundation_batch_size",
@@ -203,9 +206,6 @@ class Experiment:
         ]
 
     # ---- starting and resuming ----
-    def is_empty(self) -> bool:
-        return not self.dir.exists() or not any(p.name not in _HIDDEN for p in self.dir.iterdir())
-
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Refuse a second run on the same directory while the first is alive.
@@ -240,16 +240,21 @@ class Experiment:
         except (OSError, ValueError, KeyError, TypeError):
             return "another process"
 
-    def start(self, arguments: dict, auto_resume: bool, allow_config_change: bool) -> None:
-        """Write experiment_config.json for a new run, or check it against a resumed one."""
-        if not self.config_file.is_file():
-            if not self.is_empty():
+    def has_work(self) -> bool:
+        """Whether anything but the config, the lock and the caches was written here."""
+        ignored = {*_HIDDEN, CONFIG_NAME}
+        return self.dir.exists() and any(p.name not in ignored for p in self.dir.iterdir())
+
+    def check_start(self, arguments: dict, resuming: bool, allow_config_change: bool) -> list:
+        """What `start` would refuse, raised before anything is written; returns the
+        result-changing differences a resume with --allow_config_change records."""
+        if not self.config_file.is_file() or not self.has_work():
+            if self.has_work():
                 raise ExperimentError(
                     f"{self.dir} is not empty but has no {CONFIG_NAME}; choose another --experiment_dir"
                 )
-            self._write_config(arguments)
-            return
-        if not auto_resume:
+            return []
+        if not resuming:
             raise ExperimentError(
                 f"{self.dir} already holds an experiment. Continue it with --auto_resume, rerun from "
                 "a round with --auto_resume --resume_from_iteration N, or pass another --experiment_dir."
@@ -264,7 +269,17 @@ class Experiment:
                 f"resuming {self.dir} with arguments that change its results:\n{listing}\n"
                 "Use the experiment's arguments, another --experiment_dir, or --allow_config_change."
             )
+        return differences
+
+    def start(self, arguments: dict, resuming: bool, allow_config_change: bool) -> None:
+        """Write experiment_config.json for a new run (or one that stopped before writing
+        anything else), or check it against a resumed one and record allowed changes."""
+        differences = self.check_start(arguments, resuming, allow_config_change)
+        if not self.config_file.is_file() or not self.has_work():
+            self._write_config(arguments)
+            return
         if differences:
+            saved = read_json(self.config_file)
             saved.setdefault("config_changes", []).append(
                 {"time": _now(), "changes": [list(d) for d in differences]}
             )

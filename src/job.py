@@ -154,8 +154,11 @@ def resolve_job(
         model_args, data_args, defaults
     )
     directory = iter_args.experiment_dir or f"experiments/{model_label}_{dataset_label}_iterative"
-    train_split = load_split(data_args.dataset_name, dataset_path, "train")
-    val_split = load_split(data_args.dataset_name, dataset_path, "val")
+    external = data_args.allow_external_images
+    train_split = load_split(
+        data_args.dataset_name, dataset_path, "train", allow_external_images=external
+    )
+    val_split = load_split(data_args.dataset_name, dataset_path, "val", allow_external_images=external)
     train_split.triplets = subset(train_split.triplets, data_args.max_train_samples)
     val_split.triplets = subset(val_split.triplets, data_args.max_eval_samples)
     dataset_captioners = dict(defaults.dataset_captioners) if defaults else {}
@@ -178,6 +181,9 @@ def resolve_job(
             lora_target_modules=tuple(model_args.lora_target_list),
             dtype=model_args.torch_dtype,
             base_model_name=model_args.base_model_name,
+            min_pixels=model_args.min_pixels,
+            max_pixels=model_args.max_pixels,
+            freeze_vision_tower=model_args.freeze_vision_tower,
         ),
         encoding=EncodeSettings(
             batch_size=iter_args.encode_batch_size,

@@ -187,12 +187,87 @@ def test_cirr_test1_has_no_labels(cirr_root: Path) -> None:
     assert not split.has_labels
 
 
-def test_cirr_release_layout(tmp_path: Path) -> None:
-    root = make_cirr(tmp_path / "release", release_layout=True)
-    assert not (root / "captions").exists()
-    split = load_cirr_split(str(root), "train")
-    assert len(split.triplets) == 2
-    assert split.images["train-1-0-img0"] == str(root / "train" / "3" / "train-1-0-img0.png")
+def make_cirr_layout(root: Path, layout: str) -> Path:
+    """The CIRR fixture laid out as released (cirr/img_raw), as CLIP4Cir expects (images
+    beside cirr/) or flat; returns the dataset path a user passes."""
+    annotations = {"flat": root, "release": root / "cirr", "clip4cir": root / "cirr"}[layout]
+    images = {"flat": root, "release": root / "cirr" / "img_raw", "clip4cir": root}[layout]
+    for split, paths in CIRR_IMAGES.items():
+        write_json(annotations / "captions" / f"cap.rc2.{split}.json", cirr_captions(split))
+        write_json(annotations / "image_splits" / f"split.rc2.{split}.json", paths)
+        for rel in paths.values():
+            write_image(images / rel)
+    return root
+
+
+def records(split: Split) -> tuple:
+    """A split's content, without where its files sit."""
+    names = {name: Path(path).name for name, path in split.images.items()}
+    return [t.to_dict() for t in split.triplets], names, split.categories
+
+
+@pytest.mark.parametrize("layout", ["release", "clip4cir", "flat"])
+@pytest.mark.parametrize("split", ["train", "val", "test1"])
+def test_every_cirr_layout_loads_the_same_records(tmp_path, layout, split, caplog):
+    reference = load_cirr_split(make_cirr_layout(tmp_path / "flat_ref", "flat"), split)
+    root = make_cirr_layout(tmp_path / layout, layout)
+    with caplog.at_level("INFO"):
+        loaded = load_cirr_split(root, split)
+    assert records(loaded) == records(reference)
+    assert all(os.path.isfile(path) for path in loaded.images.values())
+    named = {"release": "release layout", "clip4cir": "CLIP4Cir layout", "flat": "flat layout"}
+    assert named[layout] in caplog.text
+    if layout == "release":  # the dataset path may also be cirr/ itself
+        assert records(load_cirr_split(root / "cirr", split)) == records(reference)
+
+
+def test_cirr_annotations_without_their_images_list_every_image_folder_tried(tmp_path):
+    root = make_cirr_layout(tmp_path / "release", "release")
+    (root / "cirr" / "img_raw").rename(root / "cirr" / "images_elsewhere")
+    raises_with(
+        lambda: load_cirr_split(root, "val"),
+        "no image folder",
+        str(root / "cirr" / "img_raw"),
+        str(root / "img_raw"),
+        "./dev/dev-0-0-img0.png",
+    )
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_fashioniq_at_the_root_or_in_fashioniq_dataset_loads_the_same_records(tmp_path, nested):
+    reference = load_fashioniq_split(make_fashioniq(tmp_path / "ref"), "val")
+    root = tmp_path / "copy"
+    make_fashioniq(root / "fashionIQ_dataset" if nested else root)
+    assert records(load_fashioniq_split(root, "val")) == records(reference)
+
+
+def test_an_image_path_leaving_the_dataset_root_is_refused(tmp_path):
+    root = make_cirr_layout(tmp_path / "cirr_data", "flat")
+    write_image(tmp_path / "outside.png")
+    split_file = root / "image_splits" / "split.rc2.val.json"
+    for escaping in ("../outside.png", str(tmp_path / "outside.png")):
+        edit_json(split_file, lambda data, path=escaping: data.update({"dev-0-1-img0": path}))
+        raises_with(
+            lambda: load_cirr_split(root, "val"),
+            str(split_file),
+            "'dev-0-1-img0'",
+            "outside the dataset root",
+            "--allow_external_images",
+        )
+        allowed = load_cirr_split(root, "val", allow_external_images=True)
+        assert allowed.images["dev-0-1-img0"] == str(tmp_path / "outside.png")
+    edit_json(split_file, lambda data: data.update({"dev-0-1-img0": "./dev/linked.png"}))
+    (root / "dev" / "linked.png").symlink_to(tmp_path / "outside.png")
+    raises_with(lambda: load_cirr_split(root, "val"), "'dev-0-1-img0'", "outside the dataset root")
+
+
+def test_a_fashioniq_image_symlinked_outside_the_root_is_refused(tmp_path):
+    root = make_fashioniq(tmp_path / "fiq")
+    write_image(tmp_path / "outside.jpg")
+    (root / "images" / "d1.png").unlink()
+    (root / "images" / "d1.png").symlink_to(tmp_path / "outside.jpg")
+    raises_with(lambda: load_fashioniq_split(root, "val"), "d1.png", "outside the dataset root")
+    assert load_fashioniq_split(root, "val", allow_external_images=True).images["d1"]
 
 
 def test_cirr_unknown_split_name(cirr_root: Path) -> None:
@@ -203,12 +278,13 @@ def test_cirr_unknown_split_name(cirr_root: Path) -> None:
 # ---------------------------------------------------------------- CIRR bad input
 
 
-def test_cirr_missing_captions_names_both_layouts(tmp_path: Path) -> None:
+def test_cirr_missing_captions_lists_every_place_tried(tmp_path: Path) -> None:
     raises_with(
         lambda: load_cirr_split(tmp_path, "val"),
         str(tmp_path / "captions" / "cap.rc2.val.json"),
         str(tmp_path / "cirr" / "captions" / "cap.rc2.val.json"),
-        "layout",
+        "release layout",
+        "CLIP4Cir layout",
     )
 
 
@@ -338,7 +414,7 @@ def test_check_image_files_lists_first_five(tmp_path: Path) -> None:
 
 def test_join_fashioniq_captions() -> None:
     assert join_fashioniq_captions(["is Red.", "longer?"]) == "Is red and longer"
-    assert join_fashioniq_captions([" has a collar, ", "."]) == "Has a collar and "
+    assert join_fashioniq_captions([" has a collar, ", "."]) == "Has a collar"  # one empty
 
 
 def test_fashioniq_train_round_trip(fiq_root: Path) -> None:
@@ -409,7 +485,7 @@ def test_fashioniq_file_errors(fiq_root: Path) -> None:
     raises_with(
         lambda: load_fashioniq_split(fiq_root, "val"),
         str(fiq_root / "captions" / "cap.dress.val.json"),
-        "FashionIQ layout",
+        "fashionIQ_dataset",
     )
     (fiq_root / "image_splits" / "split.toptee.train.json").write_text("{bad")
     raises_with(

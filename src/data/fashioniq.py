@@ -1,11 +1,13 @@
 """Reader for the FashionIQ annotations.
 
-Layout: `root/captions/cap.{cat}.{split}.json`, `root/image_splits/split.{cat}.{split}.json`
-(the category's gallery) and `root/images/<id>.png` or `.jpg`.
+Layout as released: `captions/cap.{cat}.{split}.json`, `image_splits/split.{cat}.{split}.json`
+(the category's gallery) and `images/<id>.jpg` or `.png` (both occur in the copies people
+use), at the dataset root or under its `fashionIQ_dataset/` folder (CLIP4Cir's name).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from functools import partial
@@ -17,6 +19,7 @@ from src.data.validation import (
     check_image_files,
     check_items,
     entry_label,
+    inside_root,
     read_json,
     require,
 )
@@ -27,6 +30,9 @@ FASHIONIQ_CATEGORIES = ("dress", "shirt", "toptee")
 UNLABELLED_SPLITS = ("test",)
 IMAGE_SUFFIXES = (".png", ".jpg")  # in order of preference when both exist
 LAYOUT = "FashionIQ"
+DATASET_FOLDERS = ("", "fashionIQ_dataset")  # the root itself, or CLIP4Cir's folder in it
+
+logger = logging.getLogger(__name__)
 
 
 def join_fashioniq_captions(captions: list[str]) -> str:
@@ -36,8 +42,29 @@ def join_fashioniq_captions(captions: list[str]) -> str:
     `src/validate.py`, `compute_fiq_val_metrics`), which later FashionIQ work follows:
     `"{c0.strip('.?, ').capitalize()} and {c1.strip('.?, ')}"`.
     """
-    first, second = captions
-    return f"{first.strip('.?, ').capitalize()} and {second.strip('.?, ')}"
+    first, second = (text.strip(".?, ").strip() for text in captions)
+    if not (first and second):  # one of the two is empty: the other alone (a quirk of a few entries)
+        return (first or second).capitalize()
+    return f"{first.capitalize()} and {second}"
+
+
+def find_dataset_folder(root: Path, split: str, category: str) -> Path:
+    """The folder that holds captions/, image_splits/ and images/, or an error listing the
+    places tried."""
+    tried = []
+    for folder in DATASET_FOLDERS:
+        base = root / folder if folder else root
+        captions = base / "captions" / f"cap.{category}.{split}.json"
+        tried.append(str(captions))
+        if captions.is_file():
+            return base
+    listing = "\n  ".join(tried)
+    raise AnnotationError(
+        f"no FashionIQ {split} split found under {root}; looked for:\n  {listing}\n"
+        "Expected captions/cap.{dress,shirt,toptee}.{split}.json, "
+        "image_splits/split.{category}.{split}.json and images/ at the root or in "
+        "fashionIQ_dataset/"
+    )
 
 
 def load_fashioniq_split(
@@ -45,19 +72,33 @@ def load_fashioniq_split(
     split: str,
     categories: Sequence[str] = FASHIONIQ_CATEGORIES,
     check_files: bool = True,
+    allow_external_images: bool = False,
 ) -> Split:
     """Read one FashionIQ split over the given categories.
 
     Each category's gallery is its image split list; `Split.images` is the union of the
-    galleries plus any reference/target outside them that exists under `images/`.
+    galleries plus any reference/target outside them that exists under `images/`. An
+    image file that leaves the dataset root (a symlink) is an error unless
+    `allow_external_images`.
     """
     if split not in FASHIONIQ_SPLITS:
-        raise ValueError(f"unknown FashionIQ split {split!r}; expected one of {FASHIONIQ_SPLITS}")
+        raise AnnotationError(
+            f"unknown FashionIQ split {split!r}; expected one of {FASHIONIQ_SPLITS}"
+        )
     unknown = [c for c in categories if c not in FASHIONIQ_CATEGORIES]
     if unknown:
-        raise ValueError(f"unknown FashionIQ categories {unknown}; expected {FASHIONIQ_CATEGORIES}")
-    root = Path(root).absolute()
+        raise AnnotationError(
+            f"unknown FashionIQ categories {unknown}; expected {FASHIONIQ_CATEGORIES}"
+        )
+    dataset_root = Path(root).absolute()
+    root = find_dataset_folder(dataset_root, split, categories[0])
     on_disk = list_image_files(root / "images")
+    logger.info(
+        "FashionIQ %s: annotations and images/ under %s (%d image files)", split, root, len(on_disk)
+    )
+    if not allow_external_images:
+        for path in on_disk.values():
+            inside_root(path, dataset_root, root / "images", f"image file {Path(path).name}")
     galleries = {cat: read_gallery(root, cat, split) for cat in categories}
     images = {
         name: on_disk.get(name, str(root / "images" / f"{name}{IMAGE_SUFFIXES[0]}"))
@@ -118,6 +159,8 @@ def parse_entry(entry: dict, path: Path, index: int, category: str, labelled: bo
     check_items(captions, str, where, "captions")
     if len(captions) != 2:
         raise AnnotationError(f"{where}: key 'captions' should hold 2 texts, got {len(captions)}")
+    if not join_fashioniq_captions(captions):
+        raise AnnotationError(f"{where}: key 'captions' holds only empty texts")
     return Triplet(
         pairid=pairid,
         reference=field("candidate", str),

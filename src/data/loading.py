@@ -8,6 +8,7 @@ from pathlib import Path
 from src.data.cirr import load_cirr_split
 from src.data.fashioniq import load_fashioniq_split
 from src.data.records import Split
+from src.errors import AnnotationError
 
 READERS: dict[str, Callable[..., Split]] = {
     "cirr": load_cirr_split,
@@ -25,6 +26,10 @@ def load_split(dataset_name: str, root: str | Path, split: str, **kw) -> Split:
     """Read `split` of `dataset_name` ("cirr" or "fashioniq"); `kw` go to its reader."""
     name = dataset_name.lower()
     if name not in READERS:
-        raise ValueError(f"unknown dataset {dataset_name!r}; expected one of {sorted(READERS)}")
+        raise AnnotationError(
+            f"unknown dataset {dataset_name!r}; expected one of {sorted(READERS)}"
+        )
+    if not Path(root).is_dir():
+        raise AnnotationError(f"--dataset_path {root}: no such directory")
     split = SPLIT_ALIASES[name].get(split, split)
     return READERS[name](root, split, **kw)

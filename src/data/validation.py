@@ -35,15 +35,6 @@ def entry_label(index: int | str, pairid: Any = None) -> str:
     return label if pairid is None else f"{label} (pairid {pairid})"
 
 
-def find_layout(candidates: dict[str, Path], what: str) -> tuple[str, Path]:
-    """Return the first (layout, path) whose file exists, else say what was expected."""
-    for layout, path in candidates.items():
-        if path.is_file():
-            return layout, path
-    expected = "; ".join(f"{path} ({layout} layout)" for layout, path in candidates.items())
-    raise AnnotationError(f"{what} not found; expected one of: {expected}")
-
-
 def read_json(path: Path, expected: type, layout: str) -> Any:
     """Load a JSON file whose top level must be of type `expected`.
 
@@ -79,8 +70,10 @@ def require(
     index: int,
     pairid: Any = None,
     prefix: str = "",
+    nonblank: bool = False,
 ) -> Any:
-    """Return entry[key], checked for presence and type.
+    """Return entry[key], checked for presence and type (and, with `nonblank`, that the
+    text holds more than white space).
 
     `prefix` names the enclosing field of a nested object (e.g. "img_set.").
     """
@@ -89,6 +82,8 @@ def require(
         raise AnnotationError(f"{where}: missing key '{prefix}{key}'")
     value = entry[key]
     check_type(value, expected, where, f"{prefix}{key}")
+    if nonblank and not value.strip():
+        raise AnnotationError(f"{where}: key '{prefix}{key}' is empty")
     return value
 
 
@@ -125,6 +120,17 @@ def check_known_image(
     if name not in images:
         raise AnnotationError(
             f"{path}: pairid {pairid}: {field} '{name}' is not in the split's image list"
+        )
+
+
+def inside_root(path: str, root: Path, source: Path, what: str) -> None:
+    """Refuse an image path that leaves the dataset root once `..` and symlinks are resolved."""
+    resolved, real_root = os.path.realpath(path), os.path.realpath(root)
+    if resolved != real_root and not resolved.startswith(real_root + os.sep):
+        raise AnnotationError(
+            f"{source}: {what} points to {resolved}, outside the dataset root {real_root}; "
+            "pass --allow_external_images if the images live elsewhere on purpose (a "
+            "symlinked image folder, say)"
         )
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -18,10 +19,25 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import ProcessorMixin
 
+from src.errors import ArgumentError
 from src.model.registry import Backbone, detect_backbone, get_backbone, load_processor
 
 EMBEDDER_CONFIG_NAME = "embedder_config.json"
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The embedder's pixel budget for Qwen2-VL / Qwen2.5-VL (one image token per 28 x 28 pixels).
+# The minimum is VLM2Vec's `resize_min_pixels` (28*28*4); its maximum, 28*28*1280 (1,280
+# tokens), would give a CIRR photo 400-650 tokens and a 64-query step with targets and a
+# negative ~100k image tokens. 448 x 448 (256 tokens) keeps the NLVR2 photos of CIRR
+# (mostly below 0.5 MP) and FashionIQ's product shots near their own resolution, and
+# matches the budget the foundation model gets (--foundation_max_pixels).
+DEFAULT_MIN_PIXELS = 28 * 28 * 4
+DEFAULT_MAX_PIXELS = 448 * 448
+# Module names of the vision tower: Qwen's `visual` (merger included), LLaVA's `vision_tower`.
+VISION_MODULES = r".*\b(visual|vision_tower)\b.*"
+
+
+def is_vision_module(name: str) -> bool:
+    return re.fullmatch(VISION_MODULES, name) is not None
 
 
 @dataclass
@@ -38,6 +54,9 @@ class EmbedderConfig:
     lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
     pooling: str = "last"
     normalize: bool = True
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    freeze_vision_tower: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,6 +71,9 @@ class EncoderOptions:
     lora_target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS
     dtype: str = "auto"
     base_model_name: str | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    freeze_vision_tower: bool = False
 
     def build(self, model_name: str | Path) -> VLM2VecEncoder:
         fields = asdict(self) | {"lora_target_modules": list(self.lora_target_modules)}
@@ -168,14 +190,30 @@ def build_encoder(
     lora_target_modules: list[str] | None = None,
     dtype: str = "auto",
     base_model_name: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    freeze_vision_tower: bool = False,
 ) -> VLM2VecEncoder:
     """A fresh embedder on top of a base checkpoint (round 0), optionally with a new LoRA adapter.
 
-    A directory that already holds an embedder (`embedder_config.json`) is loaded as such.
+    `freeze_vision_tower` keeps the vision tower as it is: no gradient for its weights in
+    full fine-tuning, no adapters in it with LoRA. Every LoRA target name must name linear
+    layers of the model (outside the vision tower when it is frozen).
+
+    A directory that already holds an embedder (`embedder_config.json`) is loaded as such,
+    with the pixel budget it was trained with unless `min_pixels` / `max_pixels` say
+    otherwise. A new Qwen2-VL / Qwen2.5-VL embedder gets DEFAULT_MIN_PIXELS /
+    DEFAULT_MAX_PIXELS unless told otherwise.
     """
     if (Path(model_name) / EMBEDDER_CONFIG_NAME).is_file():
-        return load_encoder(model_name, dtype=dtype, trainable=True)
+        return load_encoder(
+            model_name, dtype=dtype, trainable=True, min_pixels=min_pixels, max_pixels=max_pixels
+        )
     backbone_name = backbone or detect_backbone(model_name)
+    backbone_entry = get_backbone(backbone_name)
+    processor, min_pixels, max_pixels = new_embedder_processor(
+        model_name, backbone_name, min_pixels, max_pixels
+    )
     config = EmbedderConfig(
         backbone=backbone_name,
         base_model=str(Path(model_name).resolve()),
@@ -185,21 +223,69 @@ def build_encoder(
         lora_alpha=lora_alpha,
         lora_dropout=lora_dropout,
         lora_target_modules=list(lora_target_modules or DEFAULT_LORA_TARGETS),
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        freeze_vision_tower=freeze_vision_tower,
     )
     model = _load_hf_model(
-        model_name, get_backbone(backbone_name), resolve_dtype(dtype), config.adapter_base_model
+        model_name, backbone_entry, resolve_dtype(dtype), config.adapter_base_model
     )
     freeze_unused_head(model)
+    if freeze_vision_tower:
+        for name, parameter in model.named_parameters():
+            if is_vision_module(name):
+                parameter.requires_grad_(False)
     if lora:
+        check_lora_targets(model, config.lora_target_modules, freeze_vision_tower)
         peft_config = LoraConfig(
             r=lora_r,
             lora_alpha=lora_alpha,
             lora_dropout=lora_dropout,
             target_modules=config.lora_target_modules,
+            exclude_modules=VISION_MODULES if freeze_vision_tower else None,
             init_lora_weights="gaussian",
         )
         model = get_peft_model(model, peft_config)
-    return VLM2VecEncoder(model, load_processor(model_name), config)
+    return VLM2VecEncoder(model, processor, config)
+
+
+def new_embedder_processor(
+    model_name: str | Path, backbone: str, min_pixels: int | None, max_pixels: int | None
+) -> tuple[ProcessorMixin, int | None, int | None]:
+    """The processor a new embedder on `model_name` uses, with its pixel budget applied
+    (the defaults where the backbone has one and none is given), and that budget."""
+    backbone_entry = get_backbone(backbone)
+    if backbone_entry.pixel_budget:
+        min_pixels = min_pixels or DEFAULT_MIN_PIXELS
+        max_pixels = max_pixels or DEFAULT_MAX_PIXELS
+    processor = load_processor(model_name)
+    backbone_entry.apply_pixel_budget(processor, min_pixels, max_pixels)
+    return processor, min_pixels, max_pixels
+
+
+def lora_target_counts(
+    model: nn.Module, targets: list[str], skip_vision: bool = False
+) -> dict[str, int]:
+    """How many linear layers each LoRA target name (a module name's last part) matches."""
+    counts = dict.fromkeys(targets, 0)
+    for name, module in model.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        vision_skipped = skip_vision and is_vision_module(name)
+        if last in counts and isinstance(module, nn.Linear) and not vision_skipped:
+            counts[last] += 1
+    return counts
+
+
+def check_lora_targets(model: nn.Module, targets: list[str], skip_vision: bool = False) -> None:
+    """Refuse target names that match no linear layer: a flag that would change nothing."""
+    counts = lora_target_counts(model, targets, skip_vision)
+    unmatched = [name for name, count in counts.items() if not count]
+    if unmatched:
+        where = "outside the vision tower " if skip_vision else ""
+        raise ArgumentError(
+            f"--lora_target_modules: {', '.join(unmatched)} match no linear layer {where}of "
+            f"{type(model).__name__}; name the last part of module names such as q_proj"
+        )
 
 
 def load_embedder_config(checkpoint_dir: str | Path) -> EmbedderConfig | None:
@@ -211,13 +297,20 @@ def load_embedder_config(checkpoint_dir: str | Path) -> EmbedderConfig | None:
 
 
 def load_encoder(
-    checkpoint_dir: str | Path, dtype: str = "auto", trainable: bool = False
+    checkpoint_dir: str | Path,
+    dtype: str = "auto",
+    trainable: bool = False,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
 ) -> VLM2VecEncoder:
-    """Load a saved embedder; a plain Hugging Face checkpoint loads as an untrained embedder."""
+    """Load a saved embedder with the pixel budget it was saved with, unless `min_pixels` /
+    `max_pixels` override it; a plain Hugging Face checkpoint loads as an untrained embedder."""
     checkpoint_dir = Path(checkpoint_dir)
     config = load_embedder_config(checkpoint_dir)
     if config is None:
-        return build_encoder(checkpoint_dir, dtype=dtype)
+        return build_encoder(
+            checkpoint_dir, dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels
+        )
     backbone = get_backbone(config.backbone)
     torch_dtype = resolve_dtype(dtype)
     if config.lora:
@@ -225,7 +318,15 @@ def load_encoder(
         model = PeftModel.from_pretrained(base, str(checkpoint_dir), is_trainable=trainable)
     else:
         model = _load_hf_model(checkpoint_dir, backbone, torch_dtype)
-    return VLM2VecEncoder(model, load_processor(checkpoint_dir), config)
+    processor = load_processor(checkpoint_dir)
+    backbone.apply_pixel_budget(processor, min_pixels, max_pixels)
+    if min_pixels is not None or max_pixels is not None:
+        config = replace(
+            config,
+            min_pixels=min_pixels or config.min_pixels,
+            max_pixels=max_pixels or config.max_pixels,
+        )
+    return VLM2VecEncoder(model, processor, config)
 
 
 def load_weights_into(encoder: VLM2VecEncoder, checkpoint_dir: str | Path) -> None:

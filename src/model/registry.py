@@ -13,16 +13,24 @@ from pathlib import Path
 
 import transformers
 from PIL import Image
-from transformers import AutoProcessor, BatchFeature, ProcessorMixin
+from transformers import AutoProcessor, BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
+
+from src.errors import ArgumentError
 
 
 @dataclass(frozen=True)
 class Backbone:
-    """One vision-language architecture the embedder can wrap."""
+    """One vision-language architecture the embedder can wrap.
+
+    `pixel_budget`: its processor resizes each image into [min_pixels, max_pixels]
+    (Qwen2-VL and Qwen2.5-VL: one image token per 28 x 28 pixels, docs/notes.md); LLaVA-NeXT
+    tiles images on its own grid instead.
+    """
 
     name: str
     model_class_name: str
     image_token: str
+    pixel_budget: bool = False
 
     @property
     def model_class(self) -> type:
@@ -40,9 +48,52 @@ class Backbone:
         return processor(text=texts, images=images, padding=True, return_tensors="pt")
 
 
+    def apply_pixel_budget(
+        self, processor: ProcessorMixin, min_pixels: int | None, max_pixels: int | None
+    ) -> None:
+        """Set the processor's pixel budget (None: keep that bound as it is).
+
+        transformers 5 keeps it in `image_processor.size` (shortest_edge / longest_edge are
+        the pixel bounds); `from_pretrained(size=...)` would be silently ignored for the
+        released Qwen files, so it is set on the loaded processor (docs/notes.md).
+        """
+        if min_pixels is None and max_pixels is None:
+            return
+        if not self.pixel_budget:
+            raise ArgumentError(
+                f"--min_pixels / --max_pixels apply to Qwen2-VL and Qwen2.5-VL processors; "
+                f"{self.name} tiles images on its own grid"
+            )
+        size = dict(processor.image_processor.size)
+        if min_pixels is not None:
+            size["shortest_edge"] = min_pixels
+        if max_pixels is not None:
+            size["longest_edge"] = max_pixels
+        processor.image_processor.size = {
+            "shortest_edge": size["shortest_edge"],
+            "longest_edge": size["longest_edge"],
+        }
+
+    @staticmethod
+    def pixel_bounds(processor: ProcessorMixin) -> tuple[int | None, int | None]:
+        size = dict(processor.image_processor.size)
+        return size.get("shortest_edge"), size.get("longest_edge")
+
+
+def image_token_count(processor: ProcessorMixin, width: int, height: int) -> int:
+    """Image tokens the processor gives one image of this size (its own rule, exactly)."""
+    return processor._get_num_multimodal_tokens(image_sizes=[(height, width)])[
+        "num_image_tokens"
+    ][0]
+
+
 BACKBONES: dict[str, Backbone] = {
-    "qwen2_vl": Backbone("qwen2_vl", "Qwen2VLForConditionalGeneration", "<|image_pad|>"),
-    "qwen2_5_vl": Backbone("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "<|image_pad|>"),
+    "qwen2_vl": Backbone(
+        "qwen2_vl", "Qwen2VLForConditionalGeneration", "<|image_pad|>", pixel_budget=True
+    ),
+    "qwen2_5_vl": Backbone(
+        "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "<|image_pad|>", pixel_budget=True
+    ),
     "llava_next": Backbone("llava_next", "LlavaNextForConditionalGeneration", "<image>"),
 }
 
@@ -90,3 +141,10 @@ def load_processor(path: str | Path) -> ProcessorMixin:
             "processor; check processor_config.json / preprocessor_config.json there"
         )
     return processor
+
+
+def special_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The tokenizer's special tokens (such as <|image_pad|>), longest first: text holding
+    one would be read as that token, not as words."""
+    added = [token.content for token in tokenizer.added_tokens_decoder.values() if token.special]
+    return sorted(set(tokenizer.all_special_tokens) | set(added), key=len, reverse=True)

@@ -35,11 +35,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EncodeSettings:
-    """How to run an encoder: batch size, DataLoader workers, dtype."""
+    """How to run an encoder: batch size, DataLoader workers, dtype, and a pixel budget that
+    overrides the checkpoint's own (None: the budget it was trained with)."""
 
     batch_size: int = 64
     num_workers: int = 0
     dtype: str = "auto"
+    min_pixels: int | None = None
+    max_pixels: int | None = None
 
 
 class CheckpointEncoder:
@@ -59,9 +62,11 @@ class CheckpointEncoder:
         config = load_embedder_config(self.checkpoint)
         if config is None:
             raise ValueError(f"{self.checkpoint} holds no embedder_config.json")
+        backbone = get_backbone(config.backbone)
         self.backbone_name = config.backbone
-        self.image_token = get_backbone(config.backbone).image_token
+        self.image_token = backbone.image_token
         self.processor = load_processor(self.checkpoint)
+        backbone.apply_pixel_budget(self.processor, settings.min_pixels, settings.max_pixels)
         self._encoder: VLM2VecEncoder | None = None
 
     def __enter__(self) -> CheckpointEncoder:
@@ -72,7 +77,13 @@ class CheckpointEncoder:
 
     def _model(self) -> VLM2VecEncoder:
         if self._encoder is None:
-            self._encoder = load_encoder(self.checkpoint, dtype=self.settings.dtype)
+            settings = self.settings
+            self._encoder = load_encoder(
+                self.checkpoint,
+                dtype=settings.dtype,
+                min_pixels=settings.min_pixels,
+                max_pixels=settings.max_pixels,
+            )
             self._encoder.to(default_device())
         return self._encoder
 

@@ -59,36 +59,43 @@ def _release() -> None:
         torch.cuda.empty_cache()
 
 
-def augment_stage(job: Job, iteration: int) -> None:
-    """Write augmented_samples_iter_{iteration}.json unless a matching one exists."""
-    experiment, options = job.experiment, job.augment
-    mined_file = experiment.hard_negatives(iteration - 1)
+def augment_request(job: Job, iteration: int) -> tuple[dict, list[CaptionPair], int]:
+    """The meta augmented_samples_iter_{iteration}.json must have to count as done, the
+    pairs to caption, and how many there were before --max_augmented_per_iteration."""
+    options = job.augment
+    mined_file = job.experiment.hard_negatives(iteration - 1)
     mined = read_json(mined_file)
     meta = {
         "generator": options.captioner,
         "hard_negatives": mined_file.name,
         "hard_negatives_fingerprint": mined["meta"]["checkpoint_fingerprint"],
     }
-    pairs, available = [], 0
     if options.captioner == "none":
         meta["skipped"] = "--foundation_model_backbone none: no augmentation"
-    else:
-        pairs, available = select_pairs(
-            job.train_split.triplets,
-            job.train_split.images,
-            mined["queries"],
-            iteration,
-            options.pairs_per_query,
-            options.max_pairs,
-        )
-        path = options.model_path
-        meta |= {
-            "checkpoint": None if path is None else str(Path(path).resolve()),
-            "stands_in_for_a_foundation_model": options.captioner in job.dataset_captioners,
-            "prompt_version": PROMPT_VERSION,
-            "pairs_digest": pairs_digest(pairs),
-            "options": options.result_options(),
-        }
+        return meta, [], 0
+    pairs, available = select_pairs(
+        job.train_split.triplets,
+        job.train_split.images,
+        mined["queries"],
+        iteration,
+        options.pairs_per_query,
+        options.max_pairs,
+    )
+    path = options.model_path
+    meta |= {
+        "checkpoint": None if path is None else str(Path(path).resolve()),
+        "stands_in_for_a_foundation_model": options.captioner in job.dataset_captioners,
+        "prompt_version": PROMPT_VERSION,
+        "pairs_digest": pairs_digest(pairs),
+        "options": options.result_options(),
+    }
+    return meta, pairs, available
+
+
+def augment_stage(job: Job, iteration: int) -> None:
+    """Write augmented_samples_iter_{iteration}.json unless a matching one exists."""
+    experiment, options = job.experiment, job.augment
+    meta, pairs, available = augment_request(job, iteration)
 
     def work() -> StageResult:
         if options.captioner == "none":

@@ -35,6 +35,16 @@ def submission_path(experiment: Experiment, iteration: int, metric: str) -> Path
     return experiment.dir / f"cirr_test_submission_iter_{iteration}_{metric}.json"
 
 
+def evaluate_meta(experiment: Experiment, iteration: int, split: Split, dataset_name: str) -> dict:
+    """What evaluation_{split}_iter_{iteration}.json must have been made from to count as done."""
+    return {
+        "checkpoint_fingerprint": experiment.verified_checkpoint(iteration).fingerprint,
+        "dataset": dataset_name,
+        "split": split.name,
+        "rows": _rows_digest(split),
+    }
+
+
 def evaluate_stage(
     experiment: Experiment,
     iteration: int,
@@ -45,12 +55,7 @@ def evaluate_stage(
     """Evaluate checkpoint_iter_{iteration} on `split`; returns the artifact's content
     ({"metrics"} for a labelled split, {"submission_files"} for test1)."""
     checkpoint = experiment.verified_checkpoint(iteration)
-    meta = {
-        "checkpoint_fingerprint": checkpoint.fingerprint,
-        "dataset": dataset_name,
-        "split": split.name,
-        "rows": _rows_digest(split),
-    }
+    meta = evaluate_meta(experiment, iteration, split, dataset_name)
 
     def work() -> StageResult:
         cache = EmbeddingCache(experiment.embeddings_dir)

@@ -22,12 +22,18 @@ logger = logging.getLogger("rounds")
 SUMMARY_KEYS = ("num_queries", "num_mined", "num_negatives", "train_recall@1", "train_recall@5")
 
 
+def mine_meta(job: Job, iteration: int) -> dict:
+    """What hard_negatives_iter_{iteration}.json must have been made from to count as done."""
+    checkpoint = job.experiment.verified_checkpoint(iteration)
+    return {"checkpoint_fingerprint": checkpoint.fingerprint, "options": dataclasses.asdict(job.mining)}
+
+
 def mine_stage(job: Job, iteration: int) -> None:
     """Mine with checkpoint_iter_{iteration} -> hard_negatives_iter_{iteration}.json."""
     experiment = job.experiment
     checkpoint = experiment.verified_checkpoint(iteration)
-    options = dataclasses.asdict(job.mining)
-    meta = {"checkpoint_fingerprint": checkpoint.fingerprint, "options": options}
+    meta = mine_meta(job, iteration)
+    options = meta["options"]
 
     def work() -> StageResult:
         dataset = ComposedRetrievalDataset(job.train_split, job.train_split.triplets)

@@ -51,12 +51,18 @@ def _input_digests(job: Job, iteration: int) -> dict:
     }
 
 
-def train_stage(job: Job, iteration: int) -> None:
-    """Train round `iteration` into checkpoint_iter_{iteration} unless it is already there."""
-    experiment = job.experiment
+def train_meta(job: Job, iteration: int) -> dict:
+    """What checkpoint_iter_{iteration} must have been made from to count as done."""
     meta = {"inputs": _input_digests(job, iteration)}
     if not job.iter_args.allow_config_change:
         meta["config"] = result_config(job.arguments())
+    return meta
+
+
+def train_stage(job: Job, iteration: int) -> None:
+    """Train round `iteration` into checkpoint_iter_{iteration} unless it is already there."""
+    experiment = job.experiment
+    meta = train_meta(job, iteration)
     checkpoint = experiment.checkpoint(iteration)
     state: dict = {}
 

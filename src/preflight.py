@@ -1,0 +1,153 @@
+"""Every check that can fail a run, done before the run writes anything.
+
+A run that will fail should fail within seconds, not after round 0 has trained: the model
+and foundation model directories load as configs, every image of every split the job
+reads opens (src/data/images.py), no caption holds a special token of the tokenizer, the
+experiment directory can be written and its config and resume state fit, and one step's
+batch fits the training split over the processes. Annotation files and image paths are
+checked as the splits are read (src/job.py). Nothing is written into the experiment
+directory until all of this passes; the image check's cache lives in --cache_dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from transformers import AutoConfig, PreTrainedTokenizerBase
+
+from src.data.images import check_images
+from src.data.records import Split
+from src.distributed import main_process_first, world_size
+from src.errors import AnnotationError, ArgumentError, ExperimentError
+from src.job import Job
+from src.model.registry import load_processor, special_tokens
+
+logger = logging.getLogger("preflight")
+
+
+def check_model_dir(path: str, flag: str) -> None:
+    """A local checkpoint directory whose config loads (a LoRA adapter: its base's too)."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ArgumentError(f"{flag} {path}: no such directory (models are read from local paths)")
+    adapter = directory / "adapter_config.json"
+    if adapter.is_file() and not (directory / "config.json").is_file():
+        base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        if not base or not Path(base).is_dir():
+            raise ArgumentError(
+                f"{flag} {path} is a LoRA adapter whose base model {base!r} is not a local "
+                "directory; pass its local path with --base_model_name"
+            )
+        return
+    try:
+        AutoConfig.from_pretrained(str(directory))
+    except (OSError, ValueError, KeyError) as error:
+        raise ArgumentError(f"{flag} {path}: its config.json does not load ({error})") from None
+
+
+def check_models(job: Job) -> None:
+    check_model_dir(job.model_path, "--model_name")
+    if job.model_args.base_model_name:
+        check_model_dir(job.model_args.base_model_name, "--base_model_name")
+    if job.augment.model_path:
+        check_model_dir(job.augment.model_path, "--foundation_model_path")
+        processor = load_processor(job.augment.model_path)
+        if not processor.chat_template:
+            raise ArgumentError(
+                f"--foundation_model_path {job.augment.model_path}: its processor has no chat "
+                "template; the captioners need a chat (instruction-tuned) checkpoint"
+            )
+
+
+def check_captions(split: Split, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> int:
+    """Refuse captions holding special tokens; truncate those longer than `max_tokens`.
+
+    Returns how many were truncated (the split's triplets are changed in place).
+    """
+    specials = special_tokens(tokenizer)
+    for triplet in split.triplets:
+        found = next((token for token in specials if token in triplet.caption), None)
+        if found is not None:
+            raise AnnotationError(
+                f"{split.name} split, pairid {triplet.pairid}: the caption holds {found!r}, a "
+                "special token of the model's tokenizer, which would corrupt the model input; "
+                "remove it from the annotation file"
+            )
+    ids = tokenizer([t.caption for t in split.triplets], add_special_tokens=False)["input_ids"]
+    truncated = 0
+    for triplet, tokens in zip(split.triplets, ids, strict=True):
+        if len(tokens) > max_tokens:
+            triplet.caption = tokenizer.decode(tokens[:max_tokens]).strip()
+            truncated += 1
+    if truncated:
+        logger.info(
+            "%s split: %d captions truncated to --max_caption_tokens %d",
+            split.name,
+            truncated,
+            max_tokens,
+        )
+    return truncated
+
+
+def image_check_cache(cache_dir: str, dataset_path: str) -> Path:
+    key = hashlib.sha256(os.path.realpath(dataset_path).encode()).hexdigest()[:16]
+    return Path(cache_dir) / "image_checks" / f"{key}.json"
+
+
+def check_split_images(job: Job, splits: list[Split]) -> dict[str, tuple[int, int]]:
+    """Open every image of the splits (rank 0 first, the others then read its cache)."""
+    paths = [path for split in splits for path in split.images.values()]
+    cache = image_check_cache(job.data_args.cache_dir, job.dataset_path)
+    with main_process_first():
+        return check_images(
+            paths,
+            cache,
+            job.data_args.max_image_pixels,
+            description=f"checking {len(set(paths))} images",
+        )
+
+
+def check_experiment(job: Job) -> None:
+    """The experiment directory can be written, and its config and resume state fit."""
+    experiment, args = job.experiment, job.iter_args
+    existing = experiment.dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ExperimentError(f"--experiment_dir {experiment.dir}: {existing} is not writable")
+    experiment.check_start(job.arguments(), args.resuming, args.allow_config_change)
+    if args.resume_from_iteration is not None and args.resume_from_iteration > 0:
+        finished = experiment.finished_checkpoints()
+        last = max(finished) if finished else -1
+        if args.resume_from_iteration > last + 1:
+            raise ArgumentError(
+                f"--resume_from_iteration {args.resume_from_iteration}: the last finished round "
+                f"of {experiment.dir} is {last}; rerun from round {last + 1} at the latest"
+            )
+
+
+def check_batches(job: Job) -> None:
+    """One optimizer step's queries fit in the training split, over every process."""
+    per_step = job.training_args.per_device_train_batch_size * world_size()
+    available = len(job.train_split.triplets)
+    if available < per_step:
+        raise ArgumentError(
+            f"--batch_size {job.training_args.per_device_train_batch_size} x {world_size()} "
+            f"processes = {per_step} queries per step, but the training split holds only "
+            f"{available} triplets; lower --batch_size"
+        )
+
+
+def preflight(job: Job) -> dict[str, tuple[int, int]]:
+    """Run every check; returns the (width, height) of every image, by path."""
+    check_models(job)
+    check_experiment(job)
+    check_batches(job)
+    tokenizer = load_processor(job.model_path).tokenizer
+    for split in (job.train_split, job.val_split):
+        check_captions(split, tokenizer, job.data_args.max_caption_tokens)
+    return check_split_images(job, [job.train_split, job.val_split])
