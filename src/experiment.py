@@ -303,16 +303,31 @@ class Experiment:
             raise ExperimentError(f"{self.dir}: no {CONFIG_NAME}; is this an experiment directory?")
         return read_json(self.config_file)["arguments"]
 
-    def move_rounds_aside(self, first_round: int) -> Path | None:
-        """Move the artifacts of rounds >= first_round into `moved_aside_{time}/` (never delete)."""
+    def move_aside(self, paths: list[Path]) -> Path | None:
+        """Move `paths` into a new `moved_aside_{time}/` (never delete); rebuild the summary."""
+        paths = [path for path in paths if path.exists()]
+        if not paths:
+            return None
         moved = self.dir / f"moved_aside_{dt.datetime.now().strftime('%Y%m%d_%H%M%S_%f')}"
-        artifacts = self.artifacts_from_round(first_round)
-        for path in artifacts:
-            moved.mkdir(parents=True, exist_ok=True)
+        moved.mkdir(parents=True)
+        for path in paths:
             shutil.move(str(path), moved / path.name)
-        if artifacts:
-            self.write_results_summary()
-        return moved if artifacts else None
+        self.write_results_summary()
+        return moved
+
+    def move_rounds_aside(self, first_round: int) -> Path | None:
+        """Move the artifacts of rounds >= first_round aside (--resume_from_iteration)."""
+        return self.move_aside(self.artifacts_from_round(first_round))
+
+    def move_checkpoint_aside(self, iteration: int) -> Path | None:
+        """Move checkpoint_iter_{iteration} aside with everything made from it (its Trainer
+        folder, its evaluations, every later round), keeping the round's own inputs."""
+        own = [
+            self.checkpoint(iteration),
+            self.train_dir(iteration),
+            *self.dir.glob(f"evaluation_*_iter_{iteration}.json"),
+        ]
+        return self.move_aside(own + self.artifacts_from_round(iteration + 1))
 
     # ---- stage records ----
     def record_stage(
@@ -374,6 +389,7 @@ class Experiment:
         if reason is not None:
             return reason
         stored = self.stored_meta(artifact)
+        meta = json.loads(json.dumps(meta))  # as it reads back from JSON (keys, tuples)
         changed = sorted(key for key in meta if stored.get(key) != meta[key])
         if changed:
             return f"{artifact.name} was made with other settings ({', '.join(changed)})"
@@ -402,8 +418,8 @@ class Experiment:
             return read_json(artifact / STAGE_META_NAME if artifact.is_dir() else artifact)
         if artifact.exists():
             logger.warning("%s %d: redoing it: %s", stage, iteration, reason)
-            if artifact.is_dir() and is_main():
-                self.move_rounds_aside(round_of(artifact.name))
+            if artifact.is_dir() and is_main():  # a checkpoint: it and what was made from it
+                self.move_checkpoint_aside(round_of(artifact.name))
             barrier()
         start = time.perf_counter()
         logger.info("== %s %d -> %s", stage, iteration, artifact.name)

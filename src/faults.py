@@ -10,8 +10,9 @@ finally blocks. The points:
 - "evaluation": after the split was encoded (n is the iteration);
 - "augmentation": after n pairs were generated and flushed to the partial file.
 
-A test sets the variable for a child process, so the kill lands exactly where it means
-however loaded the machine is.
+With several processes, CIR_FAULT_RANK=<r> limits the fault to that rank. A test sets the
+variables for a child process, so the kill lands exactly where it means however loaded
+the machine is.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import re
 import sys
 
 FAULT_ENV = "CIR_FAULT"
+FAULT_RANK_ENV = "CIR_FAULT_RANK"
 FAULT_EXIT_STATUS = 86
 _SPEC = re.compile(r"(?P<point>[a-z_]+)(?:@(?P<iteration>\d+))?:(?P<count>\d+)")
 
@@ -36,6 +38,9 @@ def fault_point(point: str, count: int, iteration: int | None = None) -> None:
     if match["point"] != point or count < int(match["count"]):
         return
     if match["iteration"] is not None and iteration != int(match["iteration"]):
+        return
+    only_rank = os.environ.get(FAULT_RANK_ENV)
+    if only_rank is not None and os.environ.get("RANK", "0") != only_rank:
         return
     sys.stderr.write(f"fault injected: {spec} (at {point} {count}, iteration {iteration})\n")
     sys.stderr.flush()

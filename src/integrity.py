@@ -114,4 +114,9 @@ def _file_names(directory: Path, skip: tuple[str, ...]) -> list[str]:
 
 def digest_of(records: dict) -> str:
     """One hash for a set of records (a directory's identity)."""
-    return bytes_hash(json.dumps(records, sort_keys=True).encode())
+    return content_digest(records)
+
+
+def content_digest(payload: object) -> str:
+    """One hash of a JSON-able value (its canonical serialisation)."""
+    return bytes_hash(json.dumps(payload, sort_keys=True).encode())

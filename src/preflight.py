@@ -1,7 +1,8 @@
 """Every check that can fail a run, done before the run writes anything.
 
 A run that will fail should fail within seconds, not after round 0 has trained: the model
-and foundation model directories load as configs, every image of every split the job
+and foundation model directories load as configs, every LoRA target name matches layers
+of the architecture (built on the meta device), every image of every split the job
 reads opens (src/data/images.py), no caption holds a special token of the tokenizer, the
 experiment directory can be written and its config and resume state fit, and one step's
 batch fits the training split over the processes. Annotation files and image paths are
@@ -24,6 +25,9 @@ from src.data.records import Split
 from src.distributed import main_process_first, world_size
 from src.errors import AnnotationError, ArgumentError, ExperimentError
 from src.job import Job
+from src.model.architectures import build_from_path
+from src.model.encoder import check_lora_targets as check_lora_targets_of
+from src.model.encoder import load_embedder_config
 from src.model.registry import load_processor, special_tokens
 
 logger = logging.getLogger("preflight")
@@ -111,6 +115,15 @@ def check_split_images(job: Job, splits: list[Split]) -> dict[str, tuple[int, in
         )
 
 
+def check_lora_targets(job: Job) -> None:
+    """With --lora, every target name matches linear layers (on the meta device: no weights)."""
+    options = job.encoder
+    if not options.lora or load_embedder_config(job.model_path) is not None:
+        return  # a saved embedder keeps the adapters it was trained with
+    model = build_from_path(job.model_path)
+    check_lora_targets_of(model, list(options.lora_target_modules), options.freeze_vision_tower)
+
+
 def check_experiment(job: Job) -> None:
     """The experiment directory can be written, and its config and resume state fit."""
     experiment, args = job.experiment, job.iter_args
@@ -145,6 +158,7 @@ def check_batches(job: Job) -> None:
 def preflight(job: Job) -> dict[str, tuple[int, int]]:
     """Run every check; returns the (width, height) of every image, by path."""
     check_models(job)
+    check_lora_targets(job)
     check_experiment(job)
     check_batches(job)
     tokenizer = load_processor(job.model_path).tokenizer

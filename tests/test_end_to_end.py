@@ -179,3 +179,17 @@ def test_round_zero_only_and_skip_round0(tiny_qwen, small_benchmark, tmp_path):
             base.model.state_dict().values(), tuned.model.state_dict().values(), strict=True
         )
     )
+
+
+def test_plan_of_a_finished_experiment_lists_every_stage_as_skipped(
+    finished_run, tiny_qwen, small_benchmark, capsys
+):
+    argv = run_args(tiny_qwen, small_benchmark, finished_run.dir, "--auto_resume", "--plan")
+    assert train_main(argv) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "-> " in line][1:]
+    assert len(rows) == 2 + 4 * 2 and all("done: skipped" in row for row in rows)
+    argv = [*argv, "--resume_from_iteration", "2"]
+    assert train_main(argv) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "-> " in line][1:]
+    statuses = ["done" if "done: skipped" in row else "run" for row in rows]
+    assert statuses == ["done"] * 6 + ["run"] * 4  # round 2 mines with checkpoint_iter_1 again

@@ -149,7 +149,7 @@ def _vocab_and_merges(tokenizer: Tokenizer) -> tuple[dict[str, int], list[tuple[
     return model["vocab"], [tuple(merge) for merge in model["merges"]]
 
 
-def _qwen_tokenizer() -> Qwen2Tokenizer:
+def qwen_tokenizer() -> Qwen2Tokenizer:
     vocab, merges = _vocab_and_merges(_train_bpe(QWEN_SPECIAL_TOKENS))
     return Qwen2Tokenizer(
         vocab=vocab,
@@ -165,7 +165,7 @@ def _qwen_tokenizer() -> Qwen2Tokenizer:
     )
 
 
-def _llava_tokenizer() -> PreTrainedTokenizerFast:
+def llava_tokenizer() -> PreTrainedTokenizerFast:
     backend = _train_bpe(LLAVA_SPECIAL_TOKENS)
     # Like the Llama tokenizers of the llava-hf checkpoints: <s> starts every sequence.
     backend.post_processor = TemplateProcessing(
@@ -213,7 +213,7 @@ def _qwen_text_config(tokenizer) -> dict:
     }
 
 
-def _vision_token_ids(tokenizer) -> dict[str, int]:
+def vision_token_ids(tokenizer) -> dict[str, int]:
     # The config defaults are the real model's ids (151655, ...): set them from our tokenizer.
     ids = tokenizer.convert_tokens_to_ids
     return {
@@ -238,7 +238,7 @@ def _qwen_processors(image_size: int) -> tuple[Qwen2VLImageProcessor, Qwen2VLVid
 
 
 def _build_qwen2_vl(image_size: int):
-    tokenizer = _qwen_tokenizer()
+    tokenizer = qwen_tokenizer()
     config = Qwen2VLConfig(
         text_config=_qwen_text_config(tokenizer),
         # vision hidden_size is the merger's output and must equal the text width (docs/notes.md).
@@ -252,7 +252,7 @@ def _build_qwen2_vl(image_size: int):
             "spatial_merge_size": MERGE,
             "temporal_patch_size": 2,
         },
-        **_vision_token_ids(tokenizer),
+        **vision_token_ids(tokenizer),
     )
     image_processor, video_processor = _qwen_processors(image_size)
     processor = Qwen2VLProcessor(
@@ -262,7 +262,7 @@ def _build_qwen2_vl(image_size: int):
 
 
 def _build_qwen2_5_vl(image_size: int):
-    tokenizer = _qwen_tokenizer()
+    tokenizer = qwen_tokenizer()
     config = Qwen2_5_VLConfig(
         text_config=_qwen_text_config(tokenizer),
         # Unlike Qwen2-VL, hidden_size is the tower's own width and out_hidden_size the
@@ -281,7 +281,7 @@ def _build_qwen2_5_vl(image_size: int):
             "window_size": 2 * PATCH * MERGE,
             "fullatt_block_indexes": [VISION_LAYERS - 1],
         },
-        **_vision_token_ids(tokenizer),
+        **vision_token_ids(tokenizer),
     )
     image_processor, video_processor = _qwen_processors(image_size)
     processor = Qwen2_5_VLProcessor(
@@ -291,7 +291,7 @@ def _build_qwen2_5_vl(image_size: int):
 
 
 def _build_llava_next(image_size: int):
-    tokenizer = _llava_tokenizer()
+    tokenizer = llava_tokenizer()
     # The same grid pinpoints in config and image processor (docs/notes.md): one crop for an
     # S x S image, 2 x 2 crops for a 2S x 2S one.
     pinpoints = [[image_size * h, image_size * w] for h, w in ((1, 1), (1, 2), (2, 1), (2, 2))]

@@ -19,7 +19,7 @@ from transformers import set_seed
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.experiment import STAGE_META_NAME, Experiment, StageResult, result_config
 from src.experiment_io import read_json, write_json_atomic
-from src.integrity import digest_of
+from src.integrity import content_digest, digest_of
 from src.job import Job
 from src.model.encoder import VLM2VecEncoder
 from src.training import train_round
@@ -38,16 +38,18 @@ def round_inputs(job: Job, iteration: int) -> tuple[dict | None, list[tuple[int,
 
 
 def _input_digests(job: Job, iteration: int) -> dict:
-    """What the round trains from, by identity: the start checkpoint and the data files."""
+    """What the round trains from, by content: the start checkpoint and the round's data
+    (a mined or augmented file written again with the same data does not retrain)."""
     if iteration == 0:
         return {"start": "base model"}
-    experiment = job.experiment
-    files = [experiment.hard_negatives(iteration - 1)]
-    rounds = [iteration] if job.augment.pool == "current" else range(1, iteration + 1)
-    files += [experiment.augmented(i) for i in rounds]
+    mined, augmented = round_inputs(job, iteration)
     return {
-        "start": experiment.verified_checkpoint(iteration - 1).fingerprint,
-        **{path.name: experiment.record_of(path) for path in files},
+        "start": job.experiment.verified_checkpoint(iteration - 1).fingerprint,
+        "hard_negatives": content_digest(mined),
+        "augmented": {
+            str(i): content_digest([payload["samples"], payload.get("false_negatives", {})])
+            for i, payload in augmented
+        },
     }
 
 

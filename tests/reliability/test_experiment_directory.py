@@ -12,7 +12,7 @@ import pytest
 from src.experiment import Experiment, ExperimentError
 from src.experiment_io import read_json, write_json_atomic
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARGS = {
     "model_name": "m",
     "seed": 0,

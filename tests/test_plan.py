@@ -1,0 +1,56 @@
+"""--plan prints what a job will do without training or loading weights: for the default
+job, for the CIRR Qwen2-VL-2B preset (paths pointed at real-shape fixtures without
+weights), and for a resumed experiment (which stages --auto_resume would skip)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from src.cli import train_main
+from src.offline.real_shape import write_real_shape_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def plan_output(argv: list[str], capsys) -> str:
+    assert train_main([*argv, "--plan"]) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_plan_of_the_default_job(tmp_path, capsys):
+    out = plan_output(
+        ["--cache_dir", str(tmp_path / "cache"), "--experiment_dir", str(tmp_path / "exp")], capsys
+    )
+    assert not (tmp_path / "exp").exists()
+    assert "parameters: 820,480" in out
+    assert "train 1000 triplets over 3000 images, val 400 over 1200" in out
+    assert "image tokens per image: mean 16.0, max 16" in out
+    rows = [line for line in out.splitlines() if re.match(r"\s+\d+\s+(train|evaluate|mine|augment)", line)]
+    assert len(rows) == 2 + 4 * 3
+    assert "train 1000 triplets, 128 optimizer steps -> checkpoint_iter_0" in rows[0]
+    assert all("will run" in row for row in rows)
+    assert "encode 3000 gallery images + 1000 queries" in rows[2]
+
+
+def test_plan_of_the_cirr_2b_preset(tmp_path, small_benchmark, capsys):
+    preset = json.loads((REPO / "configs" / "cirr_qwen2vl_2b.json").read_text())
+    preset |= {
+        "model_name": str(write_real_shape_checkpoint("qwen2_vl_2b", tmp_path / "qwen2_vl_2b")),
+        "foundation_model_path": str(write_real_shape_checkpoint("qwen2_vl_7b", tmp_path / "7b")),
+        "dataset_path": str(small_benchmark),
+    }
+    config = tmp_path / "preset.json"
+    config.write_text(json.dumps(preset))
+    argv = ["--config", str(config), "--experiment_dir", str(tmp_path / "exp"), "--batch_size", "32"]
+    out = plan_output(argv, capsys)
+    assert "qwen2_vl-text1536x28-vision1280x32" in out
+    assert "parameters: 2,208,985,600 (vision tower 665,271,296)" in out
+    assert "trainable: 18,464,768 (LoRA r=16" in out
+    assert "GradCache chunks of 16, gradient checkpointing" in out
+    assert "qwen2_vl: caption up to" in out
+    assert not (tmp_path / "exp").exists()
