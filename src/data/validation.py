@@ -49,6 +49,10 @@ def read_json(path: Path, expected: type, layout: str) -> Any:
         raise AnnotationError(
             f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
         ) from e
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except OSError as e:
+        raise AnnotationError(f"{path}: cannot be read ({e.strerror})") from e
     if not isinstance(data, expected):
         raise AnnotationError(
             f"{path}: top level should be a JSON {_json_name(expected)}, "

@@ -14,7 +14,7 @@ from transformers import TrainingArguments
 from src.data.collator import ContrastiveCollator
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.data.loading import load_split
-from src.distributed import rank
+from src.distributed import process_group, rank
 from src.model.encoder import build_encoder
 from src.trainer_iterative import IterativeTrainer
 
@@ -52,7 +52,8 @@ trainer = IterativeTrainer(
     grad_cache=grad_cache == "1",
     temperature=0.05,
 )
-result = trainer.train()
-if rank() == 0:
-    weights = {n: p.detach() for n, p in encoder.named_parameters()}
-    torch.save({"loss": result.training_loss, "weights": weights, "initial": initial}, output)
+with process_group():  # torn down at the end, as the entry points do
+    result = trainer.train()
+    if rank() == 0:
+        weights = {n: p.detach() for n, p in encoder.named_parameters()}
+        torch.save({"loss": result.training_loss, "weights": weights, "initial": initial}, output)

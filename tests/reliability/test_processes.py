@@ -1,0 +1,116 @@
+"""Clean exits: SIGTERM during training saves a checkpoint and exits, resumable; the
+two-process job exits cleanly every time; a rank that fails takes the others down within
+torchrun's grace period instead of leaving them waiting."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from src.cli import train_main
+from src.errors import INTERRUPTED_EXIT_STATUS
+from src.experiment import Experiment
+from src.experiment_io import read_json
+from src.faults import FAULT_ENV, FAULT_EXIT_STATUS, FAULT_RANK_ENV
+from src.training import CHECKPOINT_FILES_NAME
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def small_job(tiny_qwen, small_benchmark, experiment_dir, *extra) -> list[str]:
+    return [
+        "--model_name", str(tiny_qwen),
+        "--dataset_path", str(small_benchmark),
+        "--experiment_dir", str(experiment_dir),
+        "--dataloader_num_workers", "0",
+        "--encode_batch_size", "32",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_sigterm_during_training_saves_a_checkpoint_and_exits_cleanly(
+    tiny_qwen, small_benchmark, tmp_path
+):
+    flags = ["--num_iterations", "0", "--max_steps", "40", "--save_steps", "1000",
+             "--logging_steps", "1", "--batch_size", "4"]  # fmt: skip
+    experiment = Experiment(tmp_path / "exp")
+    child = subprocess.Popen(
+        [sys.executable, "train_iterative.py", *small_job(tiny_qwen, small_benchmark, experiment.dir, *flags)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    )
+    for line in child.stdout:  # the first logged step: the handler is in place
+        if "'loss'" in line:
+            child.send_signal(signal.SIGTERM)
+            break
+    stdout, stderr = child.communicate(timeout=120)
+    assert child.returncode == INTERRUPTED_EXIT_STATUS, stderr[-2000:]
+    assert "stopped by SIGTERM after saving" in stderr and "--auto_resume" in stderr
+    (saved,) = experiment.train_dir(0).glob("checkpoint-*")
+    assert (saved / CHECKPOINT_FILES_NAME).is_file()
+    assert not experiment.checkpoint(0).exists()
+
+    argv = small_job(tiny_qwen, small_benchmark, experiment.dir, *flags, "--auto_resume")
+    assert train_main(argv) == 0
+    train = [s for s in experiment.stage_log() if s["stage"] == "train"][0]
+    assert train["meta"]["resumed_from"] == str(saved) and train["meta"]["steps"] == 40
+    straight = Experiment(tmp_path / "straight")
+    assert train_main(small_job(tiny_qwen, small_benchmark, straight.dir, *flags)) == 0
+    fingerprint = read_json(experiment.checkpoint(0) / "stage.json")["fingerprint"]
+    assert fingerprint == read_json(straight.checkpoint(0) / "stage.json")["fingerprint"]
+
+
+def two_process_job(tiny_qwen, small_benchmark, experiment_dir) -> list[str]:
+    return [*TORCHRUN, "train_iterative.py", *small_job(
+        tiny_qwen, small_benchmark, experiment_dir,
+        "--num_iterations", "1", "--max_steps", "2", "--batch_size", "4",
+        "--max_train_samples", "24", "--max_eval_samples", "8",
+    )]  # fmt: skip
+
+
+def test_the_two_process_job_exits_cleanly_ten_times_in_a_row(tiny_qwen, small_benchmark, tmp_path):
+    environment = os.environ | {"OMP_NUM_THREADS": "1"}
+    for run in range(10):
+        completed = subprocess.run(
+            two_process_job(tiny_qwen, small_benchmark, tmp_path / f"exp{run}"),
+            cwd=REPO,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        output = completed.stdout + completed.stderr
+        assert completed.returncode == 0, f"run {run}: {output[-3000:]}"
+        assert "terminate called" not in output and "SIGABRT" not in output, f"run {run}"
+
+
+def test_a_failing_rank_takes_the_others_down_within_the_grace_period(
+    tiny_qwen, small_benchmark, tmp_path
+):
+    environment = os.environ | {FAULT_ENV: "mining:0", FAULT_RANK_ENV: "1", "OMP_NUM_THREADS": "1"}
+    start = time.monotonic()
+    completed = subprocess.run(
+        two_process_job(tiny_qwen, small_benchmark, tmp_path / "exp"),
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    elapsed = time.monotonic() - start
+    assert completed.returncode != 0
+    assert f"exitcode  : {FAULT_EXIT_STATUS}" in completed.stderr, completed.stderr[-3000:]
+    assert "fault injected: mining:0" in completed.stderr
+    # rank 0 never waits on its dead peer for longer than torchrun's 30 s grace period
+    assert elapsed < 120, elapsed
