@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -471,6 +472,9 @@ ARGUMENT_GROUPS = (ModelArguments, DataArguments, IterativeArguments, IterativeT
 
 def default_training_arguments() -> dict:
     """Trainer defaults that suit this project (any of them can be overridden by flag)."""
+    several_cpu_processes = (
+        not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    )
     return {
         "output_dir": "experiments/_trainer",
         "per_device_train_batch_size": 32,
@@ -490,6 +494,10 @@ def default_training_arguments() -> dict:
         "seed": 0,
         "disable_tqdm": False,
         "dataloader_pin_memory": torch.cuda.is_available(),
+        # Without a GPU, accelerate sets up several torchrun processes as one unless told to
+        # use the CPU (then gloo): each would train on its own, without DDP (docs/notes.md).
+        "use_cpu": not torch.cuda.is_available(),
+        "ddp_backend": "gloo" if several_cpu_processes else None,
     }
 
 

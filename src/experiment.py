@@ -92,6 +92,8 @@ OPERATIONAL_KEYS = frozenset(
         "cache_dir",
         "log_level",
         "log_level_replica",
+        "use_cpu",
+        "ddp_backend",
     }
 )
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "faiss-cpu", "qwen-vl-utils")

@@ -119,7 +119,12 @@ def train_round(
             f"stopped by SIGTERM after saving {output_dir}/checkpoint-{result.global_step}; "
             "continue with --auto_resume"
         )
-    return {"train_loss": result.training_loss, "steps": result.global_step, "resumed_from": last}
+    return {
+        "train_loss": result.training_loss,
+        "steps": result.global_step,
+        "resumed_from": last,
+        "processes": trainer.args.world_size,  # DDP really spans them (docs/notes.md)
+    }
 
 
 def last_complete_checkpoint(output_dir: Path) -> str | None:

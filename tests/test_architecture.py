@@ -14,7 +14,7 @@ LAYERS = (
     ("src.arguments",),
     ("src.data", "src.model", "src.loss"),
     ("src.retrieval", "src.data.dataset", "src.augment", "src.trainer_iterative", "src.training"),
-    ("src.experiment", "src.job"),
+    ("src.experiment", "src.job", "src.preflight"),
     ("src.stages",),
     ("src.rounds", "src.report", "src.plan"),
     ("src.offline",),

@@ -68,6 +68,7 @@ def test_launcher_runs_the_whole_job_on_two_processes(tiny_qwen, small_benchmark
     assert sorted((s["stage"], s["iteration"]) for s in stages) == [
         ("augment", 1), ("evaluate", 0), ("evaluate", 1), ("mine", 0), ("train", 0), ("train", 1),
     ]  # fmt: skip
+    assert all(s["meta"]["processes"] == 2 for s in stages if s["stage"] == "train")
     results = json.loads((experiment / "evaluation_results.json").read_text())
     assert sorted(results) == ["iter_0", "iter_1"]
     assert (experiment / "checkpoint_iter_1" / "stage.json").is_file()

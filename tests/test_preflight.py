@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from src.cli import train_main
+from src.errors import ArgumentError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,10 +150,5 @@ def test_debug_shows_the_traceback(tiny_qwen, dataset, tmp_path):
     )
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
     assert plain.stderr.strip().splitlines() == ["error: --batch_size 0: must be >= 1"]
-    debug = subprocess.run(
-        [sys.executable, "train_iterative.py", *argv, "--debug"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert debug.returncode != 0 and "Traceback" in debug.stderr and "ArgumentError" in debug.stderr
+    with pytest.raises(ArgumentError, match="--batch_size 0"):
+        train_main([*argv, "--debug"])

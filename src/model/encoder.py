@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import ProcessorMixin
 
@@ -230,19 +231,27 @@ def build_encoder(
     model = _load_hf_model(
         model_name, backbone_entry, resolve_dtype(dtype), config.adapter_base_model
     )
+    return embedder_from_model(model, processor, config)
+
+
+def embedder_from_model(
+    model: nn.Module, processor: ProcessorMixin, config: EmbedderConfig
+) -> VLM2VecEncoder:
+    """A new embedder around a loaded (or freshly built) image-text-to-text model: the unused
+    head frozen, the vision tower frozen if asked, LoRA adapters added if asked."""
     freeze_unused_head(model)
-    if freeze_vision_tower:
+    if config.freeze_vision_tower:
         for name, parameter in model.named_parameters():
             if is_vision_module(name):
                 parameter.requires_grad_(False)
-    if lora:
-        check_lora_targets(model, config.lora_target_modules, freeze_vision_tower)
+    if config.lora:
+        check_lora_targets(model, config.lora_target_modules, config.freeze_vision_tower)
         peft_config = LoraConfig(
-            r=lora_r,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
             target_modules=config.lora_target_modules,
-            exclude_modules=VISION_MODULES if freeze_vision_tower else None,
+            exclude_modules=VISION_MODULES if config.freeze_vision_tower else None,
             init_lora_weights="gaussian",
         )
         model = get_peft_model(model, peft_config)
@@ -266,12 +275,14 @@ def new_embedder_processor(
 def lora_target_counts(
     model: nn.Module, targets: list[str], skip_vision: bool = False
 ) -> dict[str, int]:
-    """How many linear layers each LoRA target name (a module name's last part) matches."""
+    """How many linear layers each LoRA target name (a module name's last part) matches
+    (on a model that already has adapters: how many got one)."""
     counts = dict.fromkeys(targets, 0)
     for name, module in model.named_modules():
         last = name.rsplit(".", 1)[-1]
         vision_skipped = skip_vision and is_vision_module(name)
-        if last in counts and isinstance(module, nn.Linear) and not vision_skipped:
+        linear = isinstance(module, (nn.Linear, BaseTunerLayer))
+        if last in counts and linear and not vision_skipped:
             counts[last] += 1
     return counts
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -79,10 +80,8 @@ def write_cirr(root: Path, captions: object, split_file: object, raw: bytes | No
 
 
 def loads_or_refuses(load) -> None:
-    try:
+    with contextlib.suppress(AnnotationError):
         load()
-    except AnnotationError:
-        pass
 
 
 VALID_SPLIT = {name: f"./dev/{name}.png" for name in NAMES}

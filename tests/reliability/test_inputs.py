@@ -4,6 +4,8 @@ named, long ones are truncated and counted."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -67,7 +69,7 @@ def test_bad_images_are_listed_before_any_work(images, tmp_path):
     garbage = tmp_path / "garbage.jpg"
     garbage.write_bytes(b"\xff\xd8\xff" + b"nonsense" * 50)
     truncated = tmp_path / "truncated.png"
-    data = open(images["gray"], "rb").read()
+    data = Path(images["gray"]).read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(AnnotationError) as error:
         check_images([*images.values(), str(zero), str(garbage), str(truncated)])

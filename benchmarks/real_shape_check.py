@@ -1,0 +1,251 @@
+"""Real-shape check: a released architecture with random weights through every model path.
+
+    python -m benchmarks.real_shape_check --arch qwen2_vl_2b        # CPU here, GPU when present
+    python -m benchmarks.real_shape_check --arch tiny               # the same code, seconds
+
+Builds the architecture from its public config (src/model/architectures/; random weights,
+saved as a checkpoint so that the product's own loading runs too; the tokenizer is the tiny
+checkpoints' BPE, which is fine where only shapes matter), and on four images of CIRR-like
+sizes at the embedder's default pixel budget runs, each stage timed with its peak memory:
+
+1. embedder forward: the pooled embedding of every row is the same under left padding,
+   right padding and alone (the pooling picks the last real token);
+2. one LoRA training step with gradient checkpointing and GradCache (mini-batch 2)
+   through IterativeTrainer;
+3. two-image generation of 4 tokens through the Qwen2-VL captioner;
+4. the consistency check's yes/no forward.
+
+It asserts that every --lora_target_modules name matched linear layers of the
+architecture and that the vision tower is frozen or trainable as configured, and writes
+JSON to benchmarks/results/real_shape_{arch}.json (GPU: benchmarks/results/gpu/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from src.arguments import DEFAULT_LORA_TARGETS, IterativeTrainingArguments
+from src.augment.captioners import load_captioner
+from src.augment.generation import ask_consistency
+from src.augment.options import GenerationOptions
+from src.augment.pairs import CaptionPair
+from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
+from src.data.images import load_image
+from src.data.records import Split, Triplet
+from src.model.architectures import architecture_signature, count_parameters, model_config
+from src.model.encoder import build_encoder, is_vision_module, lora_target_counts
+from src.model.prompts import candidate_text
+from src.model.registry import image_token_count
+from src.offline.real_shape import write_real_shape_checkpoint
+from src.offline.tiny import build_tiny_checkpoint
+from src.training import LossOptions, train_round
+
+IMAGE_SIZES = ((640, 480), (1024, 768), (500, 900), (256, 256))
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class PeakMemory:
+    """Peak memory of a stage: torch.cuda.max_memory_allocated on a GPU, else the process's
+    peak resident set (VmHWM, reset through /proc/self/clear_refs where Linux allows)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            with contextlib.suppress(OSError):
+                Path("/proc/self/clear_refs").write_text("5")
+
+    def read(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+
+@contextlib.contextmanager
+def stage(name: str, report: dict, memory: PeakMemory) -> Iterator[dict]:
+    gc.collect()
+    memory.reset()
+    start = time.perf_counter()
+    details: dict = {}
+    print(f"-- {name} ...", flush=True)
+    yield details
+    seconds = time.perf_counter() - start
+    report["stages"][name] = {"seconds": round(seconds, 2), "peak_memory_bytes": memory.read(), **details}
+    print(f"-- {name}: {seconds:.1f} s, peak {memory.read() / 2**30:.2f} GiB {details}", flush=True)
+
+
+def make_images(directory: Path) -> dict[str, str]:
+    images = {}
+    for index, (width, height) in enumerate(IMAGE_SIZES):
+        path = directory / f"img{index}.png"
+        pixels = Image.effect_noise((width, height), 60).convert("RGB")
+        pixels.save(path)
+        images[f"img{index}"] = str(path)
+    return images
+
+
+def check_pooling(encoder, images: dict[str, str]) -> dict:
+    """Embeddings under left padding, right padding and one row at a time agree."""
+    processor, backbone = encoder.processor, encoder.backbone
+    texts = [candidate_text(backbone.image_token)] * len(images)
+    pictures = [load_image(path) for path in images.values()]
+    results = {}
+    with torch.no_grad():
+        for side in ("left", "right"):
+            processor.tokenizer.padding_side = side
+            batch = backbone.pack(processor, texts, pictures).to(next(encoder.parameters()).device)
+            results[side] = encoder(**batch).float().cpu()
+        processor.tokenizer.padding_side = "left"
+        alone = [
+            encoder(**backbone.pack(processor, [text], [picture]).to(next(encoder.parameters()).device))
+            for text, picture in zip(texts, pictures, strict=True)
+        ]
+        results["alone"] = torch.cat(alone).float().cpu()
+    cosine = {
+        name: float(torch.nn.functional.cosine_similarity(results[name], results["alone"]).min())
+        for name in ("left", "right")
+    }
+    assert min(cosine.values()) > 0.99, f"pooling differs with padding: {cosine}"
+    lengths = batch["attention_mask"].sum(1).tolist()
+    return {"min_cosine_to_unpadded": cosine, "sequence_lengths": lengths}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="qwen2_vl_2b", help="a shipped architecture, or tiny")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--lora_target_modules", default=DEFAULT_LORA_TARGETS)
+    parser.add_argument("--freeze_vision_tower", action="store_true")
+    parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    memory = PeakMemory(device)
+    targets = [name.strip() for name in args.lora_target_modules.split(",") if name.strip()]
+    report: dict = {
+        "arch": args.arch,
+        "dtype": args.dtype,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "tokenizer": "the tiny checkpoints' BPE (only shapes matter here)",
+        "image_sizes": IMAGE_SIZES,
+        "stages": {},
+    }
+    dtype = getattr(torch, args.dtype)
+    with tempfile.TemporaryDirectory() as workdir:
+        workdir = Path(workdir)
+        with stage("build", report, memory):
+            if args.arch == "tiny":
+                checkpoint = build_tiny_checkpoint("qwen2_vl", workdir / "model", image_size=56)
+            else:
+                checkpoint = write_real_shape_checkpoint(args.arch, workdir / "model", True, dtype)
+        report["signature"] = architecture_signature(model_config(checkpoint))
+        images = make_images(workdir)
+        with stage("load_embedder", report, memory) as details:
+            encoder = build_encoder(
+                checkpoint,
+                lora=True,
+                lora_target_modules=targets,
+                dtype=args.dtype,
+                freeze_vision_tower=args.freeze_vision_tower,
+            ).to(device)
+            matched = lora_target_counts(encoder.model, targets)
+            details["lora_matches"] = {name: count for name, count in matched.items()}
+            assert all(matched.values()), f"LoRA targets that match nothing: {matched}"
+            vision_trainable = [
+                name
+                for name, p in encoder.named_parameters()
+                if p.requires_grad and is_vision_module(name)
+            ]
+            assert not (args.freeze_vision_tower and vision_trainable), vision_trainable[:3]
+            details["vision_tower_trainable_parameters"] = len(vision_trainable)
+        report["parameters"] = count_parameters(encoder.model)
+        report["trainable_parameters"] = count_parameters(encoder.model, trainable_only=True)
+        report["image_tokens"] = {
+            f"{w}x{h}": image_token_count(encoder.processor, w, h) for w, h in IMAGE_SIZES
+        }
+        print(f"parameters {report['parameters']:,}, trainable {report['trainable_parameters']:,}; "
+              f"image tokens {report['image_tokens']}", flush=True)  # fmt: skip
+        with stage("embedder_forward", report, memory) as details:
+            details |= check_pooling(encoder, images)
+        split = Split("train", [
+            Triplet("q0", "img0", "make it brighter", "img1"),
+            Triplet("q1", "img2", "zoom out and add a tree", "img3"),
+        ], images)  # fmt: skip
+        training_args = IterativeTrainingArguments(
+            output_dir=str(workdir / "train"),
+            per_device_train_batch_size=2,
+            max_steps=1,
+            learning_rate=1e-4,
+            gradient_checkpointing=True,
+            save_strategy="no",
+            report_to="none",
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            use_cpu=device.type == "cpu",
+            disable_tqdm=True,
+        )
+        with stage("lora_train_step_gradient_checkpointing_gradcache", report, memory) as details:
+            summary = train_round(
+                encoder,
+                ComposedRetrievalDataset(split, split.triplets),
+                training_args,
+                LossOptions(grad_cache=True, gc_mini_batch_size=2),
+                "cirr",
+                workdir / "train",
+            )
+            details["loss"] = summary["train_loss"]
+        del encoder
+        gc.collect()
+        if args.arch == "tiny" or report["signature"].startswith(("qwen2_vl", "qwen2_5_vl")):
+            backbone = "qwen2_vl" if report["signature"].startswith("qwen2_vl") else "qwen2_5_vl"
+            with stage("load_captioner", report, memory):
+                captioner = load_captioner(
+                    backbone, checkpoint, GenerationOptions(max_new_tokens=4)
+                )
+            pair = CaptionPair("p0", "q0", "img0", images["img0"], "img2", images["img2"],
+                               "make it brighter", "img1")  # fmt: skip
+            with stage("caption_two_images_4_tokens", report, memory) as details:
+                (generation,) = captioner.generate([pair])
+                details["new_tokens"] = 4
+            with stage("consistency_yes_no_forward", report, memory) as details:
+                answers = ask_consistency(captioner, [(pair, generation["text"] or "x")], 1)
+                details["p_yes"] = list(answers["p0"])
+            del captioner
+    output = Path(args.output) if args.output else (
+        RESULTS / ("gpu" if device.type == "cuda" else "") / f"real_shape_{args.arch}.json"
+    )
+    report["throughput"] = {
+        "signature": report["signature"],
+        "device": report["device"],
+        "encode_items_per_s": len(IMAGE_SIZES) * 3 / report["stages"]["embedder_forward"]["seconds"],
+        "train_samples_per_s": 2 / report["stages"]["lora_train_step_gradient_checkpointing_gradcache"]["seconds"],
+    }
+    if "caption_two_images_4_tokens" in report["stages"]:
+        report["throughput"]["caption_pairs_per_s"] = 1 / report["stages"]["caption_two_images_4_tokens"]["seconds"]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2))
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
