@@ -192,7 +192,7 @@ def main() -> None:
             if not experiment.dir.exists():
                 share_round0(round0, experiment, round0.embeddings_dir)
             argv = [*common, *ARMS[arm][1], "--experiment_dir", str(experiment.dir),
-                    "--auto_resume", "--allow_config_change", "--no_report"]  # fmt: skip
+                    "--auto_resume", "--allow_config_change"]  # fmt: skip
             assert train_main(argv) == 0, f"arm {arm}, seed {seed} failed"
             results[arm][seed] = json.loads(experiment.evaluation_results.read_text())
             print(f"seed {seed} arm {arm}: {results[arm][seed]}", flush=True)

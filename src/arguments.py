@@ -10,6 +10,7 @@ not go together; the stages then assume valid options. Every refusal is an
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -184,6 +185,10 @@ class DataArguments:
     synthetic_test_images: int = field(
         default=600, metadata={"help": "Offline benchmark: test1 gallery size."}
     )
+    synthetic_triplets_per_set: int = field(
+        default=2,
+        metadata={"help": "Offline benchmark: triplets per image set of six (2 to 5)."},
+    )
     image_size: int = field(
         default=112, metadata={"help": "Offline benchmark and tiny model: image side in pixels."}
     )
@@ -217,6 +222,12 @@ class DataArguments:
         _check_literals(self)
         _at_least(self, 1, "max_image_pixels", "max_caption_tokens")
         _at_least(self, 6, "synthetic_train_images", "synthetic_val_images", "synthetic_test_images")
+        _require(
+            2 <= self.synthetic_triplets_per_set <= 5,
+            "synthetic_triplets_per_set",
+            self.synthetic_triplets_per_set,
+            "must be 2 to 5",
+        )
         _require(
             self.image_size > 0 and self.image_size % 28 == 0,
             "image_size",
@@ -289,6 +300,13 @@ class IterativeArguments:
         default=False,
         metadata={"help": "Resume even if result-changing arguments differ from the experiment's."},
     )
+    no_report: bool = field(
+        default=False,
+        metadata={"help": "Do not write the HTML report (report/index.html) at the end of the run."},
+    )
+    report_queries: int = field(
+        default=24, metadata={"help": "Validation queries the report shows per round (a fixed sample)."}
+    )
     plan: bool = field(
         default=False,
         metadata={
@@ -319,6 +337,13 @@ class IterativeArguments:
         default="mined",
         metadata={
             "help": "mined: real retrieval; random: uniform gallery draws (a baseline, named as such)."
+        },
+    )
+    mining_checkpoint: Literal["previous", "first"] = field(
+        default="previous",
+        metadata={
+            "help": "previous: mine again each round with checkpoint_iter_{i-1}; first: mine once "
+            "with checkpoint_iter_0 and reuse those negatives every round (an ablation)."
         },
     )
     foundation_model_path: str | None = field(
@@ -353,6 +378,13 @@ class IterativeArguments:
     top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling (with --do_sample)."})
     augment_pairs_per_query: int = field(
         default=1, metadata={"help": "Hard negatives per mined query that get a new text."}
+    )
+    augment_negatives: Literal["mined", "random"] = field(
+        default="mined",
+        metadata={
+            "help": "mined: new texts turn the reference into its mined hard negatives; random: "
+            "into random gallery images instead, as many (an ablation)."
+        },
     )
     max_augmented_per_iteration: int | None = field(
         default=None, metadata={"help": "Cap on (query, hard negative) pairs captioned per round."}
@@ -395,6 +427,7 @@ class IterativeArguments:
             "max_new_tokens",
             "augment_pairs_per_query",
             "augment_flush_every",
+            "report_queries",
         )
         _at_least(self, 0, "max_augmented_per_iteration", optional=True)
         _at_least(self, MIN_FOUNDATION_PIXELS, "foundation_max_pixels")
@@ -487,7 +520,8 @@ def default_training_arguments() -> dict:
         "save_steps": 50,
         "save_total_limit": 2,
         "remove_unused_columns": False,
-        "report_to": "none",
+        # Every round's curves in one place people already use, when it is installed.
+        "report_to": "tensorboard" if importlib.util.find_spec("tensorboard") else "none",
         # Workers overlap image preprocessing with a GPU's forward; on a CPU-only machine they
         # compete with the forward for the same cores (benchmarks/bench_retrieval.py: slower).
         "dataloader_num_workers": 2 if torch.cuda.is_available() else 0,

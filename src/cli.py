@@ -31,7 +31,8 @@ from src.job import resolve_job
 from src.offline import OFFLINE_DEFAULTS
 from src.plan import format_plan
 from src.preflight import preflight
-from src.report import format_table, plot_results
+from src.report.html import build_report
+from src.report.table import format_table, plot_results
 from src.retrieval.checkpoint_encoding import EncodeSettings
 from src.rounds import run_job
 from src.stages.evaluate import evaluate_stage
@@ -114,6 +115,9 @@ def _train(argv: list[str]) -> int:
         plot = plot_results(
             results, job.experiment.dir / "evaluation_results.png", str(job.experiment.dir)
         )
+        if not iter_args.no_report:
+            report = build_report(job.experiment.dir, iter_args.report_queries)
+            print(f"report: {report}")
         elapsed = time.perf_counter() - start
         print(f"\nexperiment directory: {job.experiment.dir} (plot: {plot.name}); {elapsed:.0f} s")
     return 0
@@ -153,6 +157,13 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--min_pixels", type=int, default=None, help="Smallest pixel count. Default: the checkpoint's."
     )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="Write the HTML report (report/index.html) of the experiment, or of a folder of "
+        "experiments (an ablation: one column per experiment).",
+    )
+    parser.add_argument("--report_queries", type=int, default=24, help="Queries shown per round.")
     parser.add_argument("--debug", action="store_true", help="Show tracebacks of user errors.")
     return parser
 
@@ -178,6 +189,9 @@ def _evaluate(argv: list[str]) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch_size {args.batch_size}: must be >= 1")
     experiment = Experiment(args.experiment_dir)
+    if args.report and not experiment.config_file.is_file():  # a folder of experiments
+        print(f"report: {build_report(experiment.dir, args.report_queries)}")
+        return 0
     saved = experiment.saved_arguments()
     dataset_name, split_name = EVAL_DATASETS[args.eval_dataset]
     if dataset_name != saved["dataset_name"]:
@@ -216,4 +230,6 @@ def _evaluate(argv: list[str]) -> int:
     print(f"\n{split_name} metrics\n" + format_table(results))
     plot = plot_results(results, output.with_suffix(".png"), str(experiment.dir))
     print(f"\nresults: {output}; plot: {plot}")
+    if args.report:
+        print(f"report: {build_report(experiment.dir, args.report_queries)}")
     return 0

@@ -14,6 +14,8 @@
                                     every evaluated round, rebuilt from the files above
   embeddings/                       cached embeddings keyed by weights and inputs
   train_iter_{i}/                   Trainer output (checkpoint-N for mid-round resume)
+  tensorboard/round_{i}/            the round's training curves (TensorBoard)
+  report/index.html                 the HTML report (src/report/html.py)
 ```
 
 A stage is done when its artifact exists, matches the size and hash recorded in
@@ -54,6 +56,7 @@ DIGESTS_NAME = ".digests.json"
 STAGES_NAME = "stages.jsonl"
 STAGE_META_NAME = "stage.json"
 RESULTS_NAME = "evaluation_results.json"
+TENSORBOARD_NAME = "tensorboard"
 CHECKPOINT_PREFIX = "checkpoint_iter_"
 _HIDDEN = (LOCK_NAME, LOCK_OWNER_NAME, DIGESTS_NAME)
 
@@ -66,6 +69,8 @@ OPERATIONAL_KEYS = frozenset(
         "resume_from_iteration",
         "allow_config_change",
         "plan",
+        "no_report",
+        "report_queries",
         "allow_external_images",
         "max_image_pixels",
         "num_iterations",
@@ -177,6 +182,10 @@ class Experiment:
 
     def train_dir(self, i: int) -> Path:
         return self.dir / f"train_iter_{i}"
+
+    def tensorboard_dir(self, i: int) -> Path:
+        """Round i's TensorBoard run (`tensorboard --logdir {experiment}/tensorboard`)."""
+        return self.dir / TENSORBOARD_NAME / f"round_{i}"
 
     @property
     def embeddings_dir(self) -> Path:

@@ -78,6 +78,15 @@ class Job:
     def seed(self) -> int:
         return self.training_args.seed
 
+    @property
+    def uses_mining(self) -> bool:
+        """Whether anything reads the mined negatives (the loss, or the new texts)."""
+        return self.iter_args.num_hard_negatives > 0 or self.augment.captioner != "none"
+
+    def mining_checkpoint(self, iteration: int) -> int:
+        """The checkpoint that mines the negatives round `iteration` trains with."""
+        return iteration - 1 if self.iter_args.mining_checkpoint == "previous" else 0
+
     def arguments(self) -> dict:
         """Every argument of the run, as recorded in experiment_config.json."""
         arguments = {}
@@ -215,6 +224,7 @@ def resolve_job(
                 max_pixels=iter_args.foundation_max_pixels,
             ),
             pairs_per_query=iter_args.augment_pairs_per_query,
+            negatives=iter_args.augment_negatives,
             max_pairs=iter_args.max_augmented_per_iteration,
             consistency_filter=iter_args.consistency_filter,
             verify=iter_args.verify_augmented,

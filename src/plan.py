@@ -129,11 +129,13 @@ def stage_plans(job: Job) -> list[StagePlan]:
         {"train": 0 if iters.skip_round0 else _steps(job, train_n)})  # fmt: skip
     evaluation(0)
     for i in range(1, iters.num_iterations + 1):
-        add(i, "mine",
-            f"encode {train_gallery} gallery images + {train_n} queries with "
-            f"checkpoint_iter_{i - 1}, top {job.mining.k} ({job.mining.source}, scope {job.mining.scope})",
-            experiment.hard_negatives(i - 1), lambda i=i: mine_meta(job, i - 1),
-            {"encode": train_gallery + train_n})  # fmt: skip
+        if job.uses_mining:
+            source = job.mining_checkpoint(i)
+            add(i, "mine",
+                f"encode {train_gallery} gallery images + {train_n} queries with "
+                f"checkpoint_iter_{source}, top {job.mining.k} ({job.mining.source}, scope {job.mining.scope})",
+                experiment.hard_negatives(i - 1), lambda source=source: mine_meta(job, source),
+                {"encode": train_gallery + train_n})  # fmt: skip
         pairs = train_n * per_query
         if job.augment.max_pairs is not None:
             pairs = min(pairs, job.augment.max_pairs)

@@ -47,7 +47,10 @@ def run_rounds(job: Job) -> dict:
     train_stage(job, 0)
     evaluate(0)
     for iteration in range(1, job.iter_args.num_iterations + 1):
-        mine_stage(job, iteration - 1)
+        if job.uses_mining:
+            mine_stage(job, iteration - 1, job.mining_checkpoint(iteration))
+        else:
+            logger.info("round %d: no mining (nothing uses hard negatives)", iteration)
         augment_stage(job, iteration)
         train_stage(job, iteration)
         evaluate(iteration)

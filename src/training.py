@@ -18,6 +18,7 @@ import signal
 from pathlib import Path
 
 from transformers import TrainerCallback, TrainingArguments
+from transformers.integrations import TensorBoardCallback
 
 from src.data.collator import ContrastiveCollator
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
@@ -89,8 +90,10 @@ def train_round(
     instruction_set: str,
     output_dir: Path,
     iteration: int = 0,
+    tensorboard_dir: Path | None = None,
 ) -> dict:
-    """Train `encoder` in place; resumes from the last complete `checkpoint-N` in `output_dir`."""
+    """Train `encoder` in place; resumes from the last complete `checkpoint-N` in `output_dir`.
+    With `--report_to tensorboard`, the round's logs go to `tensorboard_dir`."""
     args = dataclasses.replace(training_args, output_dir=str(output_dir))
     collator = ContrastiveCollator(
         encoder.processor,
@@ -110,6 +113,9 @@ def train_round(
         group_by_reference=loss.group_by_reference,
         callbacks=[RecordCheckpointFiles(iteration), stop],
     )
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback):  # one TensorBoard run per round
+            callback.logging_dir = str(tensorboard_dir or output_dir / "runs")
     last = last_complete_checkpoint(output_dir)
     if last:
         logger.info("resuming training from %s", last)

@@ -29,6 +29,7 @@ class AugmentOptions:
     model_path: str | None = None
     generation: GenerationOptions = field(default_factory=GenerationOptions)
     pairs_per_query: int = 1
+    negatives: str = "mined"
     max_pairs: int | None = None
     consistency_filter: bool = False
     verify: bool = False
@@ -48,6 +49,7 @@ class AugmentOptions:
             "top_p": generation.top_p,
             "foundation_max_pixels": generation.max_pixels,
             "augment_pairs_per_query": self.pairs_per_query,
+            "augment_negatives": self.negatives,
             "max_augmented_per_iteration": self.max_pairs,
             "consistency_filter": self.consistency_filter,
             "verify_augmented": self.verify,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from dataclasses import dataclass
 
 from src.data.records import Triplet
@@ -34,12 +35,16 @@ def select_pairs(
     iteration: int,
     per_query: int,
     limit: int | None,
+    random_seed: int | None = None,
 ) -> tuple[list[CaptionPair], int]:
     """The pairs to caption and how many there were before `limit`.
 
     Each mined query gives its first `per_query` negatives. The pairs are ordered by the
     negative's place first (every query's hardest negative, then every query's second,
-    ...), so that a `limit` keeps as many different queries as it can.
+    ...), so that a `limit` keeps as many different queries as it can. With `random_seed`
+    (the control that asks whether *hard* pairs matter), each pair's image is a random
+    gallery image instead of the mined negative (never the reference or a positive): the
+    same queries and the same number of pairs.
     """
     by_pairid = {t.pairid: t for t in triplets}
     missing = [pairid for pairid in mined if pairid not in by_pairid]
@@ -48,12 +53,15 @@ def select_pairs(
             f"{len(missing)} mined queries (e.g. {missing[0]!r}) are not in the training split; "
             "the hard negatives were mined on other data (see --max_train_samples)"
         )
+    gallery = sorted(images)
     pairs = []
     for j in range(per_query):
         for pairid, query in mined.items():
             if j >= len(query["negatives"]):
                 continue
             triplet, negative = by_pairid[pairid], query["negatives"][j]["image"]
+            if random_seed is not None:
+                negative = _random_image(triplet, gallery, f"{random_seed}:{pairid}:{j}")
             pairs.append(
                 CaptionPair(
                     pairid=f"aug{iteration}_{pairid}_{j}",
@@ -67,6 +75,15 @@ def select_pairs(
                 )
             )
     return (pairs if limit is None else pairs[:limit]), len(pairs)
+
+
+def _random_image(triplet: Triplet, gallery: list[str], seed: str) -> str:
+    """A random gallery image that is neither the query's reference nor one of its positives."""
+    excluded = {triplet.reference, triplet.target} | set(triplet.target_soft)
+    rng = random.Random(seed)
+    while (name := gallery[rng.randrange(len(gallery))]) in excluded:
+        pass
+    return name
 
 
 def pairs_digest(pairs: list[CaptionPair]) -> str:

@@ -59,6 +59,10 @@ class EmbedderConfig:
     max_pixels: int | None = None
     freeze_vision_tower: bool = False
 
+    def to_json_string(self) -> str:
+        """As transformers' configs do: TensorBoard logs the model's config with this."""
+        return json.dumps(asdict(self), indent=2)
+
 
 @dataclass(frozen=True)
 class EncoderOptions:

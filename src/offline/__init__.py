@@ -38,6 +38,7 @@ class OfflineDefaults:
                 data_args.synthetic_val_images,
                 data_args.synthetic_test_images,
                 data_args.image_size,
+                triplets_per_set=data_args.synthetic_triplets_per_set,
             )
         )
 

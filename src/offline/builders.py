@@ -44,11 +44,12 @@ def offline_benchmark(
     num_test: int,
     image_size: int,
     seed: int = 0,
+    triplets_per_set: int = 2,
 ) -> Path:
     """The synthetic CIRR-format benchmark of the offline default run."""
     target = (
         Path(cache_dir)
-        / f"synthetic_cirr_{num_train}_{num_val}_{num_test}_{image_size}px_seed{seed}"
+        / f"synthetic_cirr_{num_train}_{num_val}_{num_test}_{image_size}px_t{triplets_per_set}_seed{seed}"
     )
     return _build_once(
         target,
@@ -59,5 +60,6 @@ def offline_benchmark(
             num_test_images=num_test,
             image_size=image_size,
             seed=seed,
+            triplets_per_set=triplets_per_set,
         ),
     )

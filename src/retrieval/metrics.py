@@ -273,3 +273,58 @@ def cirr_test_submission(
     recall.update(zip(pairids, top_names, strict=True))
     subset.update(zip(pairids, subset_names, strict=True))
     return recall, subset
+
+
+def query_rankings(
+    query_emb: Matrix,
+    gallery_emb: Matrix,
+    gallery_names: list[str],
+    triplets: list[Triplet],
+    categories: dict[str, list[str]] | None = None,
+    k: int = 5,
+    *,
+    chunk_size: int = 1024,
+    device: str | torch.device | None = None,
+) -> dict[str, dict]:
+    """Per query: the target's rank (1-based; None where it cannot be retrieved) and the
+    top-k gallery names, ranked as the metrics rank them: CIRR over the whole gallery
+    without the reference, FashionIQ (`categories` given) over the query's category."""
+    index = _name_index(gallery_names, gallery_emb)
+    _check_queries(query_emb, triplets)
+    search = {"chunk_size": chunk_size, "device": device}
+    rankings: dict[str, dict] = {}
+    if categories:
+        parts = [
+            (np.array([i for i, t in enumerate(triplets) if t.category == cat], dtype=np.int64),
+             np.array(sorted({index[name] for name in names}), dtype=np.int64), None)
+            for cat, names in categories.items()
+        ]  # fmt: skip
+    else:
+        parts = [
+            (
+                np.arange(len(triplets)),
+                np.arange(len(gallery_names)),
+                _reference_exclusion(index, triplets),
+            )
+        ]
+    for rows, members, exclude in parts:
+        if not len(rows):
+            continue
+        column = {int(m): j for j, m in enumerate(members)}
+        gallery = _rows(gallery_emb, members)
+        depth = min(k, len(members) - (1 if exclude is not None else 0))
+        _, top = search_topk(_rows(query_emb, rows), gallery, depth, exclude=exclude, **search)
+        targets = np.array([column.get(index.get(triplets[i].target, -1), -1) for i in rows])
+        retrievable = targets >= 0
+        if exclude is not None:
+            retrievable &= np.array([triplets[i].target != triplets[i].reference for i in rows])
+        ranks = _ranks_where(
+            _rows(query_emb, rows), gallery, targets, retrievable, exclude=exclude, **search
+        )
+        for position, i in enumerate(rows):
+            rank = ranks[position]
+            rankings[str(triplets[i].pairid)] = {
+                "target_rank": None if np.isinf(rank) else int(rank),
+                "top": [gallery_names[members[j]] for j in top[position]],
+            }
+    return rankings

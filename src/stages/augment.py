@@ -63,6 +63,8 @@ def augment_request(job: Job, iteration: int) -> tuple[dict, list[CaptionPair], 
     """The meta augmented_samples_iter_{iteration}.json must have to count as done, the
     pairs to caption, and how many there were before --max_augmented_per_iteration."""
     options = job.augment
+    if options.captioner == "none":
+        return {"generator": "none", "skipped": "--foundation_model_backbone none: no augmentation"}, [], 0
     mined_file = job.experiment.hard_negatives(iteration - 1)
     mined = read_json(mined_file)
     meta = {
@@ -70,9 +72,6 @@ def augment_request(job: Job, iteration: int) -> tuple[dict, list[CaptionPair], 
         "hard_negatives": mined_file.name,
         "hard_negatives_fingerprint": mined["meta"]["checkpoint_fingerprint"],
     }
-    if options.captioner == "none":
-        meta["skipped"] = "--foundation_model_backbone none: no augmentation"
-        return meta, [], 0
     pairs, available = select_pairs(
         job.train_split.triplets,
         job.train_split.images,
@@ -80,6 +79,7 @@ def augment_request(job: Job, iteration: int) -> tuple[dict, list[CaptionPair], 
         iteration,
         options.pairs_per_query,
         options.max_pairs,
+        random_seed=options.seed if options.negatives == "random" else None,
     )
     path = options.model_path
     meta |= {

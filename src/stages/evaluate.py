@@ -1,7 +1,8 @@
 """Evaluation stage: a checkpoint on a split -> evaluation_{split}_iter_{i}.json.
 
-A labelled split gives the official metrics (and evaluation_results.json, the summary of
-every round's validation metrics, is rebuilt); CIRR's test1 has no labels, so it gives the
+A labelled split gives the official metrics and each query's target rank and top five
+(which the report shows; evaluation_results.json, the summary of every round's validation
+metrics, is rebuilt); CIRR's test1 has no labels, so it gives the
 two official submission files instead, named in the artifact. The meta names the
 checkpoint's fingerprint and the split's rows, so a changed checkpoint or split is
 evaluated again; the embeddings come from the cache whenever mining already made them.
@@ -21,7 +22,7 @@ from src.experiment_io import write_json_atomic
 from src.faults import fault_point
 from src.retrieval.checkpoint_encoding import CheckpointEncoder, EncodeSettings
 from src.retrieval.encode import EmbeddingCache
-from src.retrieval.evaluate import split_metrics, submission_files
+from src.retrieval.evaluate import split_metrics, split_rankings, submission_files
 
 logger = logging.getLogger("rounds")
 
@@ -74,7 +75,8 @@ def evaluate_stage(
         logger.info(
             "iter_%d: %s", iteration, ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
         )
-        return StageResult({"metrics": metrics}, metrics)
+        rankings = split_rankings(encoded, split, dataset_name)
+        return StageResult({"metrics": metrics, "queries": rankings}, metrics)
 
     content = experiment.run_stage(
         "evaluate", iteration, experiment.evaluation(split.name, iteration), meta, work

@@ -22,17 +22,20 @@ logger = logging.getLogger("rounds")
 SUMMARY_KEYS = ("num_queries", "num_mined", "num_negatives", "train_recall@1", "train_recall@5")
 
 
-def mine_meta(job: Job, iteration: int) -> dict:
-    """What hard_negatives_iter_{iteration}.json must have been made from to count as done."""
-    checkpoint = job.experiment.verified_checkpoint(iteration)
+def mine_meta(job: Job, checkpoint_iteration: int) -> dict:
+    """What a hard-negative file mined with checkpoint_iter_{checkpoint_iteration} must have
+    been made from to count as done."""
+    checkpoint = job.experiment.verified_checkpoint(checkpoint_iteration)
     return {"checkpoint_fingerprint": checkpoint.fingerprint, "options": dataclasses.asdict(job.mining)}
 
 
-def mine_stage(job: Job, iteration: int) -> None:
-    """Mine with checkpoint_iter_{iteration} -> hard_negatives_iter_{iteration}.json."""
+def mine_stage(job: Job, iteration: int, checkpoint_iteration: int | None = None) -> None:
+    """Mine with checkpoint_iter_{checkpoint_iteration} (default: {iteration}) ->
+    hard_negatives_iter_{iteration}.json, which round iteration + 1 trains with."""
     experiment = job.experiment
-    checkpoint = experiment.verified_checkpoint(iteration)
-    meta = mine_meta(job, iteration)
+    checkpoint_iteration = iteration if checkpoint_iteration is None else checkpoint_iteration
+    checkpoint = experiment.verified_checkpoint(checkpoint_iteration)
+    meta = mine_meta(job, checkpoint_iteration)
     options = meta["options"]
 
     def work() -> StageResult:

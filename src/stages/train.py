@@ -32,7 +32,9 @@ def round_inputs(job: Job, iteration: int) -> tuple[dict | None, list[tuple[int,
     if iteration == 0:
         return None, []
     experiment = job.experiment
-    mined = read_json(experiment.hard_negatives(iteration - 1))["queries"]
+    mined = None
+    if job.uses_mining:
+        mined = read_json(experiment.hard_negatives(iteration - 1))["queries"]
     rounds = [iteration] if job.augment.pool == "current" else range(1, iteration + 1)
     return mined, [(i, read_json(experiment.augmented(i))) for i in rounds]
 
@@ -100,6 +102,7 @@ def train_stage(job: Job, iteration: int) -> None:
                 job.instruction_set,
                 experiment.train_dir(iteration),
                 iteration,
+                experiment.tensorboard_dir(iteration),
             )
         state["encoder"] = encoder
         summary = summary | {"num_samples": len(dataset)}

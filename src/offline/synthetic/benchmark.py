@@ -127,10 +127,11 @@ class _ImageSet:
     triplets: list[tuple[int, int, list[Edit]]]  # (reference index, target index, edits)
 
 
-def _random_image_set(rng: random.Random, seen: set[Scene]) -> _ImageSet:
+def _random_image_set(rng: random.Random, seen: set[Scene], triplets: int = 2) -> _ImageSet:
     """Six scenes never used before (no duplicate images anywhere in the benchmark) and the
-    two triplets made from them: R -> T and a near miss -> T. The edit kind (one of six, or
-    a composition of two) is drawn uniformly before the scene, so every kind is as common."""
+    triplets made from them: R -> T, and `triplets - 1` near misses -> T (each with the one
+    change that separates it from T). The edit kind (one of six, or a composition of two)
+    is drawn uniformly before the scene, so every kind is as common."""
     kind = rng.choice([*EDIT_KINDS, "compose"])
     kinds = [rng.choice(EDIT_KINDS), rng.choice(EDIT_KINDS)] if kind == "compose" else [kind]
     while True:
@@ -146,12 +147,15 @@ def _random_image_set(rng: random.Random, seen: set[Scene]) -> _ImageSet:
         order = list(range(SET_SIZE))
         rng.shuffle(order)
         members = [scenes[i] for i in order]
-        k = rng.randrange(NUM_NEAR_MISSES)
-        second = decompose(near[k], target)
+        if triplets == 2:
+            chosen = [rng.randrange(NUM_NEAR_MISSES)]
+        else:
+            chosen = rng.sample(range(NUM_NEAR_MISSES), triplets - 1)
         seen.update(scenes)
         return _ImageSet(
             members,
-            [(order.index(0), order.index(1), edits), (order.index(2 + k), order.index(1), second)],
+            [(order.index(0), order.index(1), edits)]
+            + [(order.index(2 + k), order.index(1), decompose(near[k], target)) for k in chosen],
         )
 
 
@@ -169,12 +173,16 @@ def build_synthetic_benchmark(
     num_test_images: int = 600,
     image_size: int = 112,
     seed: int = 0,
+    triplets_per_set: int = 2,
 ) -> Path:
     """Write the benchmark under `output_dir` and return that directory.
 
-    Each split gets `num_*_images // 6` image sets of six images and two triplets per set.
-    The same arguments always give byte-identical files.
+    Each split gets `num_*_images // 6` image sets of six images and `triplets_per_set`
+    triplets per set (2 to 5: R -> T and near misses -> T). The same arguments always give
+    byte-identical files.
     """
+    if not 2 <= triplets_per_set <= 1 + NUM_NEAR_MISSES:
+        raise ValueError(f"triplets_per_set must be 2 to {1 + NUM_NEAR_MISSES}")
     start = time.perf_counter()
     root = Path(output_dir)
     rng = random.Random(seed)
@@ -189,7 +197,7 @@ def build_synthetic_benchmark(
             raise ValueError(f"{split} needs at least {SET_SIZE} images, got {num_images}")
         captions, image_paths = [], {}
         for set_id in range(num_images // SET_SIZE):
-            image_set = _random_image_set(rng, seen)
+            image_set = _random_image_set(rng, seen, triplets_per_set)
             names = [f"{prefix}-{set_id}-{i // 2}-img{i % 2}" for i in range(SET_SIZE)]
             subfolder = f"{folder}/{set_id // _TRAIN_BUCKET}" if split == "train" else folder
             for name, scene in zip(names, image_set.members, strict=True):
@@ -240,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--image_size", type=int, default=112, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
+    parser.add_argument("--triplets_per_set", type=int, default=2, help="triplets per image set (2-5)")
     args = parser.parse_args(argv)
     build_synthetic_benchmark(
         args.output_dir,
@@ -248,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.num_test_images,
         args.image_size,
         args.seed,
+        args.triplets_per_set,
     )
 
 

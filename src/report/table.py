@@ -4,11 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 
 def _iteration(key: str) -> int:
     return int(key.rsplit("_", 1)[-1])
@@ -34,6 +29,7 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 def plot_results(results: dict[str, dict[str, float]], output: str | Path, title: str) -> Path:
     """Each metric against the iteration, saved as a PNG."""
+    plt = pyplot()
     keys = sorted(results, key=_iteration)
     iterations = [_iteration(k) for k in keys]
     metrics = list(dict.fromkeys(m for k in keys for m in results[k]))
@@ -56,3 +52,13 @@ def plot_results(results: dict[str, dict[str, float]], output: str | Path, title
     figure.savefig(output, dpi=120)
     plt.close(figure)
     return output
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only backend, imported when a plot is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -1,0 +1,1 @@
+"""What a run reports: the metric table and plots, the HTML report, the training curves."""
