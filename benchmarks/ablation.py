@@ -46,6 +46,7 @@ from scipy import stats  # noqa: E402
 
 from src.cli import train_main  # noqa: E402
 from src.experiment import CONFIG_NAME, STAGES_NAME, Experiment  # noqa: E402
+from src.offline.scene_oracle import SCENE_ORACLE  # noqa: E402
 
 ARMS = {
     "A": ("in-batch negatives only", ["--num_hard_negatives", "0", "--foundation_model_backbone", "none"]),
@@ -166,17 +167,18 @@ def share_round0(round0: Experiment, arm: Experiment, shared_cache: Path) -> Non
     (arm.dir / "embeddings").symlink_to(shared_cache.resolve(), target_is_directory=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--arms", default=None, help="comma-separated (default: all that apply)")
     parser.add_argument("--output_dir", default="benchmarks/results/ablation")
     parser.add_argument("--keep_experiments", action="store_true", help="keep every arm's folder")
-    args, flags = parser.parse_known_args()
+    args, flags = parser.parse_known_args(argv)
     flags = [f for f in flags if f != "--"]
     output = Path(args.output_dir)
     seeds = [int(s) for s in args.seeds.split(",")]
-    has_texts = "--foundation_model_path" in flags or "--dataset_path" not in flags
+    dataset = flags[flags.index("--dataset_path") + 1] if "--dataset_path" in flags else None
+    has_texts = "--foundation_model_path" in flags or dataset is None or SCENE_ORACLE.works_on(Path(dataset))
     arms = args.arms.split(",") if args.arms else [a for a in ARMS if has_texts or a not in TEXT_ARMS]
     start = time.perf_counter()
     results: dict[str, dict[int, dict]] = {arm: {} for arm in arms}
@@ -192,7 +194,7 @@ def main() -> None:
             if not experiment.dir.exists():
                 share_round0(round0, experiment, round0.embeddings_dir)
             argv = [*common, *ARMS[arm][1], "--experiment_dir", str(experiment.dir),
-                    "--auto_resume", "--allow_config_change"]  # fmt: skip
+                    "--auto_resume", "--allow_config_change", "--no_report"]  # fmt: skip
             assert train_main(argv) == 0, f"arm {arm}, seed {seed} failed"
             results[arm][seed] = json.loads(experiment.evaluation_results.read_text())
             print(f"seed {seed} arm {arm}: {results[arm][seed]}", flush=True)
@@ -216,6 +218,7 @@ def main() -> None:
         shutil.rmtree(output / "experiments")
     print((output / "ablation.md").read_text())
     print(f"{payload['minutes']} min; {output}")
+    return output
 
 
 if __name__ == "__main__":

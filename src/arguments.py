@@ -522,9 +522,11 @@ def default_training_arguments() -> dict:
         "remove_unused_columns": False,
         # Every round's curves in one place people already use, when it is installed.
         "report_to": "tensorboard" if importlib.util.find_spec("tensorboard") else "none",
-        # Workers overlap image preprocessing with a GPU's forward; on a CPU-only machine they
-        # compete with the forward for the same cores (benchmarks/bench_retrieval.py: slower).
-        "dataloader_num_workers": 2 if torch.cuda.is_available() else 0,
+        # Workers overlap image preprocessing with a GPU's forward: at the 2B shape's budget one
+        # worker prepares ~24 CIRR-size images/s (README, "Encoding"), far below what a GPU
+        # encodes, so up to 8. On a CPU-only machine they compete with the forward for the same
+        # cores (benchmarks/bench_retrieval.py: slower), so none.
+        "dataloader_num_workers": min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0,
         "seed": 0,
         "disable_tqdm": False,
         "dataloader_pin_memory": torch.cuda.is_available(),

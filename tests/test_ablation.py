@@ -1,0 +1,71 @@
+"""The ablation: confidence intervals on hand-made numbers, and arms that differ only in
+what they should (read from their experiment_config.json files)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks.ablation import ARMS, confidence_interval, main, summarise
+from src.experiment_io import read_json
+
+# What each arm may change, beyond round 0's arguments (the flags of ARMS).
+ARM_KEYS = {"num_hard_negatives", "foundation_model_backbone", "negative_source",
+            "mining_checkpoint", "augment_negatives"}  # fmt: skip
+
+
+def test_confidence_interval_on_hand_made_numbers():
+    mean, low, high = confidence_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    # sd = sqrt(2.5); t(0.975, 4) = 2.7764451; half width = 2.7764451 * sqrt(2.5) / sqrt(5)
+    assert mean == 3.0
+    assert high - mean == pytest.approx(2.7764451 * math.sqrt(2.5 / 5), abs=1e-6)
+    assert mean - low == pytest.approx(high - mean)
+    assert math.isnan(confidence_interval([2.0])[1])
+
+
+def test_paired_differences_are_paired_by_seed():
+    def metrics(value):
+        return {"iter_1": {m: value for m in ("recall@1", "recall@5", "recall@10", "recall_subset@1", "recall_subset@2", "avg")}}
+
+    results = {"C": {0: metrics(50.0), 1: metrics(60.0), 2: metrics(70.0)},
+               "B": {0: metrics(49.0), 1: metrics(58.0), 2: metrics(67.0)}}  # fmt: skip
+    summary = summarise(results)
+    difference = summary["differences"]["C-B"]["iter_1"]["recall@1"]
+    assert difference["mean"] == pytest.approx(2.0) and difference["n"] == 3
+    # the differences 1, 2, 3: sd 1, t(0.975, 2) = 4.3026527
+    assert difference["ci95"][1] - 2.0 == pytest.approx(4.3026527 / math.sqrt(3), abs=1e-6)
+    assert summary["arms"]["C"]["iter_1"]["recall@1"]["sd"] == pytest.approx(10.0)
+
+
+@pytest.mark.slow
+def test_the_arms_differ_only_in_what_they_should(tiny_qwen, small_benchmark, tmp_path):
+    output = main([
+        "--seeds", "3", "--output_dir", str(tmp_path / "ablation"), "--keep_experiments", "--",
+        "--model_name", str(tiny_qwen), "--dataset_path", str(small_benchmark),
+        "--foundation_model_backbone", "scene_oracle", "--num_iterations", "1", "--max_steps", "2",
+        "--batch_size", "4", "--dataloader_num_workers", "0", "--mine_scope", "all",
+    ])  # fmt: skip
+    configs = {
+        arm: read_json(output / "experiments" / "seed3" / arm / "experiment_config.json")["result_config"]
+        for arm in ARMS
+    }
+    shared = {key: value for key, value in configs["D"].items() if key not in ARM_KEYS}
+    for arm, config in configs.items():
+        assert {k: v for k, v in config.items() if k not in ARM_KEYS} == shared, arm
+        assert config["seed"] == 3 and config["max_steps"] == 2
+        assert config["dataset_path"] == str(small_benchmark.resolve())
+        assert config["num_hard_negatives"] == (0 if arm == "A" else 1), arm
+    assert configs["B"]["negative_source"] == "random" and configs["C"]["negative_source"] == "mined"
+    assert configs["S"]["mining_checkpoint"] == "first" and configs["C"]["mining_checkpoint"] == "previous"
+    assert configs["E"]["augment_negatives"] == "random" and configs["D"]["augment_negatives"] == "mined"
+    assert configs["D"]["foundation_model_backbone"] == "scene_oracle"
+    assert all(configs[arm]["foundation_model_backbone"] == "none" for arm in "ABCS")
+    payload = json.loads((output / "ablation.json").read_text())
+    assert sorted(payload["results"]) == sorted(ARMS) and set(payload["summary"]["differences"]) == {"C-B", "C-S", "D-C", "D-E"}
+    assert (output / "ablation.md").is_file() and (output / "ablation_recall_at_5.png").is_file()
+    mined = read_json(output / "experiments" / "seed3" / "S" / "hard_negatives_iter_0.json")
+    assert mined["meta"]["checkpoint_fingerprint"] == read_json(
+        output / "experiments" / "seed3" / "S" / "checkpoint_iter_0" / "stage.json"
+    )["fingerprint"]
