@@ -16,6 +16,7 @@ at once while the Trainer's backward, gradient accumulation and DDP still apply.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from functools import partial
 
@@ -27,6 +28,8 @@ from src.data.grouped_sampler import GroupedBatchSampler
 from src.distributed import gather_with_local_grad
 from src.loss import ContrastiveBatch, contrastive_loss
 from src.model.encoder import VLM2VecEncoder, load_weights_into
+
+logger = logging.getLogger("training")
 
 
 class RandomState:
@@ -71,6 +74,7 @@ class IterativeTrainer(Trainer):
         self.group_loss_weight = group_loss_weight
         self.grad_cache = grad_cache
         self.group_by_reference = group_by_reference
+        self._shapes_logged = False
         self.add_callback(EpochCallback())
 
     def _encoder(self) -> VLM2VecEncoder:
@@ -88,9 +92,30 @@ class IterativeTrainer(Trainer):
         )
         return contrastive_loss(batch, self.temperature, self.group_loss_weight)
 
+    def _log_shapes_once(self, inputs: dict) -> None:
+        """Image tokens per image and sequence lengths of the round's first batch, once."""
+        if self._shapes_logged:
+            return
+        self._shapes_logged = True
+        encoder = self._encoder()
+        image_id = encoder.processor.tokenizer.convert_tokens_to_ids(encoder.backbone.image_token)
+        chunks = inputs["query_chunks"] + inputs["candidate_chunks"]
+        tokens = torch.cat([(c["input_ids"] == image_id).sum(1) for c in chunks]).float()
+        lengths = torch.cat([c["attention_mask"].sum(1) for c in chunks]).float()
+        logger.info(
+            "first batch: %d sequences; image tokens per image mean %.1f, max %d; sequence "
+            "length mean %.1f, max %d",
+            len(lengths),
+            tokens.mean(),
+            tokens.max(),
+            lengths.mean(),
+            lengths.max(),
+        )
+
     def compute_loss(
         self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None
     ):
+        self._log_shapes_once(inputs)
         if self.grad_cache:
             loss = self._cached_loss(model, inputs)
         else:
