@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 
 import pytest
 import torch
@@ -233,8 +234,9 @@ def test_scene_oracle_describes_a_known_pair(small_benchmark, small_train_split)
     (generation,) = oracle.generate([pair])
     assert generation["finished"]
     assert generation["text"] == describe_difference(
-        scenes[triplet.reference], scenes[triplet.target]
+        scenes[triplet.reference], scenes[triplet.target], random.Random(pair.pairid)
     )
+    assert oracle.generate([pair]) == [generation]  # the same pair, the same phrasing
     assert apply_caption(scenes[triplet.reference], generation["text"]) == scenes[triplet.target]
     # The benchmark's own caption turns the reference into the target: yes; into a near miss: no.
     near_miss = next(m for m in triplet.group if m not in (triplet.reference, triplet.target))

@@ -1,13 +1,15 @@
 """The scene oracle: the exact difference between two synthetic scenes, as a captioner.
 
 It stands in for a perfect foundation model, and says so in every file it writes: its
-texts are the canonical captions of the benchmark's grammar (src/offline/synthetic/
-captions.py) and its yes/no answers say whether a text turns one scene into the other.
-It reads `scenes.json`, so it works only on the synthetic benchmark.
+texts are exact captions in the benchmark's own grammar and phrasings (src/offline/
+synthetic/captions.py; the phrasing drawn per pair, so the same pair always gets the same
+text), and its yes/no answers say whether a text turns one scene into the other. It
+reads `scenes.json`, so it works only on the synthetic benchmark.
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from src.augment.captioners import DatasetCaptioner
@@ -27,7 +29,9 @@ class SceneOracle:
     def generate(self, pairs: list[CaptionPair]) -> list[dict]:
         return [
             {
-                "text": describe_difference(self.scenes[p.reference], self.scenes[p.negative]),
+                "text": describe_difference(
+                    self.scenes[p.reference], self.scenes[p.negative], random.Random(p.pairid)
+                ),
                 "finished": True,
             }
             for p in pairs

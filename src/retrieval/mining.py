@@ -149,6 +149,25 @@ def mine_hard_negatives(
     return {"options": asdict(options), "stats": stats, "queries": queries}
 
 
+def random_negatives(triplets: list[Triplet], gallery_names: list[str], options: MiningOptions) -> dict:
+    """The random baseline over every query (`source="random"`, `scope="all"`): no ranking
+    is needed to choose the queries, so nothing is encoded; the statistics have no recall."""
+    queries = _random_negatives(triplets, range(len(triplets)), gallery_names, options)
+    stats = {
+        "num_queries": len(triplets),
+        "num_mined": len(triplets),
+        "num_negatives": sum(len(q["negatives"]) for q in queries.values()),
+        "queries_without_negatives": sum(1 for q in queries.values() if not q["negatives"]),
+        "train_recall@1": None,
+        "train_recall@5": None,
+        "target_rank_histogram": {},
+        "removed_by_filter": {},
+        "target_scores": {"count": 0},
+        "negative_scores": {"count": 0},
+    }
+    return {"options": asdict(options), "stats": stats, "queries": queries}
+
+
 def _mined_negatives(
     query_emb,
     gallery_emb,

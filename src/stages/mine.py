@@ -59,13 +59,16 @@ def mine_stage(job: Job, iteration: int, checkpoint_iteration: int | None = None
 
 
 def log_mining_summary(stats: dict) -> None:
+    recall = [
+        "n/a" if stats[key] is None else f"{stats[key]:.1f}"
+        for key in ("train_recall@1", "train_recall@5")
+    ]
     logger.info(
-        "mined %d of %d queries, %d negatives; train R@1 %.1f R@5 %.1f",
+        "mined %d of %d queries, %d negatives; train R@1 %s R@5 %s",
         stats["num_mined"],
         stats["num_queries"],
         stats["num_negatives"],
-        stats["train_recall@1"],
-        stats["train_recall@5"],
+        *recall,
     )
     logger.info("target rank histogram: %s", stats["target_rank_histogram"])
     logger.info("candidates removed by filter: %s", stats["removed_by_filter"])

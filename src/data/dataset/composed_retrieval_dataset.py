@@ -102,7 +102,10 @@ class ComposedRetrievalDataset(Dataset):
         """Mine negatives for this dataset's triplets by retrieval over its split's gallery.
 
         Returns the miner's {"options", "stats", "queries"} (src/retrieval/mining.py).
+        Random negatives for every query need no ranking, so nothing is encoded.
         """
+        if options.source == "random" and options.scope == "all":
+            return mining.random_negatives(self.triplets, self.split.gallery_names(), options)
         encoded = encoder.encode_split(self.split, self.triplets, instruction_set)
         return mining.mine_hard_negatives(
             encoded.queries, encoded.gallery, encoded.gallery_names, encoded.triplets, options

@@ -126,16 +126,19 @@ def render_caption(scene: Scene, edits: Sequence[Edit], rng: random.Random | Non
 
 
 def describe_difference(
-    reference_scene: Scene | Sequence[Mapping], target_scene: Scene | Sequence[Mapping]
+    reference_scene: Scene | Sequence[Mapping],
+    target_scene: Scene | Sequence[Mapping],
+    rng: random.Random | None = None,
 ) -> str | None:
-    """The scene oracle: the canonical modification text turning the reference into the
-    target, or None when they are equal or differ by more than two edits.
+    """The scene oracle: a modification text turning the reference into the target (the
+    canonical one, or with `rng` one of the benchmark's phrasings), or None when the
+    scenes are equal or differ by more than two edits.
 
     Scenes may be `Scene`s or their JSON form (as in scenes.json).
     """
     reference, target = as_scene(reference_scene), as_scene(target_scene)
     edits = decompose(reference, target)
-    return None if edits is None else render_caption(reference, edits)
+    return None if edits is None else render_caption(reference, edits, rng)
 
 
 def _alternation(words: Sequence[str]) -> str:
