@@ -32,6 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
+import os
 import shutil
 import statistics
 import sys
@@ -67,7 +69,11 @@ def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, math.nan, math.nan
-    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    half = (
+        stats.t.ppf(0.5 + level / 2, len(values) - 1)
+        * statistics.stdev(values)
+        / math.sqrt(len(values))
+    )
     return mean, mean - half, mean + half
 
 
@@ -98,14 +104,24 @@ def summarise(results: dict[str, dict[int, dict[str, dict[str, float]]]]) -> dic
         name = f"{first}-{second}"
         summary["differences"][name] = {}
         for key in rounds:
-            paired = [s for s in seeds if key in results[first].get(s, {}) and key in results[second].get(s, {})]
+            paired = [
+                s
+                for s in seeds
+                if key in results[first].get(s, {}) and key in results[second].get(s, {})
+            ]
             if not paired:
                 continue
             summary["differences"][name][key] = {}
             for metric in METRICS:
-                values = [results[first][s][key][metric] - results[second][s][key][metric] for s in paired]
+                values = [
+                    results[first][s][key][metric] - results[second][s][key][metric] for s in paired
+                ]
                 mean, low, high = confidence_interval(values)
-                summary["differences"][name][key][metric] = {"mean": mean, "ci95": [low, high], "n": len(values)}
+                summary["differences"][name][key][metric] = {
+                    "mean": mean,
+                    "ci95": [low, high],
+                    "n": len(values),
+                }
     return summary
 
 
@@ -167,45 +183,79 @@ def share_round0(round0: Experiment, arm: Experiment, shared_cache: Path) -> Non
     (arm.dir / "embeddings").symlink_to(shared_cache.resolve(), target_is_directory=True)
 
 
+def run_seed(
+    seed: int, arms: list[str], flags: list[str], output: Path, threads: int | None
+) -> dict:
+    """Round 0 once, then every arm from it; {arm: evaluation_results} of this seed."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    seed_dir = output / "experiments" / f"seed{seed}"
+    round0 = Experiment(seed_dir / "round0")
+    common = [*flags, "--seed", str(seed), "--no_report"]
+    if not (round0.dir / "evaluation_val_iter_0.json").is_file():
+        status = train_main([*common, "--num_iterations", "0", "--experiment_dir", str(round0.dir)])
+        assert status == 0, f"round 0 of seed {seed} failed"
+    results = {}
+    for arm in arms:
+        experiment = Experiment(seed_dir / arm)
+        if not experiment.dir.exists():
+            share_round0(round0, experiment, round0.embeddings_dir)
+        argv = [*common, *ARMS[arm][1], "--experiment_dir", str(experiment.dir),
+                "--auto_resume", "--allow_config_change"]  # fmt: skip
+        assert train_main(argv) == 0, f"arm {arm}, seed {seed} failed"
+        results[arm] = json.loads(experiment.evaluation_results.read_text())
+        print(f"seed {seed} arm {arm}: {results[arm]}", flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--arms", default=None, help="comma-separated (default: all that apply)")
     parser.add_argument("--output_dir", default="benchmarks/results/ablation")
     parser.add_argument("--keep_experiments", action="store_true", help="keep every arm's folder")
+    parser.add_argument(
+        "--jobs", type=int, default=1,
+        help="seeds run at once, in separate processes sharing the cores (torch threads split)",
+    )  # fmt: skip
     args, flags = parser.parse_known_args(argv)
     flags = [f for f in flags if f != "--"]
     output = Path(args.output_dir)
     seeds = [int(s) for s in args.seeds.split(",")]
     dataset = flags[flags.index("--dataset_path") + 1] if "--dataset_path" in flags else None
-    has_texts = "--foundation_model_path" in flags or dataset is None or SCENE_ORACLE.works_on(Path(dataset))
-    arms = args.arms.split(",") if args.arms else [a for a in ARMS if has_texts or a not in TEXT_ARMS]
+    has_texts = (
+        "--foundation_model_path" in flags
+        or dataset is None
+        or SCENE_ORACLE.works_on(Path(dataset))
+    )
+    arms = (
+        args.arms.split(",") if args.arms else [a for a in ARMS if has_texts or a not in TEXT_ARMS]
+    )
     start = time.perf_counter()
-    results: dict[str, dict[int, dict]] = {arm: {} for arm in arms}
-    for seed in seeds:
-        seed_dir = output / "experiments" / f"seed{seed}"
-        round0 = Experiment(seed_dir / "round0")
-        common = [*flags, "--seed", str(seed)]
-        if not (round0.dir / "evaluation_val_iter_0.json").is_file():
-            status = train_main([*common, "--num_iterations", "0", "--experiment_dir", str(round0.dir)])
-            assert status == 0, f"round 0 of seed {seed} failed"
-        for arm in arms:
-            experiment = Experiment(seed_dir / arm)
-            if not experiment.dir.exists():
-                share_round0(round0, experiment, round0.embeddings_dir)
-            argv = [*common, *ARMS[arm][1], "--experiment_dir", str(experiment.dir),
-                    "--auto_resume", "--allow_config_change", "--no_report"]  # fmt: skip
-            assert train_main(argv) == 0, f"arm {arm}, seed {seed} failed"
-            results[arm][seed] = json.loads(experiment.evaluation_results.read_text())
-            print(f"seed {seed} arm {arm}: {results[arm][seed]}", flush=True)
+    if args.jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        if dataset is None:  # build the offline assets once, before the seeds race for them
+            train_main([*flags, "--plan", "--experiment_dir", str(output / "plan_only")])
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            per_seed = pool.starmap(run_seed, [(s, arms, flags, output, threads) for s in seeds])
+    else:
+        per_seed = [run_seed(s, arms, flags, output, None) for s in seeds]
+    results = {
+        arm: {seed: runs[arm] for seed, runs in zip(seeds, per_seed, strict=True)} for arm in arms
+    }
     summary = summarise(results)
     descriptions = {arm: ARMS[arm][0] for arm in arms}
     payload = {
-        "command": " ".join(sys.argv),
+        "command": " ".join(
+            ["python -m benchmarks.ablation", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "flags": flags,
         "seeds": seeds,
         "arms": descriptions,
         "minutes": round((time.perf_counter() - start) / 60, 1),
+        "jobs": args.jobs,
         "results": results,
         "summary": summary,
     }
@@ -216,6 +266,7 @@ def main(argv: list[str] | None = None) -> Path:
         plot(summary, metric, output / f"ablation_{metric.replace('@', '_at_')}.png")
     if not args.keep_experiments:
         shutil.rmtree(output / "experiments")
+        shutil.rmtree(output / "plan_only", ignore_errors=True)
     print((output / "ablation.md").read_text())
     print(f"{payload['minutes']} min; {output}")
     return output

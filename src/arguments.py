@@ -177,20 +177,22 @@ class DataArguments:
         },
     )
     synthetic_train_images: int = field(
-        default=3000, metadata={"help": "Offline benchmark: train gallery size."}
+        default=7500,
+        metadata={"help": "Offline benchmark: train gallery size (4 triplets per 6 images)."},
     )
     synthetic_val_images: int = field(
-        default=1200, metadata={"help": "Offline benchmark: validation gallery size."}
+        default=3000,
+        metadata={"help": "Offline benchmark: validation gallery size (2,000 queries by default)."},
     )
     synthetic_test_images: int = field(
         default=600, metadata={"help": "Offline benchmark: test1 gallery size."}
     )
     synthetic_triplets_per_set: int = field(
-        default=2,
+        default=4,
         metadata={"help": "Offline benchmark: triplets per image set of six (2 to 5)."},
     )
     image_size: int = field(
-        default=112, metadata={"help": "Offline benchmark and tiny model: image side in pixels."}
+        default=56, metadata={"help": "Offline benchmark and tiny model: image side in pixels."}
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N training triplets (a quick check)."}
@@ -319,7 +321,7 @@ class IterativeArguments:
     )
     hard_negative_k: int = field(default=5, metadata={"help": "Hard negatives mined per query."})
     mine_scope: Literal["failures", "all"] = field(
-        default="failures",
+        default="all",
         metadata={
             "help": "failures: mine only queries whose target is not ranked first; all: every query."
         },
@@ -386,8 +388,12 @@ class IterativeArguments:
             "into random gallery images instead, as many (an ablation)."
         },
     )
-    max_augmented_per_iteration: int | None = field(
-        default=None, metadata={"help": "Cap on (query, hard negative) pairs captioned per round."}
+    max_augmented_per_iteration: int = field(
+        default=1000,
+        metadata={
+            "help": "Cap on (query, hard negative) pairs captioned per round, hardest first; 0: "
+            "no cap (README, Results: more new triplets than this displaced the original ones)."
+        },
     )
     verify_augmented: bool = field(
         default=False,
@@ -429,7 +435,7 @@ class IterativeArguments:
             "augment_flush_every",
             "report_queries",
         )
-        _at_least(self, 0, "max_augmented_per_iteration", optional=True)
+        _at_least(self, 0, "max_augmented_per_iteration")
         _at_least(self, MIN_FOUNDATION_PIXELS, "foundation_max_pixels")
         if self.hard_negative_margin is not None:
             _require(
@@ -512,7 +518,7 @@ def default_training_arguments() -> dict:
         "output_dir": "experiments/_trainer",
         "per_device_train_batch_size": 32,
         "learning_rate": 3e-4,
-        "num_train_epochs": 4.0,
+        "num_train_epochs": 1.0,
         "lr_scheduler_type": "constant_with_warmup",
         "warmup_steps": 10,
         "logging_steps": 10,

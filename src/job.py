@@ -225,7 +225,7 @@ def resolve_job(
             ),
             pairs_per_query=iter_args.augment_pairs_per_query,
             negatives=iter_args.augment_negatives,
-            max_pairs=iter_args.max_augmented_per_iteration,
+            max_pairs=iter_args.max_augmented_per_iteration or None,
             consistency_filter=iter_args.consistency_filter,
             verify=iter_args.verify_augmented,
             pool=iter_args.augmented_pool,

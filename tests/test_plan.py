@@ -28,13 +28,13 @@ def test_plan_of_the_default_job(tmp_path, capsys):
     )
     assert not (tmp_path / "exp").exists()
     assert "parameters: 820,480" in out
-    assert "train 1000 triplets over 3000 images, val 400 over 1200" in out
-    assert "image tokens per image: mean 16.0, max 16" in out
+    assert "train 5000 triplets over 7500 images, val 2000 over 3000" in out
+    assert "image tokens per image: mean 4.0, max 4" in out
     rows = [line for line in out.splitlines() if re.match(r"\s+\d+\s+(train|evaluate|mine|augment)", line)]
     assert len(rows) == 2 + 4 * 3
-    assert "train 1000 triplets, 128 optimizer steps -> checkpoint_iter_0" in rows[0]
+    assert "train 5000 triplets, 157 optimizer steps -> checkpoint_iter_0" in rows[0]
     assert all("will run" in row for row in rows)
-    assert "encode 3000 gallery images + 1000 queries" in rows[2]
+    assert "encode 7500 gallery images + 5000 queries" in rows[2]
 
 
 def test_plan_of_the_cirr_2b_preset(tmp_path, small_benchmark, capsys):
