@@ -65,17 +65,6 @@ def features(batch_size: int, num_negatives: int, image_size: int) -> list[dict]
     return items
 
 
-class _FixedBatch(torch.utils.data.Dataset):
-    def __init__(self, length: int):
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> int:
-        return index
-
-
 class _StepTimer(TrainerCallback):
     def __init__(self):
         self.times: list[float] = []
@@ -148,7 +137,7 @@ def trainer_step_times(
         trainer = IterativeTrainer(
             model=encoder,
             args=args,
-            train_dataset=_FixedBatch(steps),
+            train_dataset=list(range(steps)),
             data_collator=lambda _: batch,
             temperature=0.02,
             grad_cache=grad_cache,

@@ -173,7 +173,7 @@ def part_train(setup: Setup) -> dict:
                         use_cpu=setup.cpu,
                     )  # fmt: skip
                     trainer = IterativeTrainer(
-                        model=encoder, args=args, train_dataset=_Steps(sizes["steps"]),
+                        model=encoder, args=args, train_dataset=list(range(sizes["steps"])),
                         data_collator=lambda _, batch=batch: batch, grad_cache=True,
                         callbacks=[timer],
                     )  # fmt: skip
@@ -196,17 +196,6 @@ def part_train(setup: Setup) -> dict:
     return {"peak_bf16_tflops": peak, "runs": results, "throughput": {
         "signature": signature, "device": _device_name(setup),
         "train_samples_per_s": lora_default["samples_per_s"]}}  # fmt: skip
-
-
-class _Steps(torch.utils.data.Dataset):
-    def __init__(self, length: int):
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> int:
-        return index
 
 
 def part_encode(setup: Setup) -> dict:

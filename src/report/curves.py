@@ -8,6 +8,7 @@ draws the loss of all rounds in one PNG from the same files.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -24,6 +25,8 @@ def read_curves(experiment_dir: Path, tag: str = LOSS_TAG) -> dict[int, list[tup
         return {}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    # its reader logs "No path found after <file>" at INFO for every finished file
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)
     curves = {}
     for run in sorted(root.iterdir()):
         match = re.fullmatch(r"round_(\d+)", run.name)
