@@ -168,7 +168,9 @@ def plot(summary: dict, metric: str, output: Path) -> None:
             capsize=3,
             label=arm,
         )
-    axis.set_xticks(sorted({int(k.split("_")[1]) for rounds in summary["arms"].values() for k in rounds}))
+    axis.set_xticks(
+        sorted({int(k.split("_")[1]) for rounds in summary["arms"].values() for k in rounds})
+    )
     axis.set_xlabel("round")
     axis.set_ylabel(f"{metric} (%)")
     axis.set_title(f"{metric}: mean and sd over seeds")
@@ -216,6 +218,24 @@ def run_seed(
     return results
 
 
+def add_earlier_results(
+    results: dict, seeds: list[int], path: Path, flags: list[str], arms: list[str]
+) -> tuple[dict, list[int]]:
+    """Join the seeds of an earlier ablation.json to this run's (a seed run now wins), so
+    seeds can be added without rerunning the others; one made with other flags or arms is
+    refused."""
+    earlier = json.loads(path.read_text())
+    if earlier["flags"] != flags or sorted(earlier["arms"]) != sorted(arms):
+        raise SystemExit(
+            f"--add_results {path}: made with flags {earlier['flags']} and arms "
+            f"{sorted(earlier['arms'])}; this run has flags {flags} and arms {sorted(arms)}"
+        )
+    for arm in arms:
+        for seed, runs in earlier["results"][arm].items():
+            results[arm].setdefault(int(seed), runs)
+    return results, sorted({*seeds, *(int(seed) for seed in earlier["seeds"])})
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
@@ -225,6 +245,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--jobs", type=int, default=1,
         help="seeds run at once, in separate processes sharing the cores (torch threads split)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--add_results", default=None,
+        help="ablation.json of an earlier run with the same flags and arms: its seeds join this run's",
     )  # fmt: skip
     args, flags = parser.parse_known_args(argv)
     flags = [f for f in flags if f != "--"]
@@ -251,6 +275,8 @@ def main(argv: list[str] | None = None) -> Path:
     results = {
         arm: {seed: runs[arm] for seed, runs in zip(seeds, per_seed, strict=True)} for arm in arms
     }
+    if args.add_results:
+        results, seeds = add_earlier_results(results, seeds, Path(args.add_results), flags, arms)
     summary = summarise(results)
     descriptions = {arm: ARMS[arm][0] for arm in arms}
     payload = {

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from benchmarks.ablation import ARMS, confidence_interval, main, summarise
+from benchmarks.ablation import ARMS, add_earlier_results, confidence_interval, main, summarise
 from src.experiment_io import read_json
 
 # What each arm may change, beyond round 0's arguments (the flags of ARMS).
@@ -37,6 +37,24 @@ def test_paired_differences_are_paired_by_seed():
     # the differences 1, 2, 3: sd 1, t(0.975, 2) = 4.3026527
     assert difference["ci95"][1] - 2.0 == pytest.approx(4.3026527 / math.sqrt(3), abs=1e-6)
     assert summary["arms"]["C"]["iter_1"]["recall@1"]["sd"] == pytest.approx(10.0)
+
+
+def test_seeds_of_an_earlier_run_join_only_with_the_same_flags_and_arms(tmp_path):
+    earlier = tmp_path / "ablation.json"
+    earlier.write_text(json.dumps({
+        "flags": ["--max_steps", "157"], "arms": {"B": "", "C": ""}, "seeds": [0, 1],
+        "results": {"B": {"0": {"iter_1": {"avg": 1.0}}, "1": {"iter_1": {"avg": 2.0}}},
+                    "C": {"0": {"iter_1": {"avg": 3.0}}, "1": {"iter_1": {"avg": 4.0}}}},
+    }))  # fmt: skip
+    now = {"B": {1: {"iter_1": {"avg": 20.0}}, 2: {"iter_1": {"avg": 5.0}}},
+           "C": {1: {"iter_1": {"avg": 40.0}}, 2: {"iter_1": {"avg": 6.0}}}}  # fmt: skip
+    results, seeds = add_earlier_results(now, [1, 2], earlier, ["--max_steps", "157"], ["C", "B"])
+    assert seeds == [0, 1, 2]
+    assert {seed: runs["iter_1"]["avg"] for seed, runs in results["C"].items()} == {1: 40.0, 2: 6.0, 0: 3.0}
+    with pytest.raises(SystemExit, match="--add_results .*made with flags"):
+        add_earlier_results(now, [1, 2], earlier, ["--max_steps", "100"], ["C", "B"])
+    with pytest.raises(SystemExit, match="arms"):
+        add_earlier_results(now, [1, 2], earlier, ["--max_steps", "157"], ["C", "B", "D"])
 
 
 @pytest.mark.slow
