@@ -1,6 +1,6 @@
 """Does each idea of the method help? One command: arms x seeds, with confidence intervals.
 
-    python -m benchmarks.ablation --seeds 0,1,2 --output_dir benchmarks/results/ablation -- --max_steps 157
+    python -m benchmarks.ablation --jobs 2 --output_dir benchmarks/results/ablation -- --max_steps 157
 
 Arms (each a normal experiment under the output folder; every flag of train_iterative.py
 can be added after `--` and applies to all of them):
@@ -27,8 +27,9 @@ one standard deviation over seeds). Without a scene oracle and without
 `--foundation_model_path`, the arms that write new texts (D, E) are left out.
 
 Cost on the default benchmark, 2 CPU cores: round 0 about 1.5 min and each arm about 5 min
-per seed (3 rounds of 157 steps, evaluation, mining), so about 30 min a seed and 1.5 hours
-for the three default seeds. Rerunning the same command continues an interrupted
+per seed (3 rounds of 157 steps, evaluation, mining), so about 30 min a seed in one
+process; `--jobs 2` (one thread each) ran two seeds of all six arms in 36.5 min, so the
+five default seeds take about 1.5 to 2 hours. Rerunning the same command continues an interrupted
 ablation (finished arms are skipped); with --keep_experiments, seeds can be added later.
 """
 
@@ -238,7 +239,7 @@ def add_earlier_results(
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--arms", default=None, help="comma-separated (default: all that apply)")
     parser.add_argument("--output_dir", default="benchmarks/results/ablation")
     parser.add_argument("--keep_experiments", action="store_true", help="keep every arm's folder")
