@@ -26,11 +26,12 @@ table) and `ablation_{metric}.png` (R@5 and Rsubset@1 against the round, error b
 one standard deviation over seeds). Without a scene oracle and without
 `--foundation_model_path`, the arms that write new texts (D, E) are left out.
 
-Cost on the default benchmark, 2 CPU cores: round 0 about 1.5 min and each arm about 5 min
-per seed (3 rounds of 157 steps, evaluation, mining), so about 30 min a seed in one
-process; `--jobs 2` (one thread each) ran two seeds of all six arms in 36.5 min, so the
-five default seeds take about 1.5 to 2 hours. Rerunning the same command continues an interrupted
-ablation (finished arms are skipped); with --keep_experiments, seeds can be added later.
+Cost on the default benchmark, 2 CPU cores: in one process round 0 takes about 1 min and
+an arm about 3.5 (A, B) to 5 min (mining arms) per seed, from the default run's stage times,
+so about 28 min a seed; `--jobs 2` (one thread each) ran two seeds of all six arms in
+36.5 min, about 1.5 times that throughput, so the five default seeds take about 1.5 hours.
+Rerunning the same command continues an interrupted ablation (finished arms are skipped);
+`--add_results` joins new seeds to an earlier ablation.json without rerunning its seeds.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from src.data.records import Triplet
-from src.retrieval.mining import MiningOptions, mine_hard_negatives
+from src.retrieval.mining import MiningOptions, mine_hard_negatives, random_negatives
 
 NAMES = ["ref", "tgt", "soft", "n1", "n2", "n3", "n4", "n5"]
 
@@ -74,6 +74,14 @@ def test_random_source_is_seeded_and_respects_exclusions():
     first, second = mine(k=3, source="random", seed=5), mine(k=3, source="random", seed=5)
     assert kept(first) == kept(second)
     assert not set(kept(first)) & {"ref", "tgt", "soft"}
+
+
+def test_random_negatives_of_every_query_need_no_embeddings_and_match_the_ranked_path():
+    options = MiningOptions(k=3, scope="all", source="random", seed=5)
+    unranked = random_negatives([TRIPLET], NAMES, options)
+    assert kept(unranked) == kept(mine(k=3, scope="all", source="random", seed=5))
+    assert unranked["stats"]["num_mined"] == 1 and unranked["stats"]["num_negatives"] == 3
+    assert unranked["stats"]["train_recall@1"] is None
 
 
 def test_stats_report_rank_histogram_and_recall():

@@ -135,10 +135,7 @@ def mine_hard_negatives(
         n["score"] for q in queries.values() for n in q["negatives"] if n["score"] is not None
     ]
     stats = {
-        "num_queries": len(triplets),
-        "num_mined": len(chosen),
-        "num_negatives": sum(len(q["negatives"]) for q in queries.values()),
-        "queries_without_negatives": sum(1 for q in queries.values() if not q["negatives"]),
+        **_counts(len(triplets), len(chosen), queries),
         "train_recall@1": float((ranks <= 1).mean() * 100) if len(ranks) else 0.0,
         "train_recall@5": float((ranks <= 5).mean() * 100) if len(ranks) else 0.0,
         "target_rank_histogram": _histogram(ranks),
@@ -154,10 +151,7 @@ def random_negatives(triplets: list[Triplet], gallery_names: list[str], options:
     is needed to choose the queries, so nothing is encoded; the statistics have no recall."""
     queries = _random_negatives(triplets, range(len(triplets)), gallery_names, options)
     stats = {
-        "num_queries": len(triplets),
-        "num_mined": len(triplets),
-        "num_negatives": sum(len(q["negatives"]) for q in queries.values()),
-        "queries_without_negatives": sum(1 for q in queries.values() if not q["negatives"]),
+        **_counts(len(triplets), len(triplets), queries),
         "train_recall@1": None,
         "train_recall@5": None,
         "target_rank_histogram": {},
@@ -166,6 +160,15 @@ def random_negatives(triplets: list[Triplet], gallery_names: list[str], options:
         "negative_scores": {"count": 0},
     }
     return {"options": asdict(options), "stats": stats, "queries": queries}
+
+
+def _counts(num_queries: int, num_mined: int, queries: dict) -> dict:
+    return {
+        "num_queries": num_queries,
+        "num_mined": num_mined,
+        "num_negatives": sum(len(q["negatives"]) for q in queries.values()),
+        "queries_without_negatives": sum(1 for q in queries.values() if not q["negatives"]),
+    }
 
 
 def _mined_negatives(
