@@ -76,6 +76,17 @@ def test_same_arguments_give_identical_files(bench, tmp_path, capsys):
     assert file_hashes(tmp_path) == hashes
 
 
+# The JSON files of the `bench` fixture as the writer wrote them before the CIRR writer was
+# shared with the garment benchmark: the default benchmark must not change.
+JSON_DIGEST = "12965b3815cd43e9c19197dc4f54e054bd4686a2d829c5c25ac8df219bbc451b"
+
+
+def test_json_files_are_those_of_the_original_writer(bench):
+    json_files = sorted((k, v) for k, v in file_hashes(bench).items() if k.endswith(".json"))
+    assert len(json_files) == 7
+    assert hashlib.sha256(json.dumps(json_files).encode()).hexdigest() == JSON_DIGEST
+
+
 def test_another_seed_gives_another_benchmark(bench, tmp_path):
     other = build_synthetic_benchmark(
         tmp_path, seed=4, **(SIZE_ARGS | {"num_val_images": 6, "num_test_images": 6})

@@ -3,9 +3,16 @@
 - `tiny.py`: tiny, randomly initialised checkpoints of the supported architectures, with a
   tokenizer trained on `tokenizer_corpus.py`;
 - `synthetic/`: the synthetic CIRR-format benchmark (scenes and edits, caption grammar,
-  rendering, the benchmark writer);
-- `scene_oracle.py`: the benchmark's exact scene-difference captioner;
-- `builders.py`: both built once into a cache folder.
+  rendering, the benchmark writer, its changes for the simulated captioner);
+- `garments/`: a second synthetic domain (one garment per image, FashionIQ-like captions),
+  never used for tuning;
+- `cirr_benchmark.py`: the image sets and the CIRR writer both benchmarks share;
+- `domain.py`, `domains.py`: what a domain offers the captioners, and which domain a
+  dataset folder is (by its descriptions file);
+- `scene_oracle.py`: the exact difference captioner of either domain;
+- `simulated_captioner.py` (with `caption_truth.py`, `caption_errors.py`): an imperfect
+  captioner of any pair, with set error rates;
+- `builders.py`: the default model and benchmark built once into a cache folder.
 
 The product code under src/ does not import this package; the entry point hands
 `OFFLINE_DEFAULTS` to `resolve_job`, which uses it only for what the user left out.

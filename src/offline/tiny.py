@@ -7,6 +7,7 @@ nothing of this project, and the offline default run goes through exactly the co
 real checkpoint goes through (docs/architecture.md, "Models").
 
     python -m src.offline.tiny --backbone qwen2_vl --output_dir DIR [--image_size 56] [--seed 0]
+        [--extra_corpus garments]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import json
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -38,7 +40,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from src.offline.tokenizer_corpus import corpus_texts
+from src.offline.tokenizer_corpus import EXTRA_CORPORA, corpus_texts
 
 BUILDER_VERSION = "tiny-v1"
 BACKBONES = ("qwen2_vl", "qwen2_5_vl", "llava_next")
@@ -115,14 +117,16 @@ LLAVA_CHAT_TEMPLATE = (
 CHAT_TEXTS = ("system\nuser\nassistant\n", "USER: ASSISTANT: USER: ASSISTANT:")
 
 
-def _train_bpe(special_tokens: tuple[str, ...]) -> Tokenizer:
-    """A byte-level BPE over `corpus_texts()` in which every corpus word is one token.
+def _train_bpe(special_tokens: tuple[str, ...], extra_texts: Sequence[str] = ()) -> Tokenizer:
+    """A byte-level BPE over `corpus_texts()` and `extra_texts` (another domain's sentences)
+    in which every corpus word is one token. Without extra texts the training input, and so
+    the tokenizer, is exactly the default one.
 
     Words absent from the corpus would split into letters (docs/notes.md), so the corpus's
     words are also trained once with a leading space: " word" is how a word mid-sentence
     reaches the model. With MAX_VOCAB out of reach, training runs until no pair is left.
     """
-    texts = corpus_texts()
+    texts = [*corpus_texts(), *extra_texts]
     words = sorted({w for text in texts for w in re.findall(r"[^\W\d_]+", text)})
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
@@ -149,8 +153,8 @@ def _vocab_and_merges(tokenizer: Tokenizer) -> tuple[dict[str, int], list[tuple[
     return model["vocab"], [tuple(merge) for merge in model["merges"]]
 
 
-def qwen_tokenizer() -> Qwen2Tokenizer:
-    vocab, merges = _vocab_and_merges(_train_bpe(QWEN_SPECIAL_TOKENS))
+def qwen_tokenizer(extra_texts: Sequence[str] = ()) -> Qwen2Tokenizer:
+    vocab, merges = _vocab_and_merges(_train_bpe(QWEN_SPECIAL_TOKENS, extra_texts))
     return Qwen2Tokenizer(
         vocab=vocab,
         merges=merges,
@@ -165,8 +169,8 @@ def qwen_tokenizer() -> Qwen2Tokenizer:
     )
 
 
-def llava_tokenizer() -> PreTrainedTokenizerFast:
-    backend = _train_bpe(LLAVA_SPECIAL_TOKENS)
+def llava_tokenizer(extra_texts: Sequence[str] = ()) -> PreTrainedTokenizerFast:
+    backend = _train_bpe(LLAVA_SPECIAL_TOKENS, extra_texts)
     # Like the Llama tokenizers of the llava-hf checkpoints: <s> starts every sequence.
     backend.post_processor = TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", backend.token_to_id("<s>"))]
@@ -237,8 +241,8 @@ def _qwen_processors(image_size: int) -> tuple[Qwen2VLImageProcessor, Qwen2VLVid
     return Qwen2VLImageProcessor(**sizes), Qwen2VLVideoProcessor(**sizes)
 
 
-def _build_qwen2_vl(image_size: int):
-    tokenizer = qwen_tokenizer()
+def _build_qwen2_vl(image_size: int, extra_texts: Sequence[str]):
+    tokenizer = qwen_tokenizer(extra_texts)
     config = Qwen2VLConfig(
         text_config=_qwen_text_config(tokenizer),
         # vision hidden_size is the merger's output and must equal the text width (docs/notes.md).
@@ -261,8 +265,8 @@ def _build_qwen2_vl(image_size: int):
     return config, processor
 
 
-def _build_qwen2_5_vl(image_size: int):
-    tokenizer = qwen_tokenizer()
+def _build_qwen2_5_vl(image_size: int, extra_texts: Sequence[str]):
+    tokenizer = qwen_tokenizer(extra_texts)
     config = Qwen2_5_VLConfig(
         text_config=_qwen_text_config(tokenizer),
         # Unlike Qwen2-VL, hidden_size is the tower's own width and out_hidden_size the
@@ -290,8 +294,8 @@ def _build_qwen2_5_vl(image_size: int):
     return config, processor
 
 
-def _build_llava_next(image_size: int):
-    tokenizer = llava_tokenizer()
+def _build_llava_next(image_size: int, extra_texts: Sequence[str]):
+    tokenizer = llava_tokenizer(extra_texts)
     # The same grid pinpoints in config and image processor (docs/notes.md): one crop for an
     # S x S image, 2 x 2 crops for a 2S x 2S one.
     pinpoints = [[image_size * h, image_size * w] for h, w in ((1, 1), (1, 2), (2, 1), (2, 2))]
@@ -346,20 +350,26 @@ _BUILDERS = {
 
 
 def build_tiny_checkpoint(
-    backbone: str, output_dir: str | Path, image_size: int = 56, seed: int = 0
+    backbone: str,
+    output_dir: str | Path,
+    image_size: int = 56,
+    seed: int = 0,
+    extra_texts: Sequence[str] = (),
 ) -> Path:
     """Write a tiny `backbone` checkpoint (model + processor) to `output_dir`.
 
-    Weights are drawn from `seed` alone, so equal seeds give identical tensors.
-    `image_size` (a multiple of 28) is the side of the square images the processor keeps
-    at their size (Qwen) or the CLIP input size (LLaVA-NeXT).
+    Weights are drawn from `seed` alone, so equal seeds give identical tensors (of the same
+    vocabulary size). `image_size` (a multiple of 28) is the side of the square images the
+    processor keeps at their size (Qwen) or the CLIP input size (LLaVA-NeXT). `extra_texts`
+    join the tokenizer corpus, so that a model for another domain (e.g. the garments'
+    `corpus_sentences()`) reads its words whole; without them the checkpoint is the default.
     """
     if backbone not in _BUILDERS:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
     if image_size <= 0 or image_size % (PATCH * MERGE):
         raise ValueError(f"image_size must be a positive multiple of {PATCH * MERGE}")
     output_dir = Path(output_dir)
-    config, processor = _BUILDERS[backbone](image_size)
+    config, processor = _BUILDERS[backbone](image_size, extra_texts)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
@@ -374,6 +384,8 @@ def build_tiny_checkpoint(
         "vocab_size": len(processor.tokenizer),
         "builder_version": BUILDER_VERSION,
     }
+    if extra_texts:  # recorded only when given: the default info file stays as it was
+        info["extra_corpus_texts"] = len(extra_texts)
     (output_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return output_dir
 
@@ -384,10 +396,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output_dir", required=True, type=Path)
     parser.add_argument("--image_size", type=int, default=56)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--extra_corpus",
+        choices=sorted(EXTRA_CORPORA),
+        help="also train the tokenizer on this domain's sentences",
+    )
     args = parser.parse_args(argv)
     hf_logging.disable_progress_bar()
     start = time.perf_counter()
-    path = build_tiny_checkpoint(args.backbone, args.output_dir, args.image_size, args.seed)
+    extra = EXTRA_CORPORA[args.extra_corpus]() if args.extra_corpus else ()
+    path = build_tiny_checkpoint(args.backbone, args.output_dir, args.image_size, args.seed, extra)
     info = json.loads((path / INFO_FILE).read_text())
     print(
         f"{path}: {args.backbone}, {info['parameters']:,} parameters, "

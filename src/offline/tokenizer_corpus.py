@@ -3,13 +3,17 @@
 A byte-level BPE trained on a small corpus splits every word it never saw into letters
 (docs/notes.md), so the corpus holds every fixed text the toolkit feeds a model: the embedding
 instructions, the captioning prompts and the synthetic benchmark's sentences, plus some
-FashionIQ- and CIRR-style English.
+FashionIQ- and CIRR-style English. Another domain's sentences (`EXTRA_CORPORA`) are added
+only where asked for (src/offline/tiny.py), so the default tokenizer stays as it is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from src.augment import prompts as augment_prompts
 from src.model import prompts
+from src.offline.garments import captions as garment_captions
 from src.offline.synthetic import captions as synthetic_captions
 
 # FashionIQ-style relative captions ("is longer and darker", ...) so that a tiny model
@@ -74,3 +78,9 @@ def corpus_texts() -> list[str]:
     texts.extend(FASHION_SENTENCES)
     texts.extend(EVERYDAY_SENTENCES)
     return texts
+
+
+EXTRA_CORPORA: dict[str, Callable[[], list[str]]] = {
+    "garments": garment_captions.corpus_sentences,
+}
+"""Domain -> every sentence of its grammar, for `build_tiny_checkpoint(extra_texts=...)`."""

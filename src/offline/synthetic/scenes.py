@@ -31,8 +31,6 @@ POSITIONS = (
 )
 GRID = 3
 MIN_OBJECTS, MAX_OBJECTS = 2, 4
-SET_SIZE = 6
-NUM_NEAR_MISSES = SET_SIZE - 2
 EDIT_KINDS = ("add", "remove", "recolour", "reshape", "resize", "move")
 SCENES_FILE = "scenes.json"  # beside the CIRR files: every image's scene
 ATTRIBUTES = ("colour", "shape", "size", "cell")

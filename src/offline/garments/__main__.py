@@ -1,0 +1,3 @@
+from src.offline.garments.benchmark import main
+
+main()
