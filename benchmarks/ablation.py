@@ -54,7 +54,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from src.cli import train_main  # noqa: E402
-from src.experiment import CONFIG_NAME, STAGES_NAME, Experiment  # noqa: E402
+from src.experiment import Experiment  # noqa: E402
 from src.offline.scene_oracle import SCENE_ORACLE  # noqa: E402
 
 ARMS = {
@@ -187,10 +187,10 @@ def share_round0(round0: Experiment, arm: Experiment, shared_cache: Path) -> Non
     """The arm's experiment starts as a copy of the seed's round 0 (checkpoint, evaluation,
     their records), with the seed's embedding cache shared."""
     arm.dir.mkdir(parents=True)
-    for name in (CONFIG_NAME, STAGES_NAME, "evaluation_val_iter_0.json", "evaluation_results.json"):
-        shutil.copy2(round0.dir / name, arm.dir / name)
+    for path in (round0.config_file, round0.stages_file, round0.evaluation("val", 0), round0.evaluation_results):
+        shutil.copy2(path, arm.dir / path.name)
     shutil.copytree(round0.checkpoint(0), arm.checkpoint(0))
-    (arm.dir / "embeddings").symlink_to(shared_cache.resolve(), target_is_directory=True)
+    arm.embeddings_dir.symlink_to(shared_cache.resolve(), target_is_directory=True)
 
 
 def run_seed(
@@ -204,7 +204,7 @@ def run_seed(
     seed_dir = output / "experiments" / f"seed{seed}"
     round0 = Experiment(seed_dir / "round0")
     common = [*flags, "--seed", str(seed), "--no_report"]
-    if not (round0.dir / "evaluation_val_iter_0.json").is_file():
+    if not round0.evaluation("val", 0).is_file():
         status = train_main([*common, "--num_iterations", "0", "--experiment_dir", str(round0.dir)])
         assert status == 0, f"round 0 of seed {seed} failed"
     results = {}

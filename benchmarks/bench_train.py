@@ -29,8 +29,9 @@ from pathlib import Path
 import psutil
 import torch
 from PIL import Image
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback
 
+from src.arguments import IterativeTrainingArguments
 from src.data.collator import ContrastiveCollator
 from src.loss import ContrastiveBatch, contrastive_loss
 from src.model.encoder import build_encoder
@@ -119,7 +120,7 @@ def trainer_step_times(
     encoder = build_encoder(model_dir, dtype="float32")
     timer = _StepTimer()
     with tempfile.TemporaryDirectory() as output:
-        args = TrainingArguments(
+        args = IterativeTrainingArguments(
             output_dir=output,
             report_to="none",
             remove_unused_columns=False,
@@ -133,14 +134,14 @@ def trainer_step_times(
             dataloader_pin_memory=False,
             disable_tqdm=True,
             use_cpu=DEVICE.type == "cpu",
+            temperature=0.02,
+            grad_cache=grad_cache,
         )
         trainer = IterativeTrainer(
             model=encoder,
             args=args,
             train_dataset=list(range(steps)),
             data_collator=lambda _: batch,
-            temperature=0.02,
-            grad_cache=grad_cache,
             callbacks=[timer],
         )
         trainer.train()

@@ -38,23 +38,20 @@ from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
     TrainerCallback,
-    TrainingArguments,
 )
 
+from src.arguments import AugmentArguments, IterativeTrainingArguments, ModelArguments
 from src.augment.captioners import TWO_IMAGES, VisionLanguageCaptioner
-from src.augment.options import GenerationOptions
 from src.augment.pairs import CaptionPair
 from src.data.collator import ContrastiveCollator
 from src.data.records import Split
 from src.model.architectures import architecture_signature, count_parameters, vision_parameters
 from src.model.encoder import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_PIXELS,
     EmbedderConfig,
     VLM2VecEncoder,
     embedder_from_model,
 )
-from src.model.registry import get_backbone
+from src.model.registry import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, get_backbone
 from src.offline.real_shape import build_real_shape
 from src.offline.tiny import build_tiny_checkpoint
 from src.retrieval.encode import PackRows, RowDataset, encode_rows, gallery_rows
@@ -120,9 +117,9 @@ class Setup:
         model, processor = self.model(self.sizes["arch"])
         backbone = get_backbone(model.config.model_type)
         backbone.apply_pixel_budget(processor, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
-        config = EmbedderConfig(
-            backbone.name, self.sizes["arch"], lora=lora,
-            min_pixels=DEFAULT_MIN_PIXELS, max_pixels=DEFAULT_MAX_PIXELS,
+        config = EmbedderConfig.of(
+            ModelArguments(lora=lora), backbone=backbone.name, base_model=self.sizes["arch"],
+            adapter_base_model=None, min_pixels=DEFAULT_MIN_PIXELS, max_pixels=DEFAULT_MAX_PIXELS,
         )  # fmt: skip
         return embedder_from_model(model, processor, config).to(self.device)
 
@@ -164,17 +161,17 @@ def part_train(setup: Setup) -> dict:
                 timer = StepTimer(setup.synchronize)
                 setup.reset_memory()
                 with tempfile.TemporaryDirectory() as output:
-                    args = TrainingArguments(
+                    args = IterativeTrainingArguments(
                         output_dir=output, report_to="none", remove_unused_columns=False,
                         per_device_train_batch_size=1, max_steps=sizes["steps"], learning_rate=1e-5,
                         save_strategy="no", logging_strategy="no", disable_tqdm=True,
                         dataloader_num_workers=0, dataloader_pin_memory=False,
                         gradient_checkpointing=checkpointing, bf16=not setup.cpu,
-                        use_cpu=setup.cpu,
+                        use_cpu=setup.cpu, grad_cache=True,
                     )  # fmt: skip
                     trainer = IterativeTrainer(
                         model=encoder, args=args, train_dataset=list(range(sizes["steps"])),
-                        data_collator=lambda _, batch=batch: batch, grad_cache=True,
+                        data_collator=lambda _, batch=batch: batch,
                         callbacks=[timer],
                     )  # fmt: skip
                     trainer.train()
@@ -266,7 +263,7 @@ def part_caption(setup: Setup) -> dict:
     setup.reset_memory()
     model, processor = setup.model(sizes["captioner"])
     processor.tokenizer.padding_side = "left"
-    options = GenerationOptions(max_new_tokens=48)
+    options = AugmentArguments(max_new_tokens=48)
     captioner = VisionLanguageCaptioner("qwen2_vl", model.eval(), processor, TWO_IMAGES, options)
     folder = setup.workdir / "caption_images"
     folder.mkdir(exist_ok=True)

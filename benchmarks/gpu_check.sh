@@ -4,4 +4,4 @@
 # shape), JSON under benchmarks/results/gpu/. `--cpu` runs the same code on tiny shapes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec python3 -m benchmarks.gpu_check "$@"
+exec "${PYTHON:-python3}" -m benchmarks.gpu_check "$@"

@@ -41,21 +41,25 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from src.arguments import DEFAULT_LORA_TARGETS, IterativeTrainingArguments
+from src.arguments import (
+    DEFAULT_LORA_TARGETS,
+    AugmentArguments,
+    IterativeTrainingArguments,
+    ModelArguments,
+)
 from src.augment.captioners import load_captioner
 from src.augment.generation import ask_consistency
-from src.augment.options import GenerationOptions
 from src.augment.pairs import CaptionPair
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.data.images import load_image
 from src.data.records import Split, Triplet
-from src.model.architectures import architecture_signature, count_parameters, model_config
+from src.model.architectures import architecture_signature, count_parameters
 from src.model.encoder import build_encoder, is_vision_module, lora_target_counts
 from src.model.prompts import candidate_text
-from src.model.registry import image_token_count
+from src.model.registry import checkpoint_config, image_token_count
 from src.offline.real_shape import write_real_shape_checkpoint
 from src.offline.tiny import build_tiny_checkpoint
-from src.training import LossOptions, train_round
+from src.training import train_round
 
 IMAGE_SIZES = ((640, 480), (1024, 768), (500, 900), (256, 256))
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -167,16 +171,15 @@ def main() -> None:
                 checkpoint = build_tiny_checkpoint("qwen2_vl", workdir / "model", image_size=56)
             else:
                 checkpoint = write_real_shape_checkpoint(args.arch, workdir / "model", True, dtype)
-        report["signature"] = architecture_signature(model_config(checkpoint))
+        report["signature"] = architecture_signature(checkpoint_config(checkpoint))
         images = make_images(workdir)
         with stage("load_embedder", report, memory) as details:
-            encoder = build_encoder(
-                checkpoint,
+            options = ModelArguments(
                 lora=True,
-                lora_target_modules=targets,
-                dtype=args.dtype,
+                lora_target_modules=args.lora_target_modules,
                 freeze_vision_tower=args.freeze_vision_tower,
-            ).to(device)
+            )
+            encoder = build_encoder(checkpoint, options, dtype=args.dtype).to(device)
             matched = lora_target_counts(encoder.model, targets)
             details["lora_matches"] = {name: count for name, count in matched.items()}
             assert all(matched.values()), f"LoRA targets that match nothing: {matched}"
@@ -212,13 +215,14 @@ def main() -> None:
             dataloader_num_workers=0,
             use_cpu=device.type == "cpu",
             disable_tqdm=True,
+            grad_cache=True,
+            gc_mini_batch_size=2,
         )
         with stage("lora_train_step_gradient_checkpointing_gradcache", report, memory) as details:
             summary = train_round(
                 encoder,
                 ComposedRetrievalDataset(split, split.triplets),
                 training_args,
-                LossOptions(grad_cache=True, gc_mini_batch_size=2),
                 "cirr",
                 workdir / "train",
             )
@@ -229,7 +233,7 @@ def main() -> None:
             backbone = "qwen2_vl" if report["signature"].startswith("qwen2_vl") else "qwen2_5_vl"
             with stage("load_captioner", report, memory):
                 captioner = load_captioner(
-                    backbone, checkpoint, GenerationOptions(max_new_tokens=4)
+                    backbone, checkpoint, AugmentArguments(max_new_tokens=4)
                 )
             pair = CaptionPair("p0", "q0", "img0", images["img0"], "img2", images["img2"],
                                "make it brighter", "img1")  # fmt: skip

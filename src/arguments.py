@@ -1,487 +1,162 @@
-"""Every command-line flag, as dataclasses parsed by HfArgumentParser, each checking itself.
+"""Every command-line flag of train_iterative.py, declared once, in groups.
 
-A `--config preset.json` may set any field; flags given on the command line win over it.
-Each dataclass refuses a bad value of its own fields in `__post_init__` (which runs for
-command-line flags and preset values alike), and `check_together` refuses flags that do
-not go together; the stages then assume valid options. Every refusal is an
-`ArgumentError` that names the flag.
+Each flag is a dataclass field made by `flag()`: its default, its help, its range or
+choices, and whether it changes what a run computes (`results`; the others only change
+how a run is operated, e.g. where it logs) live in the field's metadata and nowhere else.
+From that metadata come the range checks (`check_flags`, run by every group's
+`__post_init__`, for command-line flags and preset values alike), the keys a resume must
+not change (`result_config`), and the README's flag table (`python -m src.arguments`).
+The stages take the groups themselves as their options: a new flag is written once.
+
+Groups: `RunArguments` (the run and its experiment directory), `ModelArguments`,
+`DataArguments`, `MiningArguments`, `AugmentArguments` (new texts), and
+`IterativeTrainingArguments`, the Trainer's own flags plus the contrastive loss's (a
+`TrainingArguments` subclass, as Tevatron's). A `--config preset.json` may set any of
+them; flags on the command line win. Every refusal is an `ArgumentError` naming the flag.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.util
 import json
 import os
 import sys
-import typing
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 from src.errors import ArgumentError
+from src.model.registry import BACKBONE_ALIASES, BACKBONES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
-MODEL_BACKBONES = ("qwen2_vl", "qwen2_5_vl", "llava_next")
 FOUNDATION_MODEL_BACKBONES = ("qwen2_vl", "qwen2_5_vl", "llava", "generic")
-CAPTIONERS = (*FOUNDATION_MODEL_BACKBONES, "scene_oracle", "none")
+CAPTIONERS = (*FOUNDATION_MODEL_BACKBONES, "scene_oracle", "simulated_captioner", "none")
 DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-MIN_FOUNDATION_PIXELS = 56 * 56
 PIXELS_PER_TOKEN = 28 * 28  # Qwen2-VL: 14 x 14 patches merged 2 x 2
 
-
-def _require(condition: bool, flag: str, value: object, rule: str) -> None:
-    if not condition:
-        raise ArgumentError(f"--{flag} {value!r}: {rule}")
-
-
-def _check_literals(instance: object) -> None:
-    """Literal-typed fields hold one of their values (argparse checks only the command line)."""
-    hints = typing.get_type_hints(type(instance))
-    for item in dataclasses.fields(instance):
-        allowed = typing.get_args(hints[item.name])
-        if typing.get_origin(hints[item.name]) is Literal:
-            value = getattr(instance, item.name)
-            _require(value in allowed, item.name, value, f"choose one of {', '.join(allowed)}")
+# Metadata keys of `flag()` that are ours (the argparse parser must not see them).
+# (Choices are checked by `check_flags`, not argparse, so that a preset's value and a
+# flag's get the same one-line error.)
+RESULTS, SINCE, AT_LEAST, ABOVE, AT_MOST, BELOW, ALLOWED, VALUE_ALIASES = (
+    "results", "since", "at_least", "above", "at_most", "below", "allowed", "value_aliases",
+)  # fmt: skip
+_OURS = (RESULTS, SINCE, AT_LEAST, ABOVE, AT_MOST, BELOW, ALLOWED, VALUE_ALIASES)
 
 
-def _at_least(instance: object, minimum: float, *names: str, optional: bool = False) -> None:
-    for name in names:
-        value = getattr(instance, name)
-        if optional and value is None:
+def flag(
+    default: Any,
+    help: str,
+    *,
+    results: bool = True,
+    at_least: float | None = None,
+    above: float | None = None,
+    at_most: float | None = None,
+    below: float | None = None,
+    choices: tuple | None = None,
+    value_aliases: dict[str, str] | None = None,
+    since: int = 1,
+) -> Any:
+    """A flag: its default, help and range, and whether it changes results.
+
+    `since`: the experiment-config version that added it; an experiment written before
+    knows nothing of it, so the flag counts as a result only where it leaves its default
+    (older experiments then resume unchanged). `value_aliases` map spellings users bring
+    (`llava`) to the canonical value (`llava_next`).
+    """
+    meta: dict[str, Any] = {"help": help, RESULTS: results, SINCE: since}
+    for key, value in ((AT_LEAST, at_least), (ABOVE, above), (AT_MOST, at_most), (BELOW, below)):
+        if value is not None:
+            meta[key] = value
+    if choices is not None:
+        meta[ALLOWED] = tuple(choices)
+    if value_aliases:
+        meta[VALUE_ALIASES] = value_aliases
+    return field(default=default, metadata=meta)
+
+
+def _refuse(name: str, value: object, rule: str) -> None:
+    raise ArgumentError(f"--{name} {value!r}: {rule}")
+
+
+def check_flags(group: object) -> None:
+    """Each flag of `group` within its declared choices and range (None: not set)."""
+    for item in dataclasses.fields(group):
+        meta, value = item.metadata, getattr(group, item.name)
+        if value is None or RESULTS not in meta:
             continue
-        _require(value is not None and value >= minimum, name, value, f"must be >= {minimum}")
+        aliases = meta.get(VALUE_ALIASES, {})
+        if value in aliases:
+            value = aliases[value]
+            setattr(group, item.name, value)
+        if ALLOWED in meta and value not in meta[ALLOWED]:
+            _refuse(item.name, value, f"choose one of {', '.join(map(str, meta[ALLOWED]))}")
+        if AT_LEAST in meta and value < meta[AT_LEAST]:
+            _refuse(item.name, value, f"must be >= {meta[AT_LEAST]}")
+        if ABOVE in meta and value <= meta[ABOVE]:
+            _refuse(item.name, value, f"must be > {meta[ABOVE]}")
+        if AT_MOST in meta and value > meta[AT_MOST]:
+            _refuse(item.name, value, f"must be <= {meta[AT_MOST]}")
+        if BELOW in meta and value >= meta[BELOW]:
+            _refuse(item.name, value, f"must be < {meta[BELOW]}")
 
 
-def _split_names(text: str) -> list[str]:
+def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
 @dataclass
-class ModelArguments:
-    model_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "Local path of the embedding model (a Hugging Face checkpoint or a saved "
-            "checkpoint_iter_i). Default: the offline tiny Qwen2-VL, built once into --cache_dir."
-        },
+class RunArguments:
+    """The run itself: rounds, the experiment directory, resuming, reporting."""
+
+    config: str | None = flag(None, "A JSON preset of any of these flags.", results=False)
+    experiment_dir: str | None = flag(
+        None, "Experiment directory. Default: experiments/{model}_{dataset}_iterative.", results=False
     )
-    base_model_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "Local base model of a LoRA adapter given as --model_name (released VLM2Vec "
-            "checkpoints are adapters on Qwen2-VL); default: the adapter's base_model_name_or_path."
-        },
+    num_iterations: int = flag(
+        3, "Rounds after round 0 (0 trains round 0 only).", results=False, at_least=0
     )
-    model_backbone: str | None = field(
-        default=None,
-        metadata={
-            "help": "qwen2_vl, qwen2_5_vl or llava_next. Default: read from the checkpoint's config."
-        },
+    skip_round0: bool = flag(False, "Use the given model as checkpoint_iter_0 without training it.")
+    fast_mode: bool = flag(False, "A quick check: a small subset of the data and few steps.")
+    auto_resume: bool = flag(
+        False, "Continue an existing experiment from its first unfinished stage.", results=False
     )
-    lora: bool = field(
-        default=False, metadata={"help": "Train a LoRA adapter instead of all weights."}
+    resume_from_iteration: int | None = flag(
+        None,
+        "Move the artifacts of rounds N and later aside (kept) and rerun from round N.",
+        results=False,
+        at_least=0,
     )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str = field(
-        default=DEFAULT_LORA_TARGETS,
-        metadata={
-            "help": "Comma-separated module names (their last part) that get LoRA adapters; "
-            "each must match linear layers of the model."
-        },
+    allow_config_change: bool = flag(
+        False, "Resume even if result-changing arguments differ from the experiment's.", results=False
     )
-    freeze_vision_tower: bool = field(
-        default=False,
-        metadata={
-            "help": "Keep the vision tower as it is: no gradient for it in full fine-tuning, no "
-            "LoRA adapters in it (Qwen2.5-VL's vision MLP and LLaVA's CLIP attention share "
-            "the language model's module names)."
-        },
+    plan: bool = flag(
+        False,
+        "Print what the job will do (stages, sizes, memory, time where measured) and exit, "
+        "without training or loading weights.",
+        results=False,
     )
-    temperature: float = field(
-        default=0.02, metadata={"help": "InfoNCE temperature (VLM2Vec's released training: 0.02)."}
+    no_report: bool = flag(
+        False, "Do not write the HTML report (report/index.html) at the end of the run.", results=False
     )
-    torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
-        default="auto",
-        metadata={
-            "help": "auto (bfloat16 on a GPU that supports it, else float32), float32, bfloat16, float16."
-        },
+    report_queries: int = flag(
+        24, "Validation queries the report shows per round (a fixed sample).", results=False, at_least=1
     )
-    max_pixels: int | None = field(
-        default=None,
-        metadata={
-            "help": "Embedder pixel budget per image (Qwen2-VL / Qwen2.5-VL; one image token per "
-            "28 x 28 pixels). Default: 448 x 448 = 200,704 (256 tokens) for a new embedder; a "
-            "saved checkpoint keeps the budget it was trained with."
-        },
-    )
-    min_pixels: int | None = field(
-        default=None,
-        metadata={"help": "Smallest pixel count an image is scaled up to. Default: 3,136 (VLM2Vec's)."},
+    encode_batch_size: int = flag(
+        64, "Batch size for encoding galleries and queries.", results=False, at_least=1
     )
 
     def __post_init__(self) -> None:
-        _check_literals(self)
-        _at_least(self, PIXELS_PER_TOKEN, "max_pixels", "min_pixels", optional=True)
-        if self.min_pixels and self.max_pixels:
-            _require(
-                self.min_pixels <= self.max_pixels,
-                "min_pixels",
-                self.min_pixels,
-                f"must be <= --max_pixels ({self.max_pixels})",
-            )
-        if self.model_backbone is not None:
-            _require(
-                self.model_backbone in MODEL_BACKBONES,
-                "model_backbone",
-                self.model_backbone,
-                f"choose one of {', '.join(MODEL_BACKBONES)}",
-            )
-        _at_least(self, 1, "lora_r")
-        _require(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "must be > 0")
-        _require(0 <= self.lora_dropout < 1, "lora_dropout", self.lora_dropout, "must be in [0, 1)")
-        _require(
-            bool(_split_names(self.lora_target_modules)),
-            "lora_target_modules",
-            self.lora_target_modules,
-            "name at least one module",
-        )
-        _require(self.temperature > 0, "temperature", self.temperature, "must be > 0")
-
-    @property
-    def lora_target_list(self) -> list[str]:
-        return _split_names(self.lora_target_modules)
-
-
-@dataclass
-class DataArguments:
-    dataset_name: Literal["cirr", "fashioniq"] = field(
-        default="cirr", metadata={"help": "cirr or fashioniq (annotation layout and instruction)."}
-    )
-    dataset_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "Root of the dataset on disk. Default: the synthetic CIRR-format benchmark, "
-            "rendered once into --cache_dir."
-        },
-    )
-    cache_dir: str = field(
-        default=".cache/offline",
-        metadata={
-            "help": "Where the offline default model and benchmark are built once and reused."
-        },
-    )
-    synthetic_train_images: int = field(
-        default=7500,
-        metadata={"help": "Offline benchmark: train gallery size (4 triplets per 6 images)."},
-    )
-    synthetic_val_images: int = field(
-        default=3000,
-        metadata={"help": "Offline benchmark: validation gallery size (2,000 queries by default)."},
-    )
-    synthetic_test_images: int = field(
-        default=600, metadata={"help": "Offline benchmark: test1 gallery size."}
-    )
-    synthetic_triplets_per_set: int = field(
-        default=4,
-        metadata={"help": "Offline benchmark: triplets per image set of six (2 to 5)."},
-    )
-    image_size: int = field(
-        default=56, metadata={"help": "Offline benchmark and tiny model: image side in pixels."}
-    )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Use only the first N training triplets (a quick check)."}
-    )
-    max_eval_samples: int | None = field(
-        default=None,
-        metadata={
-            "help": "Use only N validation triplets (a quick check); FashionIQ takes them from "
-            "every category in turn."
-        },
-    )
-    allow_external_images: bool = field(
-        default=False,
-        metadata={
-            "help": "Accept image paths that leave the dataset root (after resolving .. and "
-            "symlinks); refused by default."
-        },
-    )
-    max_image_pixels: int = field(
-        default=50_000_000,
-        metadata={"help": "Refuse (before any work) an image with more pixels than this."},
-    )
-    max_caption_tokens: int = field(
-        default=128,
-        metadata={"help": "Truncate longer modification texts to this many tokens (counted in the log)."},
-    )
-
-    def __post_init__(self) -> None:
-        _check_literals(self)
-        _at_least(self, 1, "max_image_pixels", "max_caption_tokens")
-        _at_least(self, 6, "synthetic_train_images", "synthetic_val_images", "synthetic_test_images")
-        _require(
-            2 <= self.synthetic_triplets_per_set <= 5,
-            "synthetic_triplets_per_set",
-            self.synthetic_triplets_per_set,
-            "must be 2 to 5",
-        )
-        _require(
-            self.image_size > 0 and self.image_size % 28 == 0,
-            "image_size",
-            self.image_size,
-            "must be a positive multiple of 28 (the Qwen2-VL patch grid)",
-        )
-        _at_least(self, 1, "max_train_samples", "max_eval_samples", optional=True)
-
-
-@dataclass
-class IterativeArguments:
-    config: str | None = field(
-        default=None, metadata={"help": "A JSON preset of any of these flags."}
-    )
-    experiment_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "Experiment directory. Default: experiments/{model}_{dataset}_iterative."
-        },
-    )
-    num_iterations: int = field(
-        default=3, metadata={"help": "Rounds after round 0 (0 trains round 0 only)."}
-    )
-    skip_round0: bool = field(
-        default=False,
-        metadata={"help": "Use the given model as checkpoint_iter_0 without training it."},
-    )
-    batch_size: int | None = field(
-        default=None,
-        metadata={"help": "Queries per device and step (sets --per_device_train_batch_size)."},
-    )
-    num_hard_negatives: int = field(
-        default=1, metadata={"help": "Mined hard negatives per query in each training batch."}
-    )
-    grad_cache: bool = field(
-        default=False,
-        metadata={
-            "help": "GradCache: run the model in chunks so the contrastive batch can exceed memory."
-        },
-    )
-    gc_mini_batch_size: int = field(
-        default=32, metadata={"help": "Rows per chunk in --grad_cache mode."}
-    )
-    group_by_reference: bool = field(
-        default=False,
-        metadata={
-            "help": "Keep queries that share a reference image in the same batch (ReCALL grouping)."
-        },
-    )
-    group_loss_weight: float = field(
-        default=0.0,
-        metadata={
-            "help": "Weight of the intra-group contrastive term (with --group_by_reference)."
-        },
-    )
-    fast_mode: bool = field(
-        default=False, metadata={"help": "A quick check: a small subset of the data and few steps."}
-    )
-    auto_resume: bool = field(
-        default=False,
-        metadata={"help": "Continue an existing experiment from its first unfinished stage."},
-    )
-    resume_from_iteration: int | None = field(
-        default=None,
-        metadata={
-            "help": "Move the artifacts of rounds N and later aside (kept) and rerun from round N."
-        },
-    )
-    allow_config_change: bool = field(
-        default=False,
-        metadata={"help": "Resume even if result-changing arguments differ from the experiment's."},
-    )
-    no_report: bool = field(
-        default=False,
-        metadata={"help": "Do not write the HTML report (report/index.html) at the end of the run."},
-    )
-    report_queries: int = field(
-        default=24, metadata={"help": "Validation queries the report shows per round (a fixed sample)."}
-    )
-    plan: bool = field(
-        default=False,
-        metadata={
-            "help": "Print what the job will do (stages, sizes, memory, time where measured) "
-            "and exit, without training or loading weights."
-        },
-    )
-    encode_batch_size: int = field(
-        default=64, metadata={"help": "Batch size for encoding galleries and queries."}
-    )
-    hard_negative_k: int = field(default=5, metadata={"help": "Hard negatives mined per query."})
-    mine_scope: Literal["failures", "all"] = field(
-        default="all",
-        metadata={
-            "help": "failures: mine only queries whose target is not ranked first; all: every query."
-        },
-    )
-    hard_negative_margin: float | None = field(
-        default=None,
-        metadata={
-            "help": "Drop candidates scoring above margin x the target's score (false-negative guard)."
-        },
-    )
-    hard_negative_skip_top: int = field(
-        default=0, metadata={"help": "Skip the first N ranked candidates."}
-    )
-    negative_source: Literal["mined", "random"] = field(
-        default="mined",
-        metadata={
-            "help": "mined: real retrieval; random: uniform gallery draws (a baseline, named as such)."
-        },
-    )
-    mining_checkpoint: Literal["previous", "first"] = field(
-        default="previous",
-        metadata={
-            "help": "previous: mine again each round with checkpoint_iter_{i-1}; first: mine once "
-            "with checkpoint_iter_0 and reuse those negatives every round (an ablation)."
-        },
-    )
-    foundation_model_path: str | None = field(
-        default=None,
-        metadata={"help": "Local path of the foundation VLM that writes new modification texts."},
-    )
-    foundation_model_backbone: str | None = field(
-        default=None,
-        metadata={
-            "help": "qwen2_vl, qwen2_5_vl, llava, generic, scene_oracle (synthetic data only) or none "
-            "(skip augmentation). Default: scene_oracle on the synthetic benchmark."
-        },
-    )
-    foundation_batch_size: int = field(default=8, metadata={"help": "Pairs per generation batch."})
-    foundation_max_pixels: int = field(
-        default=448 * 448,
-        metadata={"help": "Pixel budget per image given to the foundation model."},
-    )
-    prompt_mode: Literal["direct", "cot"] = field(
-        default="direct",
-        metadata={
-            "help": "direct: answer with the new text; cot: reason first, then the text after a marker."
-        },
-    )
-    max_new_tokens: int = field(
-        default=48, metadata={"help": "Generation length limit (cot needs more)."}
-    )
-    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
-    generation_temperature: float = field(
-        default=0.7, metadata={"help": "Sampling temperature (with --do_sample)."}
-    )
-    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling (with --do_sample)."})
-    augment_pairs_per_query: int = field(
-        default=1, metadata={"help": "Hard negatives per mined query that get a new text."}
-    )
-    augment_negatives: Literal["mined", "random"] = field(
-        default="mined",
-        metadata={
-            "help": "mined: new texts turn the reference into its mined hard negatives; random: "
-            "into random gallery images instead, as many (an ablation)."
-        },
-    )
-    max_augmented_per_iteration: int = field(
-        default=1000,
-        metadata={
-            "help": "Cap on (query, hard negative) pairs captioned per round, hardest first; 0: "
-            "no cap (README, Results: more new triplets than this displaced the original ones)."
-        },
-    )
-    verify_augmented: bool = field(
-        default=False,
-        metadata={
-            "help": "Keep a new triplet only if the current embedder ranks its target above the original target."
-        },
-    )
-    consistency_filter: bool = field(
-        default=False,
-        metadata={
-            "help": "Ask the foundation model yes/no questions about each new triplet; flags false negatives."
-        },
-    )
-    augmented_pool: Literal["current", "cumulative"] = field(
-        default="current",
-        metadata={
-            "help": "current: train round i on round i's new triplets; cumulative: on those of rounds 1..i."
-        },
-    )
-    augment_flush_every: int = field(
-        default=32,
-        metadata={"help": "Write the partial augmentation file every N generated pairs."},
-    )
-
-    def __post_init__(self) -> None:
-        _check_literals(self)
-        _at_least(self, 0, "num_iterations", "num_hard_negatives", "hard_negative_skip_top")
-        _at_least(self, 0, "group_loss_weight", "resume_from_iteration", optional=True)
-        _at_least(self, 1, "batch_size", optional=True)
-        _at_least(
-            self,
-            1,
-            "gc_mini_batch_size",
-            "encode_batch_size",
-            "hard_negative_k",
-            "foundation_batch_size",
-            "max_new_tokens",
-            "augment_pairs_per_query",
-            "augment_flush_every",
-            "report_queries",
-        )
-        _at_least(self, 0, "max_augmented_per_iteration")
-        _at_least(self, MIN_FOUNDATION_PIXELS, "foundation_max_pixels")
-        if self.hard_negative_margin is not None:
-            _require(
-                self.hard_negative_margin > 0,
-                "hard_negative_margin",
-                self.hard_negative_margin,
-                "must be > 0 (0.95 to 0.99 is a common choice)",
-            )
-        _require(
-            self.generation_temperature > 0,
-            "generation_temperature",
-            self.generation_temperature,
-            "must be > 0",
-        )
-        _require(0 < self.top_p <= 1, "top_p", self.top_p, "must be in (0, 1]")
-        _require(
-            self.group_loss_weight == 0 or self.group_by_reference,
-            "group_loss_weight",
-            self.group_loss_weight,
-            "needs --group_by_reference (the term contrasts queries of one reference group)",
-        )
-        if self.resume_from_iteration is not None:
-            _require(
-                self.resume_from_iteration <= self.num_iterations,
+        check_flags(self)
+        if self.resume_from_iteration is not None and self.resume_from_iteration > self.num_iterations:
+            _refuse(
                 "resume_from_iteration",
                 self.resume_from_iteration,
                 f"must be <= --num_iterations ({self.num_iterations})",
-            )
-        self._check_captioner()
-
-    def _check_captioner(self) -> None:
-        backbone, path = self.foundation_model_backbone, self.foundation_model_path
-        if backbone is None:
-            return
-        _require(
-            backbone in CAPTIONERS,
-            "foundation_model_backbone",
-            backbone,
-            f"choose one of {', '.join(CAPTIONERS)}",
-        )
-        if backbone in FOUNDATION_MODEL_BACKBONES:
-            _require(path is not None, "foundation_model_backbone", backbone, "needs --foundation_model_path")
-        elif path is not None:
-            raise ArgumentError(
-                f"--foundation_model_backbone {backbone} uses no model, but --foundation_model_path "
-                f"{path} is given; drop one of the two"
             )
 
     @property
@@ -490,30 +165,472 @@ class IterativeArguments:
 
 
 @dataclass
-class IterativeTrainingArguments(TrainingArguments):
-    """The Trainer's own flags, with the ranges a contrastive run needs checked up front."""
+class ModelArguments:
+    """The embedder: which checkpoint, LoRA or full fine-tuning, precision, pixel budget."""
+
+    model_name: str | None = flag(
+        None,
+        "Local path of the embedding model (a Hugging Face checkpoint or a saved "
+        "checkpoint_iter_i). Default: the offline tiny Qwen2-VL, built once into --cache_dir.",
+    )
+    base_model_name: str | None = flag(
+        None,
+        "Local base model of a LoRA adapter given as --model_name (released VLM2Vec checkpoints "
+        "are adapters on Qwen2-VL); default: the adapter's base_model_name_or_path.",
+    )
+    model_backbone: str | None = flag(
+        None,
+        f"{', '.join(BACKBONES)} (llava is read as llava_next). Default: read from the "
+        "checkpoint's config.",
+        choices=tuple(BACKBONES),
+        value_aliases=BACKBONE_ALIASES,
+    )
+    lora: bool = flag(False, "Train a LoRA adapter instead of all weights.")
+    lora_r: int = flag(16, "LoRA rank.", at_least=1)
+    lora_alpha: int = flag(32, "LoRA alpha.", above=0)
+    lora_dropout: float = flag(0.05, "LoRA dropout, in [0, 1).", at_least=0, below=1)
+    lora_target_modules: str = flag(
+        DEFAULT_LORA_TARGETS,
+        "Comma-separated module names (their last part) that get LoRA adapters; each must "
+        "match linear layers of the model (checked before round 0).",
+    )
+    freeze_vision_tower: bool = flag(
+        False,
+        "Keep the vision tower as it is: no gradient for it in full fine-tuning, no LoRA "
+        "adapters in it (Qwen2.5-VL's vision MLP and LLaVA's CLIP attention share the "
+        "language model's module names).",
+    )
+    torch_dtype: str = flag(
+        "auto",
+        "auto (float32 for weights that full fine-tuning updates, with --bf16 autocast on a "
+        "GPU; bfloat16 for a frozen LoRA base and inference on a GPU that has it; float32 on "
+        "a CPU), float32, bfloat16 or float16 (these two with --lora only).",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    max_pixels: int | None = flag(
+        None,
+        f"Embedder pixel budget per image (Qwen2-VL / Qwen2.5-VL; one image token per 28 x 28 "
+        f"pixels). Default: {DEFAULT_MAX_PIXELS:,} (448 x 448, 256 tokens) for a new embedder; "
+        "a saved checkpoint keeps the budget it was trained with.",
+        at_least=PIXELS_PER_TOKEN,
+    )
+    min_pixels: int | None = flag(
+        None,
+        f"Smallest pixel count an image is scaled up to. Default: {DEFAULT_MIN_PIXELS:,} (VLM2Vec's).",
+        at_least=PIXELS_PER_TOKEN,
+    )
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
-        _at_least(self, 1, "per_device_train_batch_size", "gradient_accumulation_steps")
-        _require(
-            self.max_steps > 0 or self.num_train_epochs > 0,
-            "num_train_epochs",
-            self.num_train_epochs,
-            "must be > 0 (or set --max_steps)",
+        check_flags(self)
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            _refuse("min_pixels", self.min_pixels, f"must be <= --max_pixels ({self.max_pixels})")
+        if not self.lora_targets:
+            _refuse("lora_target_modules", self.lora_target_modules, "name at least one module")
+        if not self.lora and self.torch_dtype not in ("auto", "float32"):
+            _refuse(
+                "torch_dtype",
+                self.torch_dtype,
+                "full fine-tuning keeps float32 weights (AdamW on bfloat16 weights loses every "
+                "update below a bfloat16 step); use --torch_dtype auto with --bf16 autocast, or --lora",
+            )
+
+    @property
+    def lora_targets(self) -> list[str]:
+        return _names(self.lora_target_modules)
+
+
+@dataclass
+class DataArguments:
+    """The dataset, and the offline benchmark built when none is given."""
+
+    dataset_name: str = flag(
+        "cirr", "cirr or fashioniq (annotation layout and instruction).", choices=("cirr", "fashioniq")
+    )
+    dataset_path: str | None = flag(
+        None,
+        "Root of the dataset on disk. Default: the synthetic CIRR-format benchmark, rendered "
+        "once into --cache_dir.",
+    )
+    cache_dir: str = flag(
+        ".cache/offline",
+        "Where the offline default model and benchmark are built once, and image checks are "
+        "remembered.",
+        results=False,
+    )
+    synthetic_train_images: int = flag(
+        7500, "Offline benchmark: train gallery size (six images per set).", at_least=6
+    )
+    synthetic_val_images: int = flag(
+        3000, "Offline benchmark: validation gallery size (2,000 queries by default).", at_least=6
+    )
+    synthetic_test_images: int = flag(600, "Offline benchmark: test1 gallery size.", at_least=6)
+    synthetic_triplets_per_set: int = flag(
+        4, "Offline benchmark: triplets per image set of six (2 to 5).", at_least=2, at_most=5
+    )
+    image_size: int = flag(
+        56, "Offline benchmark and tiny model: image side in pixels (a multiple of 28).", at_least=28
+    )
+    synthetic_domain: str = flag(
+        "shapes",
+        "Offline benchmark: shapes (coloured shapes on a grid, the default) or garments (one "
+        "garment per image, FashionIQ-like captions; never used for tuning).",
+        choices=("shapes", "garments"),
+        since=2,
+    )
+    max_train_samples: int | None = flag(
+        None, "Use only the first N training triplets (a quick check).", at_least=1
+    )
+    max_eval_samples: int | None = flag(
+        None,
+        "Use only N validation triplets (a quick check); FashionIQ takes them from every "
+        "category in turn.",
+        at_least=1,
+    )
+    allow_external_images: bool = flag(
+        False,
+        "Accept image paths that leave the dataset root (after resolving .. and symlinks); "
+        "refused by default.",
+        results=False,
+    )
+    max_image_pixels: int = flag(
+        50_000_000,
+        "Refuse (before any work) an image with more pixels than this.",
+        results=False,
+        at_least=1,
+    )
+    max_caption_tokens: int = flag(
+        128, "Truncate longer modification texts to this many tokens (counted in the log).", at_least=1
+    )
+
+    def __post_init__(self) -> None:
+        check_flags(self)
+        if self.image_size % 28:
+            _refuse("image_size", self.image_size, "must be a multiple of 28 (the Qwen2-VL patch grid)")
+
+
+@dataclass
+class MiningArguments:
+    """Hard negatives by real retrieval (src/retrieval/mining.py says how to choose them)."""
+
+    hard_negative_k: int = flag(5, "Hard negatives mined per query.", at_least=1)
+    mine_scope: str = flag(
+        "all",
+        "all: mine every query; failures: only queries whose target is not ranked first.",
+        choices=("all", "failures"),
+    )
+    hard_negative_margin: float | None = flag(
+        None,
+        "Drop candidates scoring above margin x the target's score (a false-negative guard; "
+        "0.95 to 0.99 is a common choice).",
+        above=0,
+    )
+    hard_negative_skip_top: int = flag(0, "Skip the first N eligible ranks.", at_least=0)
+    negative_source: str = flag(
+        "mined",
+        "mined: real retrieval; random: uniform gallery draws (a baseline, named as such).",
+        choices=("mined", "random"),
+    )
+    mining_checkpoint: str = flag(
+        "previous",
+        "previous: mine again each round with checkpoint_iter_{i-1}; first: mine once with "
+        "checkpoint_iter_0 and reuse those negatives every round (an ablation).",
+        choices=("previous", "first"),
+    )
+
+    def __post_init__(self) -> None:
+        check_flags(self)
+
+    def checkpoint_for(self, iteration: int) -> int:
+        """The checkpoint that mines the negatives round `iteration` trains with."""
+        return iteration - 1 if self.mining_checkpoint == "previous" else 0
+
+
+@dataclass
+class AugmentArguments:
+    """New modification texts for mined pairs: who writes them, how, and which are kept."""
+
+    foundation_model_path: str | None = flag(
+        None, "Local path of the foundation VLM that writes new modification texts."
+    )
+    foundation_model_backbone: str | None = flag(
+        None,
+        "qwen2_vl, qwen2_5_vl, llava, generic, scene_oracle (synthetic data only) or none "
+        "(skip augmentation). Default: from --foundation_model_path's config; scene_oracle on "
+        "the synthetic benchmark.",
+        choices=CAPTIONERS,
+    )
+    foundation_batch_size: int = flag(8, "Pairs per generation batch.", results=False, at_least=1)
+    foundation_max_pixels: int = flag(
+        DEFAULT_MAX_PIXELS, "Pixel budget per image given to the foundation model.", at_least=56 * 56
+    )
+    prompt_mode: str = flag(
+        "direct",
+        "direct: answer with the new text; cot: reason first, then the text after a marker.",
+        choices=("direct", "cot"),
+    )
+    max_new_tokens: int = flag(48, "Generation length limit (cot needs more).", at_least=1)
+    do_sample: bool = flag(False, "Sample instead of greedy decoding.")
+    generation_temperature: float = flag(0.7, "Sampling temperature (with --do_sample).", above=0)
+    top_p: float = flag(0.9, "Nucleus sampling (with --do_sample), in (0, 1].", above=0, at_most=1)
+    augment_pairs_per_query: int = flag(
+        1, "Hard negatives per mined query that get a new text.", at_least=1
+    )
+    augment_negatives: str = flag(
+        "mined",
+        "mined: new texts turn the reference into its mined hard negatives; random: into random "
+        "gallery images instead, as many (an ablation).",
+        choices=("mined", "random"),
+    )
+    max_augmented_per_iteration: int = flag(
+        1000,
+        "Cap on (query, hard negative) pairs captioned per round, hardest first; 0: no cap "
+        "(docs/results.md: more new triplets than this displaced the original ones).",
+        at_least=0,
+    )
+    verify_augmented: bool = flag(
+        False,
+        "Keep a new triplet only if the current embedder ranks its target above the original "
+        "target.",
+    )
+    consistency_filter: bool = flag(
+        False,
+        "Ask the foundation model yes/no questions about each new triplet; drops texts it "
+        "rejects and flags mined false negatives.",
+    )
+    augmented_pool: str = flag(
+        "current",
+        "current: train round i on round i's new triplets; cumulative: on those of rounds 1..i.",
+        choices=("current", "cumulative"),
+    )
+    augment_flush_every: int = flag(
+        32,
+        "Write the partial augmentation file every N generated pairs (a killed run resumes from it).",
+        results=False,
+        at_least=1,
+    )
+    # The simulated captioner (--foundation_model_backbone simulated_captioner; synthetic
+    # benchmarks only). The defaults come from published measurements of vision-language
+    # models; src/offline/caption_errors.py (DEFAULT_CAPTION_ERRORS) cites them and says how
+    # they were mapped.
+    simulated_wrong_value: float = flag(
+        0.22, "Simulated captioner: P(a named change gets a wrong value).", at_least=0, at_most=1, since=2
+    )
+    simulated_missed_change: float = flag(
+        0.03, "Simulated captioner: P(a change it should name is left out).", at_least=0, at_most=1, since=2
+    )
+    simulated_extra_change: float = flag(
+        0.03, "Simulated captioner: P(it states a change that is not there).", at_least=0, at_most=1, since=2
+    )
+    simulated_reversed_direction: float = flag(
+        0.01, "Simulated captioner: P(it describes target -> reference).", at_least=0, at_most=1, since=2
+    )
+    simulated_repeated_original: float = flag(
+        0.01, "Simulated captioner: P(it repeats the original caption).", at_least=0, at_most=1, since=2
+    )
+    simulated_judge_false_yes: float = flag(
+        0.43,
+        "Simulated captioner's yes/no judge: P(yes to a text that does not describe the pair).",
+        at_least=0,
+        at_most=1,
+        since=2,
+    )
+    simulated_judge_false_no: float = flag(
+        0.0,
+        "Simulated captioner's yes/no judge: P(no to a text that does describe the pair).",
+        at_least=0,
+        at_most=1,
+        since=2,
+    )
+    simulated_max_named_changes: int = flag(
+        2, "Simulated captioner: the most differences one text names (the most salient).", at_least=1, since=2
+    )
+
+    def __post_init__(self) -> None:
+        check_flags(self)
+        backbone, path = self.foundation_model_backbone, self.foundation_model_path
+        if backbone in FOUNDATION_MODEL_BACKBONES and path is None:
+            _refuse("foundation_model_backbone", backbone, "needs --foundation_model_path")
+        if backbone is not None and backbone not in FOUNDATION_MODEL_BACKBONES and path is not None:
+            raise ArgumentError(
+                f"--foundation_model_backbone {backbone} uses no model, but --foundation_model_path "
+                f"{path} is given; drop one of the two"
+            )
+        changed = [
+            f"--{item.name}"
+            for item in dataclasses.fields(self)
+            if item.name.startswith("simulated_") and getattr(self, item.name) != item.default
+        ]
+        if changed and backbone != "simulated_captioner":
+            raise ArgumentError(
+                f"{', '.join(changed)} set the simulated captioner's rates, but it is not used: "
+                "add --foundation_model_backbone simulated_captioner"
+            )
+        text_errors = sum(
+            getattr(self, f"simulated_{kind}")
+            for kind in ("wrong_value", "missed_change", "extra_change", "reversed_direction", "repeated_original")
         )
-        _at_least(self, 0, "warmup_steps", "weight_decay")
+        if text_errors > 1:
+            raise ArgumentError(f"the five --simulated_* text error rates sum to {text_errors:g}, above 1")
+
+    def simulated_rates(self) -> dict:
+        """The simulated captioner's flags, by its own names (src/offline/caption_errors.py)."""
+        return {
+            item.name.removeprefix("simulated_"): getattr(self, item.name)
+            for item in dataclasses.fields(self)
+            if item.name.startswith("simulated_")
+        }
+
+    def result_options(self) -> dict:
+        """The flags of this group that change which texts come out (recorded in the meta;
+        the captioner and its checkpoint are recorded resolved, beside them)."""
+        options = result_config(dataclasses.asdict(self), type(self))
+        return {k: v for k, v in options.items() if not k.startswith("foundation_model_")}
+
+    @property
+    def pair_cap(self) -> int | None:
+        return self.max_augmented_per_iteration or None
 
 
-ARGUMENT_GROUPS = (ModelArguments, DataArguments, IterativeArguments, IterativeTrainingArguments)
+# Why, in docs/notes.md ("DeepSpeed"): what was tried and what it did.
+DEEPSPEED_REFUSAL = (
+    "--deepspeed is not supported (docs/notes.md, DeepSpeed): drop it and run DDP with "
+    "./run_iterative_training.sh --nproc N; --lora, --gradient_checkpointing and --grad_cache "
+    "cut memory"
+)
+
+
+# TrainingArguments flags that only change how a run is operated (our own flags say so in
+# their metadata).
+TRAINER_OPERATIONAL_FLAGS = frozenset(
+    {
+        "output_dir", "logging_dir", "logging_steps", "logging_first_step", "logging_strategy",
+        "save_steps", "save_strategy", "save_total_limit", "disable_tqdm",
+        "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+        "dataloader_prefetch_factor", "report_to", "run_name", "overwrite_output_dir",
+        "resume_from_checkpoint", "log_level", "log_level_replica", "use_cpu", "ddp_backend",
+        "ddp_find_unused_parameters",
+    }
+)  # fmt: skip
+
+
+@dataclass
+class IterativeTrainingArguments(TrainingArguments):
+    """The Trainer's own flags, plus the contrastive loss's; ranges checked up front."""
+
+    batch_size: int | None = flag(
+        None, "Queries per device and step (sets --per_device_train_batch_size).", at_least=1
+    )
+    num_hard_negatives: int = flag(
+        1,
+        "Mined hard negatives per query in each training batch, rotated per epoch (0: in-batch "
+        "negatives only).",
+        at_least=0,
+    )
+    temperature: float = flag(
+        0.02, "InfoNCE temperature (VLM2Vec's released training: 0.02).", above=0
+    )
+    grad_cache: bool = flag(
+        False, "GradCache: run the model in chunks so the contrastive batch can exceed memory."
+    )
+    gc_mini_batch_size: int = flag(32, "Rows per chunk in --grad_cache mode.", at_least=1)
+    group_by_reference: bool = flag(
+        False, "Keep queries that share a reference image in the same batch (ReCALL grouping)."
+    )
+    group_loss_weight: float = flag(
+        0.0, "Weight of the intra-group contrastive term (with --group_by_reference).", at_least=0
+    )
+
+    def __post_init__(self) -> None:
+        check_flags(self)
+        if self.deepspeed is not None:  # before transformers looks for the package
+            raise ArgumentError(DEEPSPEED_REFUSAL)
+        if self.batch_size is not None:
+            self.per_device_train_batch_size = self.batch_size
+        super().__post_init__()
+        if self.learning_rate <= 0:
+            _refuse("learning_rate", self.learning_rate, "must be > 0")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                _refuse(name, getattr(self, name), "must be >= 1")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            _refuse("num_train_epochs", self.num_train_epochs, "must be > 0 (or set --max_steps)")
+        for name in ("warmup_steps", "weight_decay"):
+            if getattr(self, name) < 0:
+                _refuse(name, getattr(self, name), "must be >= 0")
+        if self.group_loss_weight and not self.group_by_reference:
+            _refuse(
+                "group_loss_weight",
+                self.group_loss_weight,
+                "needs --group_by_reference (the term contrasts queries of one reference group)",
+            )
+
+
+GROUPS = (
+    RunArguments,
+    ModelArguments,
+    DataArguments,
+    MiningArguments,
+    AugmentArguments,
+    IterativeTrainingArguments,
+)
+
+@dataclass
+class Flags:
+    """Every flag of a run, by group."""
+
+    run: RunArguments
+    model: ModelArguments
+    data: DataArguments
+    mining: MiningArguments
+    augment: AugmentArguments
+    training: IterativeTrainingArguments
+
+    def groups(self) -> tuple:
+        return (self.run, self.model, self.data, self.mining, self.augment, self.training)
+
+    def as_dict(self) -> dict:
+        """Every flag by name (the Trainer's too), as experiment_config.json records them."""
+        values = {}
+        for group in self.groups()[:-1]:
+            values.update(dataclasses.asdict(group))
+        values.update(self.training.to_dict())
+        return values
+
+
+def _declared_flags() -> dict[str, dataclasses.Field]:
+    return {
+        item.name: item
+        for group in GROUPS
+        for item in dataclasses.fields(group)
+        if RESULTS in item.metadata
+    }
+
+
+def result_config(arguments: dict, group: type | None = None) -> dict:
+    """The arguments that change results (those a resume must not silently change).
+
+    Our flags say so in their metadata; a flag added after an experiment was written
+    counts only where it leaves its default. Of the Trainer's flags, all but
+    TRAINER_OPERATIONAL_FLAGS. With `group`, only that group's flags.
+    """
+    declared = _declared_flags()
+    own = {item.name for item in dataclasses.fields(group)} if group is not None else None
+    kept = {}
+    for key, value in sorted(arguments.items()):
+        item = declared.get(key)
+        if own is not None and key not in own:
+            continue
+        if item is None:
+            if key not in TRAINER_OPERATIONAL_FLAGS:
+                kept[key] = value
+        elif item.metadata[RESULTS] and (item.metadata[SINCE] == 1 or value != item.default):
+            kept[key] = value
+    return kept
 
 
 def default_training_arguments() -> dict:
     """Trainer defaults that suit this project (any of them can be overridden by flag)."""
-    several_cpu_processes = (
-        not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    )
+    several_cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     return {
         "output_dir": "experiments/_trainer",
         "per_device_train_batch_size": 32,
@@ -529,18 +646,33 @@ def default_training_arguments() -> dict:
         # Every round's curves in one place people already use, when it is installed.
         "report_to": "tensorboard" if importlib.util.find_spec("tensorboard") else "none",
         # Workers overlap image preprocessing with a GPU's forward: at the 2B shape's budget one
-        # worker prepares ~24 CIRR-size images/s (README, "Encoding"), far below what a GPU
-        # encodes, so up to 8. On a CPU-only machine they compete with the forward for the same
-        # cores (benchmarks/bench_retrieval.py: slower), so none.
+        # worker prepares ~24 CIRR-size images/s (docs/results.md, "Encoding"), far below what a
+        # GPU encodes, so up to 8. On a CPU-only machine they compete with the forward for the
+        # same cores (benchmarks/bench_retrieval.py: slower), so none.
         "dataloader_num_workers": min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0,
         "seed": 0,
         "disable_tqdm": False,
         "dataloader_pin_memory": torch.cuda.is_available(),
+        # Mixed precision where the GPU has fast bfloat16: autocast over float32 weights for
+        # full fine-tuning, over a bfloat16 base for LoRA (src/model/encoder.py resolve_dtype).
+        "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         # Without a GPU, accelerate sets up several torchrun processes as one unless told to
         # use the CPU (then gloo): each would train on its own, without DDP (docs/notes.md).
         "use_cpu": not torch.cuda.is_available(),
         "ddp_backend": "gloo" if several_cpu_processes else None,
     }
+
+
+class FlagParser(HfArgumentParser):
+    """HfArgumentParser over the groups; our metadata keys are kept from argparse."""
+
+    def __init__(self) -> None:
+        super().__init__(GROUPS)
+
+    def add_argument(self, *args, **kwargs):
+        for key in _OURS:
+            kwargs.pop(key, None)
+        return super().add_argument(*args, **kwargs)
 
 
 def read_preset(path: str) -> dict:
@@ -557,56 +689,47 @@ def read_preset(path: str) -> dict:
         ) from None
     if not isinstance(preset, dict):
         raise ArgumentError(f"--config {config_path}: the top level must be a JSON object of flags")
-    known = {item.name for group in ARGUMENT_GROUPS for item in dataclasses.fields(group)}
+    known = {item.name for group in GROUPS for item in dataclasses.fields(group)}
     unknown = sorted(set(preset) - known)
     if unknown:
         raise ArgumentError(f"--config {config_path}: unknown keys {unknown}")
     return preset
 
 
-def _deepspeed_stage(deepspeed: dict | str | None) -> int | None:
-    if deepspeed is None:
-        return None
-    if isinstance(deepspeed, str):
-        path = Path(deepspeed)
-        if not path.is_file():
-            raise ArgumentError(f"--deepspeed {deepspeed}: no such file")
-        try:
-            deepspeed = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ArgumentError(f"--deepspeed {deepspeed}: invalid JSON ({error})") from None
-    return deepspeed.get("zero_optimization", {}).get("stage")
-
-
-def check_together(iter_args: IterativeArguments, training_args: TrainingArguments) -> None:
-    """Refuse flags that each pass their own checks but do not go together."""
-    if iter_args.grad_cache and _deepspeed_stage(training_args.deepspeed) == 3:
-        raise ArgumentError(
-            "--grad_cache with DeepSpeed ZeRO-3: GradCache's second forward pass re-gathers "
-            "partitioned weights chunk by chunk outside the engine's backward; use ZeRO-2 "
-            "(configs/deepspeed_zero2.json) or drop --grad_cache"
-        )
-
-
-def parse_arguments(
-    argv: list[str] | None = None,
-) -> tuple[ModelArguments, DataArguments, IterativeArguments, IterativeTrainingArguments]:
-    """Parse flags; `--config FILE` supplies defaults that explicit flags override."""
+def parse_arguments(argv: list[str] | None = None) -> Flags:
+    """Parse flags; `--config FILE` (or `--config=FILE`) supplies defaults that flags override."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(ARGUMENT_GROUPS)
+    parser = FlagParser()
     parser.set_defaults(**default_training_arguments())
-    if "--config" in argv:
-        position = argv.index("--config") + 1
-        if position >= len(argv):
-            raise ArgumentError("--config needs a file name")
-        parser.set_defaults(**read_preset(argv[position]))
+    preset_reader = argparse.ArgumentParser(add_help=False)
+    preset_reader.add_argument("--config")
+    preset, _ = preset_reader.parse_known_args(argv)
+    if preset.config is not None:
+        parser.set_defaults(**read_preset(preset.config))
     try:
-        model_args, data_args, iter_args, training_args = parser.parse_args_into_dataclasses(
-            args=argv
-        )
-    except metadata.PackageNotFoundError as error:  # e.g. --deepspeed without the package
+        groups = parser.parse_args_into_dataclasses(args=argv)
+    except ArgumentError:
+        raise
+    except ValueError as error:  # the Trainer's own flag checks (TrainingArguments.__post_init__)
+        raise ArgumentError(str(error)) from None
+    except metadata.PackageNotFoundError as error:
         raise ArgumentError(f"a flag needs a package that is not installed: {error}") from None
-    if iter_args.batch_size is not None:
-        training_args.per_device_train_batch_size = iter_args.batch_size
-    check_together(iter_args, training_args)
-    return model_args, data_args, iter_args, training_args
+    return Flags(*groups)
+
+
+def flag_table() -> str:
+    """The README's flag table, from the flags' metadata (`python -m src.arguments`)."""
+    lines = ["| flag | default | changes results | meaning |", "|---|---|---|---|"]
+    for group in GROUPS:
+        for item in dataclasses.fields(group):
+            if RESULTS not in item.metadata:
+                continue
+            default = "-" if item.default is None else f"`{item.default}`"
+            changes = "yes" if item.metadata[RESULTS] else "no"
+            text = " ".join(item.metadata["help"].split()).replace("|", "\\|")
+            lines.append(f"| `--{item.name}` | {default} | {changes} | {text} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(flag_table())

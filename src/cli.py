@@ -17,7 +17,12 @@ from pathlib import Path
 
 from src.arguments import parse_arguments
 from src.data.loading import load_split
-from src.distributed import is_main, process_group
+from src.distributed import (
+    check_one_process_per_gpu,
+    check_shared_directory,
+    is_main,
+    process_group,
+)
 from src.errors import (
     INTERRUPTED_EXIT_STATUS,
     USAGE_EXIT_STATUS,
@@ -101,25 +106,26 @@ def eval_main(argv: list[str] | None = None) -> int:
 def _train(argv: list[str]) -> int:
     setup_logging()
     start = time.perf_counter()
-    model_args, data_args, iter_args, training_args = parse_arguments(argv)
-    training_args.device  # noqa: B018  (sets up the process group under torchrun / accelerate)
-    job = resolve_job(model_args, data_args, iter_args, training_args, OFFLINE_DEFAULTS)
+    check_one_process_per_gpu()
+    flags = parse_arguments(argv)
+    flags.training.device  # noqa: B018  (sets up the process group under torchrun / accelerate)
+    job = resolve_job(flags, OFFLINE_DEFAULTS)
+    if not flags.run.plan:
+        check_shared_directory(job.experiment.dir)
     image_sizes = preflight(job)
-    if iter_args.plan:
+    if flags.run.plan:
         if is_main():
             print(format_plan(job, image_sizes))
         return 0
     results = run_job(job)
     if is_main():
+        experiment = job.experiment
         print("\n" + format_table(results))
-        plot = plot_results(
-            results, job.experiment.dir / "evaluation_results.png", str(job.experiment.dir)
-        )
-        if not iter_args.no_report:
-            report = build_report(job.experiment.dir, iter_args.report_queries)
-            print(f"report: {report}")
+        plot = plot_results(results, experiment.evaluation_plot, str(experiment.dir))
+        if not flags.run.no_report:
+            print(f"report: {build_report(experiment.dir, flags.run.report_queries)}")
         elapsed = time.perf_counter() - start
-        print(f"\nexperiment directory: {job.experiment.dir} (plot: {plot.name}); {elapsed:.0f} s")
+        print(f"\nexperiment directory: {experiment.dir} (plot: {plot.name}); {elapsed:.0f} s")
     return 0
 
 
@@ -189,10 +195,10 @@ def _evaluate(argv: list[str]) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch_size {args.batch_size}: must be >= 1")
     experiment = Experiment(args.experiment_dir)
-    if args.report and not experiment.config_file.is_file():  # a folder of experiments
+    if args.report and not experiment.config.exists():  # a folder of experiments
         print(f"report: {build_report(experiment.dir, args.report_queries)}")
         return 0
-    saved = experiment.saved_arguments()
+    saved = experiment.config.arguments()
     dataset_name, split_name = EVAL_DATASETS[args.eval_dataset]
     if dataset_name != saved["dataset_name"]:
         raise UsageError(
@@ -209,17 +215,17 @@ def _evaluate(argv: list[str]) -> int:
     settings = EncodeSettings(
         args.batch_size, 0, saved.get("torch_dtype", "auto"), args.min_pixels, args.max_pixels
     )
-    contents = {i: evaluate_stage(experiment, i, split, dataset_name, settings) for i in iterations}
+    evaluations = {i: evaluate_stage(experiment, i, split, dataset_name, settings) for i in iterations}
     if not is_main():
         return 0
     if not split.has_labels:
         print(f"\n{split_name} has no labels: no metrics. Submission files (upload them to the "
               "CIRR evaluation server):")
-        for content in contents.values():
-            for name in content["submission_files"]:
+        for evaluation in evaluations.values():
+            for name in evaluation.submission_files:
                 print(f"  {experiment.dir / name}")
         return 0
-    results = {f"iter_{i}": content["metrics"] for i, content in contents.items()}
+    results = {f"iter_{i}": evaluation.metrics for i, evaluation in evaluations.items()}
     output = experiment.evaluation_results
     if args.output_file:
         output = Path(args.output_file)

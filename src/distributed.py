@@ -6,15 +6,41 @@ torn down on every exit path (success, user error, exception): without that, glo
 threads can abort the interpreter at exit ("terminate called without an active
 exception"). When one rank fails, torchrun stops the others with SIGTERM and kills them
 30 s later (its grace period), so no rank waits for a dead peer longer than that.
+
+Two rules hold here, because breaking them cannot show on a CPU with gloo:
+
+- Every tensor handed to a collective lives on `collective_device()`, the device the
+  process group's backend serves: NCCL serves only this process's GPU, so a tensor made
+  without a device (on the CPU) fails there ("No backend type associated with device type
+  cpu") although it works under gloo. No other module calls `torch.distributed`.
+- A decision every process must share (is a stage done, is an embedding cached, where to
+  resume) is taken once, on rank 0, and broadcast (`decided_by_main`): on a network
+  filesystem ranks can see different files for a while, and ranks that disagree enter
+  different collectives and hang until the NCCL timeout.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from src.errors import ArgumentError, ExperimentError
+
+T = TypeVar("T")
+
+# How long a process waits for the others' files to appear in a shared directory: network
+# filesystems cache directory listings for a few seconds (NFS: acdirmax, 60 s at most).
+SHARED_DIRECTORY_WAIT_S = 20.0
+SHARED_CHECK_DIR = ".shared_check"
 
 
 def initialized() -> bool:
@@ -31,6 +57,22 @@ def rank() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def collective_device() -> torch.device:
+    """The device whose tensors the default process group's backend takes.
+
+    The CPU when the backend serves it (gloo, or a group configured with a CPU backend);
+    otherwise this process's current accelerator (NCCL: its GPU, set up by accelerate from
+    LOCAL_RANK).
+    """
+    if not initialized():
+        return torch.device("cpu")
+    served = [part.split(":")[0] for part in str(dist.get_backend_config()).split(",")]
+    if "cpu" in served:
+        return torch.device("cpu")
+    accelerator = served[0]
+    return torch.device(accelerator, getattr(torch, accelerator).current_device())
 
 
 def barrier() -> None:
@@ -79,7 +121,7 @@ def any_process(flag: bool) -> bool:
     """True on every process if `flag` is true on any (a collective: call it on all)."""
     if world_size() == 1:
         return flag
-    value = torch.tensor([1 if flag else 0])
+    value = torch.tensor([1 if flag else 0], device=collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 
@@ -93,6 +135,29 @@ def broadcast_object(value: object) -> object:
     return holder[0]
 
 
+def decided_by_main(decide: Callable[[], T]) -> T:
+    """`decide()` run on rank 0 only, its result (or the error it raised) on every process.
+
+    For decisions every process must share. An exception on rank 0 is raised on every
+    process: the same one where it pickles (user errors do), else a RuntimeError naming it.
+    """
+    if world_size() == 1:
+        return decide()
+    outcome: tuple[str, object] | None = None
+    if is_main():
+        try:
+            outcome = ("value", decide())
+        except Exception as error:  # every rank must leave the collective, then raise
+            outcome = ("error", error)
+    try:
+        kind, payload = broadcast_object(outcome)
+    except Exception as unpicklable:  # rank 0's error could not be sent
+        kind, payload = "error", RuntimeError(f"rank 0 failed: {unpicklable}")
+    if kind == "error":
+        raise payload
+    return payload
+
+
 def gather_with_local_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate `tensor` from every process (rank order), rows may differ in number.
 
@@ -100,21 +165,82 @@ def gather_with_local_grad(tensor: torch.Tensor) -> torch.Tensor:
     process then computes the same global loss, and DDP averages gradients over the
     processes, so the local rows' gradient is scaled by the world size here to turn that
     average into the gradient of the global loss (the loss value itself stays unscaled).
+    The result lives on `tensor`'s device; the exchange runs on `collective_device()`.
     """
     world = world_size()
     if world == 1:
         return tensor
-    local_rows = torch.tensor([tensor.shape[0]], device=tensor.device)
+    device = collective_device()
+    local_rows = torch.tensor([tensor.shape[0]], device=device)
     all_rows = [torch.zeros_like(local_rows) for _ in range(world)]
     dist.all_gather(all_rows, local_rows)
     max_rows = int(max(r.item() for r in all_rows))
-    padded = torch.zeros((max_rows, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-    padded[: tensor.shape[0]] = tensor.detach()
+    padded = torch.zeros((max_rows, *tensor.shape[1:]), dtype=tensor.dtype, device=device)
+    padded[: tensor.shape[0]] = tensor.detach().to(device)
     gathered = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded)
     if tensor.requires_grad:
         tensor = tensor * 1.0
         tensor.register_hook(lambda grad: grad * world)
-    parts = [g[: int(r.item())] for g, r in zip(gathered, all_rows, strict=True)]
+    parts = [g[: int(r.item())].to(tensor.device) for g, r in zip(gathered, all_rows, strict=True)]
     parts[rank()] = tensor
     return torch.cat(parts, dim=0)
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started (torchrun / accelerate set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def visible_gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_one_process_per_gpu() -> None:
+    """Refuse one process that sees several GPUs: the Trainer would wrap the model in
+    nn.DataParallel, which splits `pixel_values` (rows per image patch) and
+    `image_grid_thw` (rows per image) differently and replays only cuda:0's random state."""
+    gpus = visible_gpus()
+    if launched_processes() == 1 and gpus > 1:
+        raise ArgumentError(
+            f"this process sees {gpus} GPUs and would train with nn.DataParallel, which this "
+            f"toolkit does not support: run ./run_iterative_training.sh --nproc {gpus} ... "
+            "(one process per GPU), or CUDA_VISIBLE_DEVICES=0 python train_iterative.py ... "
+            "for one GPU"
+        )
+
+
+def check_shared_directory(directory: Path, flag: str = "--experiment_dir") -> None:
+    """Every process must see the files every other process writes in `directory`.
+
+    Only rank 0 writes artifacts and every rank reads them back, so a directory local to
+    each node fails later on missing files, or hangs. Each process writes a token, and
+    each waits up to SHARED_DIRECTORY_WAIT_S for all of them; if any process misses one,
+    every process stops with the same one-line error.
+    """
+    if world_size() == 1:
+        return
+    run = broadcast_object(uuid.uuid4().hex if is_main() else None)
+    folder = Path(directory) / SHARED_CHECK_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{run}.{rank()}").write_text(socket.gethostname())
+    expected = {f"{run}.{r}" for r in range(world_size())}
+    deadline = time.monotonic() + SHARED_DIRECTORY_WAIT_S
+    while True:
+        missing = expected - {path.name for path in folder.glob(f"{run}.*")}
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    reports = gather_objects((socket.gethostname(), sorted(missing)))
+    barrier()
+    (folder / f"{run}.{rank()}").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # the last process to get here removes it
+    blind = [(r, host) for r, (host, seen_missing) in enumerate(reports) if seen_missing]
+    if blind:
+        where = ", ".join(f"rank {r} on {host}" for r, host in blind)
+        raise ExperimentError(
+            f"{flag} {directory} is not shared by every process ({where} cannot see the "
+            f"files the others write there within {SHARED_DIRECTORY_WAIT_S:.0f} s); put it on "
+            "a filesystem that every node mounts at the same path"
+        )

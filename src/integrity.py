@@ -110,13 +110,3 @@ def _file_names(directory: Path, skip: tuple[str, ...]) -> list[str]:
     """Relative names of the files under `directory`, sorted, without `skip`."""
     names = (p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
     return sorted(name for name in names if name not in skip)
-
-
-def digest_of(records: dict) -> str:
-    """One hash for a set of records (a directory's identity)."""
-    return content_digest(records)
-
-
-def content_digest(payload: object) -> str:
-    """One hash of a JSON-able value (its canonical serialisation)."""
-    return bytes_hash(json.dumps(payload, sort_keys=True).encode())

@@ -12,23 +12,22 @@ directory until all of this passes; the image check's cache lives in --cache_dir
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
 
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
+from src.artifacts import digest
 from src.data.images import check_images
 from src.data.records import Split
-from src.distributed import main_process_first, world_size
+from src.distributed import decided_by_main, main_process_first, world_size
 from src.errors import AnnotationError, ArgumentError, ExperimentError
 from src.job import Job
 from src.model.architectures import build_from_path
 from src.model.encoder import check_lora_targets as check_lora_targets_of
 from src.model.encoder import load_embedder_config
-from src.model.registry import load_processor, special_tokens
+from src.model.registry import adapter_base, load_processor, special_tokens
 
 logger = logging.getLogger("preflight")
 
@@ -38,10 +37,9 @@ def check_model_dir(path: str, flag: str) -> None:
     directory = Path(path)
     if not directory.is_dir():
         raise ArgumentError(f"{flag} {path}: no such directory (models are read from local paths)")
-    adapter = directory / "adapter_config.json"
-    if adapter.is_file() and not (directory / "config.json").is_file():
-        base = json.loads(adapter.read_text()).get("base_model_name_or_path")
-        if not base or not Path(base).is_dir():
+    base = adapter_base(directory)
+    if base is not None and not (directory / "config.json").is_file():
+        if not Path(base).is_dir():
             raise ArgumentError(
                 f"{flag} {path} is a LoRA adapter whose base model {base!r} is not a local "
                 "directory; pass its local path with --base_model_name"
@@ -55,14 +53,15 @@ def check_model_dir(path: str, flag: str) -> None:
 
 def check_models(job: Job) -> None:
     check_model_dir(job.model_path, "--model_name")
-    if job.model_args.base_model_name:
-        check_model_dir(job.model_args.base_model_name, "--base_model_name")
-    if job.augment.model_path:
-        check_model_dir(job.augment.model_path, "--foundation_model_path")
-        processor = load_processor(job.augment.model_path)
+    if job.model.base_model_name:
+        check_model_dir(job.model.base_model_name, "--base_model_name")
+    foundation = job.augment.foundation_model_path
+    if foundation:
+        check_model_dir(foundation, "--foundation_model_path")
+        processor = load_processor(foundation)
         if not processor.chat_template:
             raise ArgumentError(
-                f"--foundation_model_path {job.augment.model_path}: its processor has no chat "
+                f"--foundation_model_path {foundation}: its processor has no chat "
                 "template; the captioners need a chat (instruction-tuned) checkpoint"
             )
 
@@ -98,58 +97,63 @@ def check_captions(split: Split, tokenizer: PreTrainedTokenizerBase, max_tokens:
 
 
 def image_check_cache(cache_dir: str, dataset_path: str) -> Path:
-    key = hashlib.sha256(os.path.realpath(dataset_path).encode()).hexdigest()[:16]
+    key = digest(os.path.realpath(dataset_path))[:16]
     return Path(cache_dir) / "image_checks" / f"{key}.json"
 
 
 def check_split_images(job: Job, splits: list[Split]) -> dict[str, tuple[int, int]]:
     """Open every image of the splits (rank 0 first, the others then read its cache)."""
     paths = [path for split in splits for path in split.images.values()]
-    cache = image_check_cache(job.data_args.cache_dir, job.dataset_path)
+    cache = image_check_cache(job.data.cache_dir, job.dataset_path)
     with main_process_first():
         return check_images(
             paths,
             cache,
-            job.data_args.max_image_pixels,
+            job.data.max_image_pixels,
             description=f"checking {len(set(paths))} images",
         )
 
 
 def check_lora_targets(job: Job) -> None:
     """With --lora, every target name matches linear layers (on the meta device: no weights)."""
-    options = job.encoder
+    options = job.model
     if not options.lora or load_embedder_config(job.model_path) is not None:
         return  # a saved embedder keeps the adapters it was trained with
     model = build_from_path(job.model_path)
-    check_lora_targets_of(model, list(options.lora_target_modules), options.freeze_vision_tower)
+    check_lora_targets_of(model, options.lora_targets, options.freeze_vision_tower)
 
 
 def check_experiment(job: Job) -> None:
     """The experiment directory can be written, and its config and resume state fit."""
-    experiment, args = job.experiment, job.iter_args
+    experiment, run = job.experiment, job.run
     existing = experiment.dir
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ExperimentError(f"--experiment_dir {experiment.dir}: {existing} is not writable")
-    experiment.check_start(job.arguments(), args.resuming, args.allow_config_change)
-    if args.resume_from_iteration is not None and args.resume_from_iteration > 0:
+    experiment.config.check_start(job.arguments(), run.resuming, run.allow_config_change)
+    first = run.resume_from_iteration
+    if first is not None and first > 0:
         finished = experiment.finished_checkpoints()
-        last = max(finished) if finished else -1
-        if args.resume_from_iteration > last + 1:
+        if not finished:
             raise ArgumentError(
-                f"--resume_from_iteration {args.resume_from_iteration}: the last finished round "
-                f"of {experiment.dir} is {last}; rerun from round {last + 1} at the latest"
+                f"--resume_from_iteration {first}: {experiment.dir} holds no finished round to "
+                "rerun from; drop the flag to start the experiment"
+            )
+        if first > max(finished) + 1:
+            raise ArgumentError(
+                f"--resume_from_iteration {first}: the last finished round of {experiment.dir} "
+                f"is {max(finished)}; rerun from round {max(finished) + 1} at the latest"
             )
 
 
 def check_batches(job: Job) -> None:
     """One optimizer step's queries fit in the training split, over every process."""
-    per_step = job.training_args.per_device_train_batch_size * world_size()
+    per_step = job.training.per_device_train_batch_size * world_size()
     available = len(job.train_split.triplets)
     if available < per_step:
         raise ArgumentError(
-            f"--batch_size {job.training_args.per_device_train_batch_size} x {world_size()} "
+            f"--batch_size {job.training.per_device_train_batch_size} x {world_size()} "
             f"processes = {per_step} queries per step, but the training split holds only "
             f"{available} triplets; lower --batch_size"
         )
@@ -159,9 +163,9 @@ def preflight(job: Job) -> dict[str, tuple[int, int]]:
     """Run every check; returns the (width, height) of every image, by path."""
     check_models(job)
     check_lora_targets(job)
-    check_experiment(job)
+    decided_by_main(lambda: check_experiment(job))  # every process gets rank 0's verdict
     check_batches(job)
     tokenizer = load_processor(job.model_path).tokenizer
     for split in (job.train_split, job.val_split):
-        check_captions(split, tokenizer, job.data_args.max_caption_tokens)
+        check_captions(split, tokenizer, job.data.max_caption_tokens)
     return check_split_images(job, [job.train_split, job.val_split])

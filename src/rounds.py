@@ -1,13 +1,16 @@
-"""The iterative job, stage by stage.
+"""The iterative job as data: the list of steps it runs, in order.
 
 round 0   train on the original triplets                  -> checkpoint_iter_0/
 round i   mine with checkpoint_iter_{i-1}                  -> hard_negatives_iter_{i-1}.json
+          (--mining_checkpoint first: with checkpoint_iter_0; skipped when nothing reads
+          the negatives)
           augment (foundation-model texts)                 -> augmented_samples_iter_{i}.json
           train from checkpoint_iter_{i-1}, hard negatives -> checkpoint_iter_{i}/
 every     evaluate on the validation split                 -> evaluation_val_iter_{i}.json
 
-Each stage goes through `Experiment.run_stage`, which skips it when its artifact is done;
-the stages that run are appended to stages.jsonl. docs/architecture.md draws the whole.
+`job_steps` is the one place that says this: `run_rounds` executes its steps and `--plan`
+prints them (src/plan.py). Each step goes through `Experiment.run_stage`, which skips it
+when its artifact is done. docs/architecture.md draws the whole.
 """
 
 from __future__ import annotations
@@ -17,48 +20,61 @@ import logging
 
 from src.distributed import barrier, is_main
 from src.job import Job
-from src.stages.augment import augment_stage
-from src.stages.evaluate import evaluate_stage
-from src.stages.mine import mine_stage
-from src.stages.train import train_stage
+from src.stages.augment import augment_request, augment_step
+from src.stages.evaluate import evaluate_step
+from src.stages.mine import mine_step
+from src.stages.step import Step
+from src.stages.train import train_step
 
 logger = logging.getLogger("rounds")
 
 
+def captioned_pairs(job: Job, iteration: int) -> int:
+    """Pairs round `iteration` captions: exact once its negatives are mined, else the bound."""
+    with contextlib.suppress(OSError, KeyError, ValueError):
+        return len(augment_request(job, iteration)[1])
+    pairs = len(job.train_split.triplets) * job.augment.augment_pairs_per_query
+    return min(pairs, job.augment.pair_cap or pairs)
+
+
+def job_steps(job: Job) -> list[Step]:
+    """Every step of the job, in the order it runs."""
+
+    def evaluate(i: int) -> Step:
+        return evaluate_step(job.experiment, i, job.val_split, job.dataset_name, job.encoding)
+
+    steps = [train_step(job, 0), evaluate(0)]
+    for i in range(1, job.run.num_iterations + 1):
+        if job.uses_mining:
+            steps.append(mine_step(job, i))
+        pairs = captioned_pairs(job, i) if job.captioner != "none" else 0
+        steps += [augment_step(job, i, pairs), train_step(job, i, pairs), evaluate(i)]
+    return steps
+
+
 def start_experiment(job: Job) -> None:
     """Write or check experiment_config.json, and move rounds aside for --resume_from_iteration."""
-    experiment, args = job.experiment, job.iter_args
+    experiment, run = job.experiment, job.run
     if is_main():
-        experiment.start(job.arguments(), args.resuming, args.allow_config_change)
-        if args.resume_from_iteration is not None:
-            moved = experiment.move_rounds_aside(args.resume_from_iteration)
-            logger.info("rounds >= %d moved aside to %s", args.resume_from_iteration, moved)
+        experiment.config.start(job.arguments(), run.resuming, run.allow_config_change)
+        if run.resume_from_iteration is not None:
+            moved = experiment.move_rounds_aside(run.resume_from_iteration)
+            logger.info("rounds >= %d moved aside to %s", run.resume_from_iteration, moved)
     barrier()
 
 
 def run_rounds(job: Job) -> dict:
-    """Run (or resume) every round; returns the validation metrics of every round."""
-    experiment = job.experiment
-    logger.info("experiment directory: %s", experiment.dir)
-
-    def evaluate(iteration: int) -> None:
-        evaluate_stage(experiment, iteration, job.val_split, job.dataset_name, job.encoding)
-
-    train_stage(job, 0)
-    evaluate(0)
-    for iteration in range(1, job.iter_args.num_iterations + 1):
-        if job.uses_mining:
-            mine_stage(job, iteration - 1, job.mining_checkpoint(iteration))
-        else:
-            logger.info("round %d: no mining (nothing uses hard negatives)", iteration)
-        augment_stage(job, iteration)
-        train_stage(job, iteration)
-        evaluate(iteration)
-    return experiment.write_results_summary() if is_main() else {}
+    """Run (or resume) every step; returns the validation metrics of every round."""
+    logger.info("experiment directory: %s", job.experiment.dir)
+    if not job.uses_mining:
+        logger.info("no mining: nothing uses hard negatives")
+    for step in job_steps(job):
+        step.run()
+    return job.experiment.write_results_summary() if is_main() else {}
 
 
 def run_job(job: Job) -> dict:
-    """Lock the experiment (rank 0), start or check it, and run every round."""
+    """Lock the experiment (rank 0), start or check it, and run every step."""
     with job.experiment.lock() if is_main() else contextlib.nullcontext():
         start_experiment(job)
         return run_rounds(job)

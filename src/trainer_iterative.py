@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
+from src.arguments import IterativeTrainingArguments
 from src.data.grouped_sampler import GroupedBatchSampler
 from src.distributed import gather_with_local_grad
 from src.loss import ContrastiveBatch, contrastive_loss
@@ -60,20 +61,13 @@ class EpochCallback(TrainerCallback):
 
 
 class IterativeTrainer(Trainer):
-    def __init__(
-        self,
-        *args,
-        temperature: float = 0.02,
-        group_loss_weight: float = 0.0,
-        grad_cache: bool = False,
-        group_by_reference: bool = False,
-        **kwargs,
-    ):
+    """The Trainer with the contrastive loss; its settings come with the arguments
+    (`IterativeTrainingArguments`: temperature, grad_cache, group_by_reference, ...)."""
+
+    args: IterativeTrainingArguments
+
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.temperature = temperature
-        self.group_loss_weight = group_loss_weight
-        self.grad_cache = grad_cache
-        self.group_by_reference = group_by_reference
         self._shapes_logged = False
         self.add_callback(EpochCallback())
 
@@ -90,7 +84,7 @@ class IterativeTrainer(Trainer):
             negative_ids=gather_with_local_grad(inputs["negative_ids"]),
             group_ids=gather_with_local_grad(inputs["group_ids"]),
         )
-        return contrastive_loss(batch, self.temperature, self.group_loss_weight)
+        return contrastive_loss(batch, self.args.temperature, self.args.group_loss_weight)
 
     def _log_shapes_once(self, inputs: dict) -> None:
         """Image tokens per image and sequence lengths of the round's first batch, once."""
@@ -116,7 +110,7 @@ class IterativeTrainer(Trainer):
         self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None
     ):
         self._log_shapes_once(inputs)
-        if self.grad_cache:
+        if self.args.grad_cache:
             loss = self._cached_loss(model, inputs)
         else:
             queries = torch.cat([model(**chunk) for chunk in inputs["query_chunks"]])
@@ -145,7 +139,7 @@ class IterativeTrainer(Trainer):
         return loss
 
     def get_train_dataloader(self):
-        if not self.group_by_reference:
+        if not self.args.group_by_reference:
             return super().get_train_dataloader()
         dataset = self.train_dataset
         sampler = GroupedBatchSampler(

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 import shutil
 import signal
 from pathlib import Path
 
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 
+from src.arguments import IterativeTrainingArguments
 from src.data.collator import ContrastiveCollator
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
-from src.distributed import any_process, barrier, broadcast_object, is_main
+from src.distributed import any_process, decided_by_main
 from src.errors import TrainingInterrupted
 from src.experiment_io import read_json, write_json_atomic
 from src.faults import fault_point
@@ -33,15 +35,6 @@ from src.trainer_iterative import IterativeTrainer
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILES_NAME = "checkpoint_files.json"
-
-
-@dataclasses.dataclass
-class LossOptions:
-    temperature: float = 0.02
-    group_loss_weight: float = 0.0
-    grad_cache: bool = False
-    gc_mini_batch_size: int = 32
-    group_by_reference: bool = False
 
 
 class RecordCheckpointFiles(TrainerCallback):
@@ -82,11 +75,18 @@ class StopOnSigterm(TrainerCallback):
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def optimizer_steps(args: IterativeTrainingArguments, samples: int, processes: int) -> int:
+    """Optimizer steps of a round over `samples` triplets on `processes` processes."""
+    if args.max_steps > 0:
+        return args.max_steps
+    per_step = args.per_device_train_batch_size * processes * args.gradient_accumulation_steps
+    return math.ceil(math.ceil(samples / per_step) * args.num_train_epochs)
+
+
 def train_round(
     encoder: VLM2VecEncoder,
     dataset: ComposedRetrievalDataset,
-    training_args: TrainingArguments,
-    loss: LossOptions,
+    training_args: IterativeTrainingArguments,
     instruction_set: str,
     output_dir: Path,
     iteration: int = 0,
@@ -99,7 +99,7 @@ def train_round(
         encoder.processor,
         encoder.backbone,
         instruction_set,
-        chunk_size=loss.gc_mini_batch_size if loss.grad_cache else None,
+        chunk_size=args.gc_mini_batch_size if args.grad_cache else None,
     )
     stop = StopOnSigterm()
     trainer = IterativeTrainer(
@@ -107,10 +107,6 @@ def train_round(
         args=args,
         train_dataset=dataset,
         data_collator=collator,
-        temperature=loss.temperature,
-        group_loss_weight=loss.group_loss_weight,
-        grad_cache=loss.grad_cache,
-        group_by_reference=loss.group_by_reference,
         callbacks=[RecordCheckpointFiles(iteration), stop],
     )
     for callback in trainer.callback_handler.callbacks:
@@ -137,27 +133,29 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
     """The newest `checkpoint-N` whose files match their records, the same on every process.
 
     Rank 0 decides; it removes the newer checkpoints that do not match (cut off while being
-    saved, or damaged since: they hold nothing that can be resumed), and the others wait.
+    saved, or damaged since: they hold nothing that can be resumed).
     """
-    found = None
-    if is_main() and output_dir.is_dir():
-        numbered = sorted(
-            (
-                (int(match.group(1)), path)
-                for path in output_dir.iterdir()
-                if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and path.is_dir()
-            ),
-            reverse=True,
-        )
-        for _, path in numbered:
-            reason = _incomplete(path)
-            if reason is None:
-                found = str(path)
-                break
-            logger.warning("removing %s: %s", path, reason)
-            shutil.rmtree(path)
-    barrier()
-    return broadcast_object(found)
+    return decided_by_main(lambda: _newest_complete_checkpoint(output_dir))
+
+
+def _newest_complete_checkpoint(output_dir: Path) -> str | None:
+    if not output_dir.is_dir():
+        return None
+    numbered = sorted(
+        (
+            (int(match.group(1)), path)
+            for path in output_dir.iterdir()
+            if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and path.is_dir()
+        ),
+        reverse=True,
+    )
+    for _, path in numbered:
+        reason = _incomplete(path)
+        if reason is None:
+            return str(path)
+        logger.warning("removing %s: %s", path, reason)
+        shutil.rmtree(path)
+    return None
 
 
 def _incomplete(checkpoint: Path) -> str | None:

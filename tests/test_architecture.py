@@ -18,7 +18,7 @@ LAYERS = (
     ("src.stages",),
     ("src.rounds", "src.report", "src.plan"),
     ("src.offline",),
-    ("src.cli",),
+    ("src.cli", "src.launch"),
 )
 
 
@@ -112,4 +112,21 @@ def test_product_code_does_not_import_the_offline_pieces():
         and module != "src.cli"
         and any(t.startswith("src.offline") for t in targets)
     ]
+    assert not offenders, offenders
+
+
+def test_only_the_distributed_module_runs_collectives():
+    """One rule for the device of collective tensors (src/distributed.py) needs one home."""
+    offenders = []
+    for path in SRC.rglob("*.py"):
+        if path.name == "distributed.py" and path.parent == SRC:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            if any(name.startswith("torch.distributed") for name in names):
+                offenders.append(str(path.relative_to(SRC.parent)))
     assert not offenders, offenders

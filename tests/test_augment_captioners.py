@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from src.arguments import AugmentArguments
 from src.augment.captioners import (
     detect_foundation_backbone,
     load_captioner,
@@ -20,7 +21,6 @@ from src.augment.captioners import (
 )
 from src.augment.consistency import yes_probability
 from src.augment.generation import ask_consistency
-from src.augment.options import GenerationOptions
 from src.augment.pairs import CaptionPair
 from src.augment.prompts import (
     COT_INSTRUCTION,
@@ -33,7 +33,7 @@ from src.offline.scene_oracle import SCENE_ORACLE, SceneOracle
 from src.offline.synthetic.captions import apply_caption, describe_difference
 from src.offline.synthetic.scenes import load_scenes
 
-OPTIONS = GenerationOptions(max_new_tokens=4)
+OPTIONS = AugmentArguments(max_new_tokens=4)
 
 
 def near_miss_pairs(split, count: int) -> list[CaptionPair]:
@@ -97,7 +97,7 @@ def test_qwen_pixel_budget_sets_the_image_size(tiny_qwen, small_benchmark, tmp_p
     pair = CaptionPair("p", "q", "big", str(big), "big", str(big), "make it blue", "t")
     tokens = {}
     for budget in (56 * 56, 112 * 112):
-        options = GenerationOptions(max_pixels=budget)
+        options = AugmentArguments(foundation_max_pixels=budget)
         captioner = load_captioner("qwen2_vl", tiny_qwen, options)
         # The tiny processor pins every image to 56 x 56; let the budget decide instead.
         captioner.processor.image_processor.max_pixels = 1024 * 1024
@@ -124,7 +124,8 @@ def test_llava_prompt_holds_one_double_width_picture(llava_captioner, small_trai
 
 
 def test_llava_pixel_budget_shrinks_each_half(tiny_model_dirs, small_benchmark, small_train_split):
-    options = GenerationOptions(max_pixels=56 * 56 // 4)
+    options = AugmentArguments()
+    options.foundation_max_pixels = 56 * 56 // 4  # below the flag's range, to see the halves shrink
     captioner = load_captioner("llava", tiny_model_dirs["llava_next"], options)
     inputs = captioner.caption_inputs(near_miss_pairs(small_train_split, 1))
     height, width = inputs["image_sizes"][0].tolist()
@@ -177,7 +178,7 @@ def test_generation_returns_one_text_per_pair(qwen_captioner, llava_captioner, s
 
 
 def test_sampling_follows_the_seed(tiny_qwen, small_benchmark, small_train_split):
-    options = GenerationOptions(max_new_tokens=6, do_sample=True, temperature=1.5, top_p=1.0)
+    options = AugmentArguments(max_new_tokens=6, do_sample=True, generation_temperature=1.5, top_p=1.0)
     captioner = load_captioner("qwen2_vl", tiny_qwen, options)
     pairs = near_miss_pairs(small_train_split, 2)
     torch.manual_seed(0)

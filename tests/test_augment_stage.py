@@ -3,7 +3,6 @@ a kill, the consistency and embedder filters, the defaults, and a fast-mode run.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -19,11 +18,18 @@ import src.retrieval.checkpoint_encoding as checkpoint_encoding
 import src.retrieval.encode as encode
 import src.stages.augment as stage
 from src.arguments import parse_arguments
+from src.artifacts import (
+    AugmentedSamples,
+    CheckpointRecord,
+    HardNegatives,
+    MinedNegative,
+    MinedQuery,
+    PartialGenerations,
+)
 from src.cli import train_main
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.data.records import Triplet
 from src.experiment import Experiment
-from src.experiment_io import read_json, write_json_atomic
 from src.job import Job, resolve_job
 from src.model.encoder import build_encoder
 from src.offline import OFFLINE_DEFAULTS
@@ -64,19 +70,14 @@ def make_job(tmp_path, model_dir, benchmark, *flags: str) -> Job:
         "--encode_batch_size", "32",
         *flags,
     ]  # fmt: skip
-    job = resolve_job(*parse_arguments(argv), OFFLINE_DEFAULTS)
+    job = resolve_job(parse_arguments(argv), OFFLINE_DEFAULTS)
     queries = {}
     for t in job.train_split.triplets[:NUM_MINED]:
         near_misses = [m for m in t.group if m not in (t.reference, t.target)]
-        queries[t.pairid] = {
-            "negatives": [
-                {"image": m, "score": 0.5 - 0.01 * r, "rank": r} for r, m in enumerate(near_misses)
-            ],
-            "target_rank": len(near_misses),
-            "target_score": 0.4,
-        }
-    mined = {"meta": {"checkpoint_fingerprint": "mined-by-test"}, "stats": {}, "queries": queries}
-    write_json_atomic(job.experiment.hard_negatives(0), mined)
+        negatives = [MinedNegative(m, 0.5 - 0.01 * r, r) for r, m in enumerate(near_misses)]
+        queries[t.pairid] = MinedQuery(negatives, len(near_misses), 0.4)
+    mined = HardNegatives({"checkpoint_fingerprint": "mined-by-test"}, {}, queries)
+    mined.write(job.experiment.hard_negatives(0))
     return job
 
 
@@ -88,16 +89,16 @@ def partial_files(experiment: Experiment, iteration: int) -> list[Path]:
     return experiment.partial_augmented_files(iteration)
 
 
-def check_accounting(payload: dict) -> None:
+def check_accounting(payload: AugmentedSamples) -> None:
     """Every pair is either a sample or a rejection, and the stats say so."""
-    stats = payload["stats"]
+    stats = payload.stats
     assert set(stats["rejected"]) == set(ALL_REASONS)
-    assert stats["kept"] == len(payload["samples"])
+    assert stats["kept"] == len(payload.samples)
     assert stats["kept"] + sum(stats["rejected"].values()) == stats["pairs"]
-    assert len(payload["rejected"]) == sum(stats["rejected"].values())
+    assert len(payload.rejected) == sum(stats["rejected"].values())
     for reason, count in stats["rejected"].items():
-        assert sum(r["reason"] == reason for r in payload["rejected"]) == count
-    ids = [s["pairid"] for s in payload["samples"]] + [r["pairid"] for r in payload["rejected"]]
+        assert sum(r.reason == reason for r in payload.rejected) == count
+    ids = [s.pairid for s in payload.samples] + [r.pairid for r in payload.rejected]
     assert len(set(ids)) == len(ids) == stats["pairs"]
 
 
@@ -132,8 +133,8 @@ def test_round_generates_cleans_filters_and_writes_with_provenance(
     augment_stage(job, 1)
 
     assert len(loaded) == 1 and loaded[0]() is None  # released before training
-    payload = read_json(job.experiment.augmented(1))
-    meta, stats = payload["meta"], payload["stats"]
+    payload = AugmentedSamples.read(job.experiment.augmented(1))
+    meta, stats = payload.meta, payload.stats
     generator = "qwen2_vl" if model == "qwen2_vl" else "llava"
     assert meta["generator"] == generator
     assert meta["checkpoint"] == str(ending_models[model].resolve())
@@ -148,27 +149,26 @@ def test_round_generates_cleans_filters_and_writes_with_provenance(
     else:  # the consistency check ran on every sample that passed clean-up
         asked = stats["kept"] + sum(stats["rejected"][r] for r in stage.CONSISTENCY_REASONS)
         assert asked > 0
-        assert all(0 < s["consistency"]["new_text_yes"] < 1 for s in payload["samples"])
-        flagged = sum(len(v) for v in payload["false_negatives"].values())
+        assert all(0 < s.consistency["new_text_yes"] < 1 for s in payload.samples)
+        flagged = sum(len(v) for v in payload.false_negatives.values())
         assert flagged == stats["false_negatives"]
     triplets = {t.pairid: t for t in job.train_split.triplets}
-    mined = read_json(job.experiment.hard_negatives(0))["queries"]
-    for sample in payload["samples"]:
-        source = triplets[sample["source_pairid"]]
-        assert re.fullmatch(rf"aug1_{source.pairid}_[01]", sample["pairid"])
-        assert sample["reference"] == source.reference
-        assert sample["original_caption"] == source.caption
-        assert sample["original_target"] == source.target
-        j = int(sample["pairid"][-1])
-        assert sample["target"] == mined[source.pairid]["negatives"][j]["image"]
-        assert sample["generator"] == generator
-        assert sample["caption"] and sample["raw_output"] is not None
+    mined = HardNegatives.read(job.experiment.hard_negatives(0)).negative_images()
+    for sample in payload.samples:
+        source = triplets[sample.source_pairid]
+        assert re.fullmatch(rf"aug1_{source.pairid}_[01]", sample.pairid)
+        assert sample.reference == source.reference
+        assert sample.original_caption == source.caption
+        assert sample.original_target == source.target
+        assert sample.target == mined[source.pairid][int(sample.pairid[-1])]
+        assert sample.generator == generator
+        assert sample.caption and sample.raw_output is not None
     augmented = [t for t in round_data(job, 1).triplets if t.source != "original"]
-    assert [t.pairid for t in augmented] == [s["pairid"] for s in payload["samples"]]
+    assert [t.pairid for t in augmented] == [s.pairid for s in payload.samples]
     assert all(t.source == "augmented:1" for t in augmented)
     logged = capsys.readouterr()
     assert "captioning" in logged.err  # the progress bar
-    stages = [s for s in job.experiment.stage_log() if s["stage"] == "augment"]
+    stages = [s for s in job.experiment.log.entries() if s["stage"] == "augment"]
     assert len(stages) == 1 and stages[0]["meta"]["kept"] == stats["kept"]
 
 
@@ -211,7 +211,7 @@ def test_kill_mid_generation_and_resume(ending_models, small_benchmark, tmp_path
     assert not job.experiment.augmented(1).exists()
     (partial,) = partial_files(job.experiment, 1)
     first_run = list(generated)
-    saved = read_json(partial)["generations"]
+    saved = PartialGenerations.read(partial).generations
     assert sorted(saved) == sorted(first_run) and len(saved) == 6
 
     generated.clear()
@@ -219,11 +219,11 @@ def test_kill_mid_generation_and_resume(ending_models, small_benchmark, tmp_path
         stage, "load_captioner", lambda *a, **k: load_counting(*a, kill_after_batches=None, **k)
     )
     augment_stage(job, 1)
-    payload = read_json(job.experiment.augmented(1))
+    payload = AugmentedSamples.read(job.experiment.augmented(1))
     assert len(generated) == 2 and not set(generated) & set(first_run)
-    assert payload["stats"]["pairs_resumed"] == 6 and payload["stats"]["pairs_generated"] == 2
+    assert payload.stats["pairs_resumed"] == 6 and payload.stats["pairs_generated"] == 2
     check_accounting(payload)
-    outputs = {s["pairid"]: s["raw_output"] for s in payload["samples"] + payload["rejected"]}
+    outputs = {s.pairid: s.raw_output for s in payload.samples + payload.rejected}
     assert all(outputs[k] == v["text"] for k, v in saved.items())
     assert partial_files(job.experiment, 1) == []
 
@@ -250,16 +250,16 @@ def test_consistency_answers_drop_samples_and_false_negatives(
 
     monkeypatch.setattr(SceneOracle, "yes_probabilities", answers)
     augment_stage(job, 1)
-    payload = read_json(job.experiment.augmented(1))
+    payload = AugmentedSamples.read(job.experiment.augmented(1))
     check_accounting(payload)
-    kept_sources = {s["source_pairid"] for s in payload["samples"]}
+    kept_sources = {s.source_pairid for s in payload.samples}
     assert first.pairid in kept_sources and not {second.pairid, third.pairid} & kept_sources
-    negative = read_json(job.experiment.hard_negatives(0))["queries"][second.pairid]["negatives"][0]
-    assert payload["false_negatives"] == {second.pairid: [negative["image"]]}
-    assert payload["stats"]["rejected"]["consistency_false_negative"] == 1
-    assert payload["stats"]["rejected"]["consistency_new_text_no"] == 1
+    negative = HardNegatives.read(job.experiment.hard_negatives(0)).negative_images()[second.pairid][0]
+    assert payload.false_negatives == {second.pairid: [negative]}
+    assert payload.stats["rejected"]["consistency_false_negative"] == 1
+    assert payload.stats["rejected"]["consistency_new_text_no"] == 1
     negatives = round_data(job, 1).hard_negatives
-    assert negative["image"] not in negatives[second.pairid]
+    assert negative not in negatives[second.pairid]
     assert len(negatives[second.pairid]) == NUM_MINED - 1
 
 
@@ -275,12 +275,12 @@ def test_verify_keeps_what_the_current_embedder_prefers(
     )  # fmt: skip
     encoder = build_encoder(tiny_qwen)
     checkpoint = job.experiment.checkpoint(0)
-    save_checkpoint(job.experiment, encoder, checkpoint, {}, {"iteration": 0})
-    job.experiment.record_stage("train", 0, {}, checkpoint)
+    save_checkpoint(job.experiment, encoder, checkpoint, CheckpointRecord({}, 0, {}, ""))
+    job.experiment.log.record("train", 0, {}, checkpoint)
     verified = job.experiment.verified_checkpoint(0)
     cache = EmbeddingCache(job.experiment.embeddings_dir)
     with CheckpointEncoder(checkpoint, verified.fingerprint, cache, EncodeSettings(32)) as reader:
-        encoded = reader.encode_split(job.train_split, [], job.instruction_set)  # as mining does
+        encoded = reader.encode_split(job.train_split, [], job.dataset_name)  # as mining does
     encoded_rows = []
 
     def counting(encoder, rows, *args, **kwargs):
@@ -290,33 +290,31 @@ def test_verify_keeps_what_the_current_embedder_prefers(
     monkeypatch.setattr(checkpoint_encoding, "encode_rows", counting)
     augment_stage(job, 1)
     assert encoded_rows == ["queries"]  # the gallery came from the cache
-    payload = read_json(job.experiment.augmented(1))
+    payload = AugmentedSamples.read(job.experiment.augmented(1))
     check_accounting(payload)
     gallery = dict(zip(encoded.gallery_names, encoded.gallery, strict=True))
-    failed = [r for r in payload["rejected"] if r["reason"] == "embedder_prefers_original_target"]
-    assert payload["samples"] and failed  # a random tiny embedder gets some right, some wrong
-    for sample in payload["samples"]:
-        scores = sample["verify"]
-        assert scores["target_score"] > scores["original_target_score"]
+    failed = [r for r in payload.rejected if r.reason == "embedder_prefers_original_target"]
+    assert payload.samples and failed  # a random tiny embedder gets some right, some wrong
+    for sample in payload.samples:
+        scores = sample.verify
+        assert scores["new_target_score"] > scores["original_target_score"]
         assert scores["original_target_score"] == pytest.approx(
-            float(gallery[sample["original_target"]] @ _query(job, encoder, sample)), abs=1e-4
+            float(gallery[sample.original_target] @ _query(job, encoder, sample)), abs=1e-4
         )
 
 
 def _query(job, encoder, sample):
-    triplet = Triplet(sample["pairid"], sample["reference"], sample["caption"], sample["target"])
-    rows = encode.query_rows(
-        job.train_split, [triplet], encoder.backbone.image_token, job.instruction_set
-    )
+    triplet = Triplet(sample.pairid, sample.reference, sample.caption, sample.target)
+    rows = encode.query_rows(job.train_split, [triplet], encoder.backbone.image_token, job.dataset_name)
     return ENCODE_ROWS(encoder, rows, 1, 0)[0]
 
 
 def test_none_skips_and_says_so(tiny_qwen, small_benchmark, tmp_path):
     job = make_job(tmp_path, tiny_qwen, small_benchmark, "--foundation_model_backbone", "none")
     augment_stage(job, 1)
-    payload = read_json(job.experiment.augmented(1))
-    assert payload["meta"]["generator"] == "none" and "none" in payload["meta"]["skipped"]
-    assert payload["samples"] == []
+    payload = AugmentedSamples.read(job.experiment.augmented(1))
+    assert payload.meta["generator"] == "none" and "none" in payload.meta["skipped"]
+    assert payload.samples == []
     assert len(round_data(job, 1)) == len(job.train_split.triplets)
 
 
@@ -335,22 +333,22 @@ def test_a_finished_file_is_redone_only_when_its_meta_changes(
     assert sum(calls) == NUM_MINED
     augment_stage(job, 1)
     assert sum(calls) == NUM_MINED
-    job.augment = dataclasses.replace(job.augment, pairs_per_query=2)
+    job.augment.augment_pairs_per_query = 2
     augment_stage(job, 1)
     assert sum(calls) == NUM_MINED + 2 * NUM_MINED
-    assert read_json(job.experiment.augmented(1))["stats"]["pairs"] == 2 * NUM_MINED
-    assert [s["stage"] for s in job.experiment.stage_log()] == ["augment", "augment"]
+    assert AugmentedSamples.read(job.experiment.augmented(1)).stats["pairs"] == 2 * NUM_MINED
+    assert [s["stage"] for s in job.experiment.log.entries()] == ["augment", "augment"]
 
 
 def test_pool_current_or_cumulative(tiny_qwen, small_benchmark, tmp_path):
     job = make_job(tmp_path, tiny_qwen, small_benchmark, "--max_augmented_per_iteration", "3")
     augment_stage(job, 1)
-    mined = read_json(job.experiment.hard_negatives(0))
-    mined["meta"]["checkpoint_fingerprint"] = "round-1"
-    write_json_atomic(job.experiment.hard_negatives(1), mined)
+    mined = HardNegatives.read(job.experiment.hard_negatives(0))
+    mined.meta["checkpoint_fingerprint"] = "round-1"
+    mined.write(job.experiment.hard_negatives(1))
     augment_stage(job, 2)
     current = [t for t in round_data(job, 2).triplets if t.source != "original"]
-    job.augment = dataclasses.replace(job.augment, pool="cumulative")
+    job.augment.augmented_pool = "cumulative"
     cumulative = [t for t in round_data(job, 2).triplets if t.source != "original"]
     assert {t.source for t in current} == {"augmented:2"}
     assert len(current) == 3
@@ -373,15 +371,15 @@ def test_fast_mode_trains_round_1_on_original_plus_augmented(tmp_path, capsys):
     ]  # fmt: skip
     assert train_main(argv) == 0
     experiment = Experiment(directory)
-    payload = read_json(experiment.augmented(1))
-    kept = payload["stats"]["kept"]
-    assert kept > 0 and payload["meta"]["generator"] == "scene_oracle"
-    assert payload["meta"]["stands_in_for_a_foundation_model"] is True
+    payload = AugmentedSamples.read(experiment.augmented(1))
+    kept = payload.stats["kept"]
+    assert kept > 0 and payload.meta["generator"] == "scene_oracle"
+    assert payload.meta["stands_in_for_a_foundation_model"] is True
     log = capsys.readouterr().out
     assert f"round 1: {200 + kept} training triplets (200 original, {kept} augmented)" in log
     assert "augmentation (scene_oracle): generated" in log
     (train_1,) = [
-        s for s in experiment.stage_log() if s["stage"] == "train" and s["iteration"] == 1
+        s for s in experiment.log.entries() if s["stage"] == "train" and s["iteration"] == 1
     ]
     assert train_1["meta"]["num_samples"] == 200 + kept
 
@@ -395,7 +393,7 @@ from src.offline import OFFLINE_DEFAULTS
 from src.stages.augment import augment_stage
 
 dist.init_process_group("gloo")
-augment_stage(resolve_job(*parse_arguments(sys.argv[1:]), OFFLINE_DEFAULTS), 1)
+augment_stage(resolve_job(parse_arguments(sys.argv[1:]), OFFLINE_DEFAULTS), 1)
 dist.destroy_process_group()
 """
 
@@ -435,14 +433,15 @@ def test_two_processes_share_the_work_and_write_what_one_writes(
         [*command, str(script), *argv], cwd=REPO, env=environment, capture_output=True, text=True
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    single, double = read_json(one.experiment.augmented(1)), read_json(two.experiment.augmented(1))
-    assert double["meta"] == single["meta"]
+    single = AugmentedSamples.read(one.experiment.augmented(1))
+    double = AugmentedSamples.read(two.experiment.augmented(1))
+    assert double.meta == single.meta
 
-    def outcome(payload: dict) -> dict:
-        records = payload["samples"] + payload["rejected"]
-        return {r["pairid"]: (r["raw_output"], r.get("reason"), r.get("target")) for r in records}
+    def outcome(payload: AugmentedSamples) -> dict:
+        records = payload.samples + payload.rejected
+        return {r.pairid: (r.raw_output, getattr(r, "reason", None), r.target) for r in records}
 
     assert outcome(double) == outcome(single) and len(outcome(single)) == 2 * NUM_MINED
-    assert double["stats"]["rejected"] == single["stats"]["rejected"]
-    assert double["false_negatives"] == single["false_negatives"]
+    assert double.stats["rejected"] == single.stats["rejected"]
+    assert double.false_negatives == single.false_negatives
     assert partial_files(two.experiment, 1) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run(*command: str) -> None:
-    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    """Scripts run with this interpreter (a venv's python need not be on PATH)."""
+    env = os.environ | {"PYTHON": sys.executable}
+    completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
 
 

@@ -1,26 +1,54 @@
-"""Two processes (torchrun, gloo) give the same update as one process with the same global batch,
-in plain and in cached (GradCache) mode: the gather keeps local gradients and nothing is lost."""
+"""Several processes and several nodes, checked on a CPU machine as a GPU user would meet them.
+
+Every process these tests start runs under tests/harness/simulated_nccl.py: a tensor made
+without a device inside src/distributed.py is refused by every collective, as NCCL refuses
+a CPU tensor (the harness's docstring says how). So a collective that would fail at the
+first step of a multi-GPU run fails here too, although gloo itself would take it.
+
+- Two processes give the same update as one process with the same global batch, in plain
+  and cached (GradCache) mode: the gather keeps local gradients and nothing is lost.
+- The whole job on two processes of one node and on two "nodes" (two torchrun agents on
+  127.0.0.1, one process each) writes the same artifacts with the same numbers.
+- Two "nodes" that each get their own experiment directory stop with one line naming it,
+  within a bounded time, instead of failing later on missing files or hanging.
+"""
+
+from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from src.distributed import SHARED_DIRECTORY_WAIT_S
+
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = "tests/scripts/distributed_train_step.py"
+ENV = os.environ | {
+    "PYTHONPATH": f"{REPO / 'tests' / 'harness'}{os.pathsep}{REPO}",
+    "CIR_SIMULATED_NCCL": "1",
+    "OMP_NUM_THREADS": "1",
+    "PYTHON": sys.executable,
+}
 
 
-def run(command: list[str]) -> None:
-    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run(
-        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
+def run(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    completed = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def test_two_processes_match_one(tiny_qwen, small_benchmark, tmp_path):
@@ -40,27 +68,78 @@ def test_two_processes_match_one(tiny_qwen, small_benchmark, tmp_path):
         assert changed > 10, mode
 
 
-def test_launcher_runs_the_whole_job_on_two_processes(tiny_qwen, small_benchmark, tmp_path):
-    """./run_iterative_training.sh --nproc 2: every artifact, each stage recorded once."""
-    experiment = tmp_path / "exp"
-    args = ["--model_name", str(tiny_qwen), "--dataset_path", str(small_benchmark), "--fast_mode",
+def job_flags(tiny_qwen, small_benchmark, experiment: Path) -> list[str]:
+    return ["--model_name", str(tiny_qwen), "--dataset_path", str(small_benchmark), "--fast_mode",
             "--num_iterations", "1", "--batch_size", "8", "--experiment_dir", str(experiment),
             "--dataloader_num_workers", "0"]  # fmt: skip
-    completed = subprocess.run(
-        ["bash", "run_iterative_training.sh", "--nproc", "2", *args],
-        cwd=REPO,
-        env=os.environ | {"OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    assert completed.stdout.count("experiment directory:") == 2  # the log line and the final report
+
+
+def two_nodes(flags_of_node, timeout: int = 600) -> list[subprocess.CompletedProcess]:
+    """Two torchrun agents on 127.0.0.1, one process each, started through the launcher."""
+    port = free_port()
+    agents = [
+        subprocess.Popen(
+            ["bash", "run_iterative_training.sh", "--nnodes", "2", "--node_rank", str(node),
+             "--master_addr", "127.0.0.1", "--master_port", str(port), "--nproc", "1",
+             *flags_of_node(node)],
+            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for node in (0, 1)
+    ]
+    results = []
+    for agent in agents:
+        stdout, stderr = agent.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(agent.args, agent.returncode, stdout, stderr))
+    return results
+
+
+def artifacts(experiment: Path) -> dict:
+    """What a run wrote, by stage: checkpoint fingerprints and metrics."""
     stages = [json.loads(line) for line in (experiment / "stages.jsonl").read_text().splitlines()]
-    assert sorted((s["stage"], s["iteration"]) for s in stages) == [
+    found = {}
+    for stage in stages:
+        key = (stage["stage"], stage["iteration"])
+        if stage["stage"] == "train":
+            found[key] = json.loads((experiment / f"checkpoint_iter_{key[1]}" / "stage.json").read_text())["fingerprint"]
+        elif stage["stage"] == "evaluate":
+            found[key] = stage["meta"]
+        else:
+            found[key] = stage["artifact"]["name"]
+    return found
+
+
+def test_the_job_on_two_processes_of_one_node_and_on_two_nodes(tiny_qwen, small_benchmark, tmp_path):
+    """./run_iterative_training.sh --nproc 2, and the same job on two nodes: same files, same numbers."""
+    one_node = tmp_path / "one_node"
+    completed = run(["bash", "run_iterative_training.sh", "--nproc", "2",
+                     *job_flags(tiny_qwen, small_benchmark, one_node)], timeout=600)  # fmt: skip
+    assert "launching: " in completed.stderr and "--nproc_per_node 2" in completed.stderr
+    assert completed.stdout.count("experiment directory:") == 2  # the log line and the final report
+    expected = artifacts(one_node)
+    assert sorted(expected) == [
         ("augment", 1), ("evaluate", 0), ("evaluate", 1), ("mine", 0), ("train", 0), ("train", 1),
     ]  # fmt: skip
+    stages = [json.loads(line) for line in (one_node / "stages.jsonl").read_text().splitlines()]
     assert all(s["meta"]["processes"] == 2 for s in stages if s["stage"] == "train")
-    results = json.loads((experiment / "evaluation_results.json").read_text())
-    assert sorted(results) == ["iter_0", "iter_1"]
-    assert (experiment / "checkpoint_iter_1" / "stage.json").is_file()
+
+    two_node = tmp_path / "two_nodes"
+    for node, completed in enumerate(two_nodes(lambda _: job_flags(tiny_qwen, small_benchmark, two_node))):
+        assert completed.returncode == 0, f"node {node}: {completed.stderr[-3000:]}"
+    assert artifacts(two_node) == expected
+    assert not (two_node / ".shared_check").exists()
+
+
+def test_nodes_with_their_own_experiment_directories_stop_with_one_line(
+    tiny_qwen, small_benchmark, tmp_path
+):
+    start = time.monotonic()
+    results = two_nodes(lambda node: job_flags(tiny_qwen, small_benchmark, tmp_path / f"node{node}"), 300)
+    elapsed = time.monotonic() - start
+    for node, completed in enumerate(results):
+        assert completed.returncode != 0
+        lines = [line for line in completed.stderr.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1, completed.stderr[-3000:]
+        assert f"--experiment_dir {tmp_path / f'node{node}'} is not shared by every process" in lines[0]
+        assert "rank 1 on" in lines[0] and "rank 0 on" in lines[0]
+        assert not (tmp_path / f"node{node}" / "experiment_config.json").exists()
+    assert elapsed < SHARED_DIRECTORY_WAIT_S + 90, elapsed

@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from src.arguments import ModelArguments
 from src.data.collator import ContrastiveCollator
 from src.model.encoder import build_encoder, last_token_pool, load_encoder
 from src.model.registry import detect_backbone
@@ -46,7 +47,7 @@ def test_backbone_read_from_config(tiny_model_dirs):
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_save_load_round_trip_gives_identical_embeddings(tiny_qwen, tmp_path, lora):
-    encoder = build_encoder(tiny_qwen, lora=lora, lora_r=4, dtype="float32")
+    encoder = build_encoder(tiny_qwen, ModelArguments(lora=lora, lora_r=4))
     with torch.no_grad():
         for p in encoder.parameters():
             if p.requires_grad:
@@ -94,7 +95,7 @@ def test_a_released_lora_adapter_checkpoint_loads_with_its_intended_embeddings(t
     with pytest.raises(FileNotFoundError, match="--base_model_name"):
         build_encoder(release, dtype="float32")
     assert torch.allclose(
-        build_encoder(release, dtype="float32", base_model_name=str(tiny_qwen)).eval()(**inputs),
+        build_encoder(release, ModelArguments(base_model_name=str(tiny_qwen))).eval()(**inputs),
         expected,
         atol=1e-5,
     )

@@ -55,10 +55,10 @@ def test_two_rounds_write_every_artifact(finished_run, small_train_split):
     assert sorted(results) == ["iter_0", "iter_1", "iter_2"]
     assert (experiment.dir / "evaluation_results.png").is_file()
     assert any(experiment.embeddings_dir.glob("*.npy"))
-    stages = [(s["stage"], s["iteration"]) for s in experiment.stage_log()]
+    stages = [(s["stage"], s["iteration"]) for s in experiment.log.entries()]
     assert stages.count(("train", 2)) == 1 and ("augment", 1) in stages
     train_log = [
-        s for s in experiment.stage_log() if s["stage"] == "train" and s["iteration"] == 1
+        s for s in experiment.log.entries() if s["stage"] == "train" and s["iteration"] == 1
     ][0]
     expected = (
         len(small_train_split.triplets)
@@ -112,9 +112,9 @@ def test_rerun_without_auto_resume_is_refused_and_with_it_redoes_nothing(
 ):
     assert train_main(run_args(tiny_qwen, small_benchmark, finished_run.dir)) == 2
     assert "--auto_resume" in capsys.readouterr().err
-    before = len(finished_run.stage_log())
+    before = len(finished_run.log.entries())
     assert train_main(run_args(tiny_qwen, small_benchmark, finished_run.dir, "--auto_resume")) == 0
-    assert len(finished_run.stage_log()) == before
+    assert len(finished_run.log.entries()) == before
     changed = ["--auto_resume", "--hard_negative_k", "3"]
     assert train_main(run_args(tiny_qwen, small_benchmark, finished_run.dir, *changed)) == 2
     assert "hard_negative_k: experiment 5 -> now 3" in capsys.readouterr().err

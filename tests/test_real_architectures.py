@@ -9,7 +9,7 @@ import math
 import pytest
 from PIL import Image
 
-from src.arguments import DEFAULT_LORA_TARGETS
+from src.arguments import DEFAULT_LORA_TARGETS, ModelArguments
 from src.data.records import Split
 from src.model.architectures import (
     architecture_config,
@@ -64,7 +64,7 @@ def test_the_pixel_budget_gives_the_rule_s_token_counts_and_changes_the_cache_ke
     tiny_qwen, tmp_path, budget
 ):
     min_pixels, max_pixels = budget
-    encoder = build_encoder(tiny_qwen, min_pixels=min_pixels, max_pixels=max_pixels)
+    encoder = build_encoder(tiny_qwen, ModelArguments(min_pixels=min_pixels, max_pixels=max_pixels))
     assert (encoder.config.min_pixels, encoder.config.max_pixels) == budget
     processor, backbone = encoder.processor, encoder.backbone
     image_id = processor.tokenizer.convert_tokens_to_ids(backbone.image_token)

@@ -63,11 +63,11 @@ def within(count: int, n: int, rate: float, sigmas: float = 4.0) -> bool:
 
 
 def test_rates_are_validated():
-    assert CaptionErrorRates(0.10, 0.08, 0.07, 0.03, 0.02, 0.08, 2) == DEFAULT_CAPTION_ERRORS
+    assert CaptionErrorRates(0.22, 0.03, 0.03, 0.01, 0.01, 0.43, 0.0, 2) == DEFAULT_CAPTION_ERRORS
     assert CaptionErrorRates().max_named_changes == 2
     for bad in (
         {"wrong_value": -0.1},
-        {"judge_error": 1.5},
+        {"judge_false_yes": 1.5},
         {"extra_change": float("nan")},
         {"missed_change": True},
         {"wrong_value": 0.6, "repeated_original": 0.5},  # the five text errors sum over 1
@@ -76,7 +76,7 @@ def test_rates_are_validated():
     ):
         with pytest.raises(ValueError):
             CaptionErrorRates(**bad)
-    assert CaptionErrorRates(0.2, 0.2, 0.2, 0.2, 0.2, 1.0).judge_error == 1.0
+    assert CaptionErrorRates(0.2, 0.2, 0.2, 0.2, 0.2, 1.0, 1.0).judge_false_no == 1.0
 
 
 def test_the_cap_must_fit_the_grammar(small_benchmark, garment_benchmark):
@@ -102,8 +102,11 @@ def test_each_mistake_comes_at_its_rate_and_the_judge_errs_at_its_rate(small_ben
     assert all(r["named"] == min(2, r["differences"]) for r in records if r["error"] is None)
     answers = captioner.yes_probabilities(pairs, [g["text"] for g in generations])
     assert set(answers) <= {0.0, 1.0}
-    flips = sum((a == 1.0) != r["correct"] for a, r in zip(answers, records, strict=True))
-    assert within(flips, len(pairs), DEFAULT_CAPTION_ERRORS.judge_error), flips
+    pairs_judged = list(zip(answers, records, strict=True))
+    wrong_texts = [a for a, r in pairs_judged if not r["correct"]]
+    right_texts = [a for a, r in pairs_judged if r["correct"]]
+    assert within(sum(a == 1.0 for a in wrong_texts), len(wrong_texts), DEFAULT_CAPTION_ERRORS.judge_false_yes)
+    assert within(sum(a == 0.0 for a in right_texts), len(right_texts), DEFAULT_CAPTION_ERRORS.judge_false_no)
 
 
 @pytest.mark.parametrize("kind", ERROR_KINDS)
@@ -179,8 +182,10 @@ def test_the_same_pair_gets_the_same_text_in_any_batch_or_order(small_benchmark)
 
 
 def test_the_judge_reads_descriptions_and_text_only(garment_benchmark):
-    truthful = SimulatedCaptioner(garment_benchmark, CaptionErrorRates(judge_error=0.0))
-    contrary = SimulatedCaptioner(garment_benchmark, CaptionErrorRates(judge_error=1.0))
+    truthful = SimulatedCaptioner(garment_benchmark, CaptionErrorRates())
+    contrary = SimulatedCaptioner(
+        garment_benchmark, CaptionErrorRates(judge_false_yes=1.0, judge_false_no=1.0)
+    )
     pairs = random_pairs(truthful, 40, seed=3)
     generations = SimulatedCaptioner(garment_benchmark).generate(pairs)
     texts = [g["text"] for g in generations]
@@ -317,7 +322,7 @@ def test_describes_garments(text, cap, expected):
 
 
 def test_describe_and_factory(small_benchmark, garment_benchmark, tmp_path):
-    rates = CaptionErrorRates(wrong_value=0.5, judge_error=0.25)
+    rates = CaptionErrorRates(wrong_value=0.5, judge_false_yes=0.25)
     factory = simulated_dataset_captioner(rates, seed=7)
     assert factory.works_on(small_benchmark) and factory.works_on(garment_benchmark)
     assert not factory.works_on(tmp_path)

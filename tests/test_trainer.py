@@ -4,13 +4,13 @@ import copy
 
 import pytest
 import torch
-from transformers import TrainingArguments
 
+from src.arguments import IterativeTrainingArguments, ModelArguments
 from src.data.collator import ContrastiveCollator
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.data.grouped_sampler import GroupedBatchSampler
 from src.data.records import Split, Triplet
-from src.model.encoder import build_encoder
+from src.model.encoder import build_encoder, resolve_dtype
 from src.trainer_iterative import IterativeTrainer
 
 
@@ -25,7 +25,7 @@ def trainer_args(tmp_path, **kw):
         dataloader_num_workers=0,
         use_cpu=True,
     )
-    return TrainingArguments(**(defaults | kw))
+    return IterativeTrainingArguments(**(defaults | kw))
 
 
 def hard_negative_dataset(split: Split, num_hard_negatives=2, seed=0):
@@ -49,14 +49,10 @@ def test_cached_mode_matches_plain_loss_and_gradients(tiny_qwen, small_train_spl
         collator = ContrastiveCollator(
             model.processor, model.backbone, chunk_size=4 if cached else None
         )
-        trainer = IterativeTrainer(
-            model=model,
-            args=trainer_args(tmp_path),
-            data_collator=collator,
-            grad_cache=cached,
-            temperature=0.05,
-            group_loss_weight=0.5,
+        args = trainer_args(
+            tmp_path, grad_cache=cached, temperature=0.05, group_by_reference=True, group_loss_weight=0.5
         )
+        trainer = IterativeTrainer(model=model, args=args, data_collator=collator)
         inputs = trainer._prepare_inputs(collator(features))
         assert len(inputs["query_chunks"]) == (2 if cached else 1)
         loss = trainer.compute_loss(model, inputs)
@@ -72,9 +68,7 @@ def test_cached_mode_matches_plain_loss_and_gradients(tiny_qwen, small_train_spl
 
 @pytest.mark.parametrize("backbone", ["qwen2_vl", "qwen2_5_vl", "llava_next"])
 def test_each_backbone_runs_a_training_step(tiny_model_dirs, small_train_split, tmp_path, backbone):
-    encoder = build_encoder(
-        tiny_model_dirs[backbone], dtype="float32", lora=backbone == "llava_next", lora_r=4
-    )
+    encoder = build_encoder(tiny_model_dirs[backbone], ModelArguments(lora=backbone == "llava_next", lora_r=4))
     before = {n: p.detach().clone() for n, p in encoder.named_parameters() if p.requires_grad}
     trainer = IterativeTrainer(
         model=encoder,
@@ -114,11 +108,9 @@ def test_grouped_training_runs_through_the_trainer(tiny_qwen, small_train_split,
     encoder = build_encoder(tiny_qwen, dtype="float32")
     trainer = IterativeTrainer(
         model=encoder,
-        args=trainer_args(tmp_path, max_steps=2),
+        args=trainer_args(tmp_path, max_steps=2, group_by_reference=True, group_loss_weight=1.0),
         train_dataset=hard_negative_dataset(small_train_split),
         data_collator=ContrastiveCollator(encoder.processor, encoder.backbone),
-        group_by_reference=True,
-        group_loss_weight=1.0,
     )
     assert trainer.train().global_step == 2
 
@@ -147,7 +139,7 @@ def test_gradient_checkpointing_gives_the_same_step(tiny_qwen, small_train_split
     losses = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        encoder = build_encoder(tiny_qwen, dtype="float32", lora=lora, lora_r=4, lora_dropout=0.0)
+        encoder = build_encoder(tiny_qwen, ModelArguments(lora=lora, lora_r=4, lora_dropout=0.0))
         trainer = IterativeTrainer(
             model=encoder,
             args=trainer_args(tmp_path, max_steps=2, gradient_checkpointing=checkpointing),
@@ -196,3 +188,36 @@ def test_the_trainer_tells_the_dataset_each_epoch(tiny_qwen, small_train_split, 
     )
     trainer.train()
     assert epochs[-1] == 2 and dataset.epoch == 2 and sorted(set(epochs)) == [0, 1, 2]
+
+
+def test_full_fine_tuning_keeps_float32_weights_so_small_updates_land(
+    tiny_qwen, small_train_split, tmp_path, monkeypatch
+):
+    """On a GPU with bfloat16, `--torch_dtype auto` still loads the weights a full fine-tuning
+    updates in float32 (simulated GPU below); one AdamW step at lr 1e-5 then moves the norm
+    weights. The same step on bfloat16 weights leaves them where they were: 1.0 +- 1e-5
+    rounds back to 1.0 (bfloat16's step near 1.0 is 2^-7)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_dtype("auto") == torch.bfloat16  # inference and a frozen LoRA base
+    assert resolve_dtype("auto", trains_all_weights=True) == torch.float32
+    monkeypatch.undo()
+
+    def norm_weights_after_one_step(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        encoder = build_encoder(tiny_qwen, dtype="float32")
+        encoder.to(dtype)
+        norms = [p for n, p in encoder.named_parameters() if n.endswith("norm.weight") and p.requires_grad]
+        before = torch.cat([p.detach().flatten().float() for p in norms])
+        trainer = IterativeTrainer(
+            model=encoder,
+            args=trainer_args(tmp_path, learning_rate=1e-5, lr_scheduler_type="constant", optim="adamw_torch"),
+            train_dataset=hard_negative_dataset(small_train_split, num_hard_negatives=0),
+            data_collator=ContrastiveCollator(encoder.processor, encoder.backbone),
+        )
+        trainer.train()
+        return before, torch.cat([p.detach().flatten().float() for p in norms])
+
+    before, after = norm_weights_after_one_step(torch.float32)
+    assert (after != before).float().mean() > 0.9
+    before, after = norm_weights_after_one_step(torch.bfloat16)
+    assert torch.equal(after, before)

@@ -15,7 +15,6 @@ and answers the consistency check's yes/no questions about it.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -26,11 +25,10 @@ from typing import Protocol
 import torch
 from PIL import Image, ImageDraw
 from qwen_vl_utils import process_vision_info
-from transformers import AutoModelForImageTextToText, BatchFeature, ProcessorMixin
+from transformers import AutoConfig, AutoModelForImageTextToText, BatchFeature, ProcessorMixin
 
-from src.arguments import FOUNDATION_MODEL_BACKBONES
+from src.arguments import FOUNDATION_MODEL_BACKBONES, AugmentArguments
 from src.augment.consistency import answer_token_ids, yes_probability
-from src.augment.options import GenerationOptions
 from src.augment.pairs import CaptionPair
 from src.augment.prompts import NO_ANSWERS, YES_ANSWERS, caption_prompt, consistency_question
 from src.data.images import load_image
@@ -69,27 +67,28 @@ class DatasetCaptioner:
 
     `works_on(dataset_root)` says whether it can caption that dataset (it is then the
     default when no foundation model is named), `requirement` what it needs, in words;
-    `load(dataset_root)` builds it.
+    `load(dataset_root)` builds it; `settings` are what changes its texts (recorded in the
+    augmentation file's meta).
     """
 
     name: str
     requirement: str
     works_on: Callable[[Path], bool]
     load: Callable[[Path], Captioner]
+    settings: dict | None = None
 
 
 def detect_foundation_backbone(model_path: str | Path) -> str:
     """The captioner for a checkpoint, from its config's `model_type`."""
-    config_file = Path(model_path) / "config.json"
-    if not config_file.is_file():
+    if not (Path(model_path) / "config.json").is_file():
         raise ArgumentError(
             f"--foundation_model_path {model_path}: no config.json there; pass a local "
             "checkpoint directory"
         )
     try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
-    except (ValueError, AttributeError):
-        raise ArgumentError(f"--foundation_model_path {model_path}: {config_file} is not a JSON config") from None
+        model_type = AutoConfig.from_pretrained(str(model_path)).model_type
+    except (OSError, ValueError) as error:
+        raise ArgumentError(f"--foundation_model_path {model_path}: its config does not load ({error})") from None
     if model_type in QWEN_BACKBONES:
         return model_type
     if model_type in ("llava", "llava_next"):
@@ -196,7 +195,7 @@ class VisionLanguageCaptioner:
         model: torch.nn.Module,
         processor: ProcessorMixin,
         layout: str,
-        options: GenerationOptions,
+        options: AugmentArguments,
     ):
         self.name = name
         self.model = model
@@ -215,7 +214,7 @@ class VisionLanguageCaptioner:
 
     def _images(self, pair: CaptionPair) -> list[Image.Image]:
         reference, negative = load_image(pair.reference_path), load_image(pair.negative_path)
-        budget = self.options.max_pixels
+        budget = self.options.foundation_max_pixels
         if self.side_by_side:
             return [side_by_side(reference, negative, budget)]
         if self.name in QWEN_BACKBONES:  # process_vision_info applies the budget
@@ -226,7 +225,7 @@ class VisionLanguageCaptioner:
         """The model inputs of one prompt per (pair, user text), left-padded, on the model's device."""
         qwen = self.name in QWEN_BACKBONES
         conversations = [
-            _conversation(self._images(pair), text, self.options.max_pixels if qwen else None)
+            _conversation(self._images(pair), text, self.options.foundation_max_pixels if qwen else None)
             for pair, text in zip(pairs, texts, strict=True)
         ]
         prompts = [
@@ -266,7 +265,7 @@ class VisionLanguageCaptioner:
             # top_k 0: no top-k cut, whatever the checkpoint's generation_config says.
             return kwargs | {
                 "do_sample": True,
-                "temperature": options.temperature,
+                "temperature": options.generation_temperature,
                 "top_p": options.top_p,
                 "top_k": 0,
             }
@@ -306,7 +305,7 @@ class VisionLanguageCaptioner:
 
 
 def load_captioner(
-    backbone: str, model_path: str | Path, options: GenerationOptions
+    backbone: str, model_path: str | Path, options: AugmentArguments
 ) -> VisionLanguageCaptioner:
     """A foundation model as captioner, on the GPU when there is one (bf16 where supported)."""
     processor = load_processor(model_path)

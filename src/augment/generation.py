@@ -13,38 +13,34 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from src.artifacts import PartialGenerations
 from src.augment.captioners import Captioner
 from src.augment.filters import Kept
 from src.augment.pairs import CaptionPair
 from src.distributed import is_main, merge_dicts, rank, world_size
 from src.errors import IntegrityError
-from src.experiment_io import read_json
 from src.faults import fault_point
 
 logger = logging.getLogger("augment")
 
 
-def read_partials(
-    paths: list[Path], own_path: Path, meta: dict
-) -> tuple[dict[str, dict], dict[str, dict]]:
-    """Texts already generated with this meta: from every process's file, and from this one's.
+def read_partials(paths: list[Path], meta: dict) -> dict[str, dict]:
+    """Texts already generated with this meta, from the partial files `paths`.
 
     A partial file that is damaged or was written with other settings is not reused.
     """
-    every, own = {}, {}
+    generations = {}
     for path in paths:
         try:
-            partial = read_json(path)
+            partial = PartialGenerations.read(path)
         except IntegrityError as error:
             logger.warning("not reusing a partial file: %s", error)
             continue
-        if partial.get("meta") != meta:
+        if partial.meta != meta:
             logger.info("%s was written with other settings; not reused", path.name)
             continue
-        every.update(partial["generations"])
-        if path == own_path:
-            own.update(partial["generations"])
-    return every, own
+        generations.update(partial.generations)
+    return generations
 
 
 def generate_texts(

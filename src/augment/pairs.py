@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from dataclasses import dataclass
 
@@ -31,7 +29,7 @@ class CaptionPair:
 def select_pairs(
     triplets: list[Triplet],
     images: dict[str, str],
-    mined: dict[str, dict],
+    mined: dict[str, list[str]],
     iteration: int,
     per_query: int,
     limit: int | None,
@@ -39,7 +37,7 @@ def select_pairs(
 ) -> tuple[list[CaptionPair], int]:
     """The pairs to caption and how many there were before `limit`.
 
-    Each mined query gives its first `per_query` negatives. The pairs are ordered by the
+    `mined`: each query's mined negatives, in rank order; each gives its first `per_query`. The pairs are ordered by the
     negative's place first (every query's hardest negative, then every query's second,
     ...), so that a `limit` keeps as many different queries as it can. With `random_seed`
     (the control that asks whether *hard* pairs matter), each pair's image is a random
@@ -56,10 +54,10 @@ def select_pairs(
     gallery = sorted(images)
     pairs = []
     for j in range(per_query):
-        for pairid, query in mined.items():
-            if j >= len(query["negatives"]):
+        for pairid, negatives in mined.items():
+            if j >= len(negatives):
                 continue
-            triplet, negative = by_pairid[pairid], query["negatives"][j]["image"]
+            triplet, negative = by_pairid[pairid], negatives[j]
             if random_seed is not None:
                 negative = _random_image(triplet, gallery, f"{random_seed}:{pairid}:{j}")
             pairs.append(
@@ -86,11 +84,9 @@ def _random_image(triplet: Triplet, gallery: list[str], seed: str) -> str:
     return name
 
 
-def pairs_digest(pairs: list[CaptionPair]) -> str:
-    """A digest of the requests, so a cached or partial file is reused only for the same ones.
-
-    Image paths are left out: moving the dataset does not change what is asked.
-    """
+def pair_rows(pairs: list[CaptionPair]) -> list[list]:
+    """What identifies the requests (their digest is in the meta, so a cached or partial
+    file is reused only for the same ones). Image paths are left out: moving the dataset
+    does not change what is asked."""
     fields = ("pairid", "reference", "negative", "original_caption", "original_target")
-    payload = json.dumps([[getattr(p, f) for f in fields] for p in pairs])
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+    return [[getattr(p, f) for f in fields] for p in pairs]

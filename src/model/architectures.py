@@ -24,7 +24,7 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
 from src.model.encoder import is_vision_module
-from src.model.registry import detect_backbone, get_backbone
+from src.model.registry import checkpoint_config, detect_backbone, get_backbone
 
 ARCHITECTURES_DIR = Path(__file__).with_name("architectures")
 
@@ -47,15 +47,6 @@ def architecture_config(name: str) -> PretrainedConfig:
     return AutoConfig.for_model(config.pop("model_type"), **config)
 
 
-def model_config(path: str | Path) -> PretrainedConfig:
-    """The config of a local checkpoint; a LoRA adapter's is its base model's."""
-    path = Path(path)
-    adapter = path / "adapter_config.json"
-    if adapter.is_file() and not (path / "config.json").is_file():
-        path = Path(json.loads(adapter.read_text())["base_model_name_or_path"])
-    return AutoConfig.from_pretrained(str(path))
-
-
 def build_model(
     config: PretrainedConfig, dtype: torch.dtype = torch.bfloat16, device: str = "meta"
 ) -> nn.Module:
@@ -67,7 +58,7 @@ def build_model(
 
 def build_from_path(path: str | Path, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """A local checkpoint's architecture on the `meta` device (its config only)."""
-    config = model_config(path)
+    config = checkpoint_config(path)
     detect_backbone(path)  # a clear error for an unsupported model_type
     return build_model(config, dtype)
 

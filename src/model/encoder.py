@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -20,19 +20,18 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import ProcessorMixin
 
+from src.arguments import ModelArguments
 from src.errors import ArgumentError
-from src.model.registry import Backbone, detect_backbone, get_backbone, load_processor
+from src.model.registry import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    Backbone,
+    detect_backbone,
+    get_backbone,
+    load_processor,
+)
 
 EMBEDDER_CONFIG_NAME = "embedder_config.json"
-DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# The embedder's pixel budget for Qwen2-VL / Qwen2.5-VL (one image token per 28 x 28 pixels).
-# The minimum is VLM2Vec's `resize_min_pixels` (28*28*4); its maximum, 28*28*1280 (1,280
-# tokens), would give a CIRR photo 400-650 tokens and a 64-query step with targets and a
-# negative ~100k image tokens. 448 x 448 (256 tokens) keeps the NLVR2 photos of CIRR
-# (mostly below 0.5 MP) and FashionIQ's product shots near their own resolution, and
-# matches the budget the foundation model gets (--foundation_max_pixels).
-DEFAULT_MIN_PIXELS = 28 * 28 * 4
-DEFAULT_MAX_PIXELS = 448 * 448
 # Module names of the vision tower: Qwen's `visual` (merger included), LLaVA's `vision_tower`.
 VISION_MODULES = r".*\b(visual|vision_tower)\b.*"
 
@@ -47,42 +46,28 @@ class EmbedderConfig:
 
     backbone: str
     base_model: str
-    adapter_base_model: str | None = None
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    adapter_base_model: str | None
+    lora: bool
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_target_modules: list[str]
+    freeze_vision_tower: bool
+    min_pixels: int | None
+    max_pixels: int | None
     pooling: str = "last"
     normalize: bool = True
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    freeze_vision_tower: bool = False
+
+    @classmethod
+    def of(cls, options: ModelArguments, **resolved: object) -> EmbedderConfig:
+        """The record of an embedder built with `options` (the flags it shares by name),
+        with what the build resolved (backbone, base model paths, pixel budget)."""
+        shared = {f.name: getattr(options, f.name) for f in fields(cls) if hasattr(options, f.name)}
+        return cls(**shared | {"lora_target_modules": options.lora_targets} | resolved)
 
     def to_json_string(self) -> str:
         """As transformers' configs do: TensorBoard logs the model's config with this."""
         return json.dumps(asdict(self), indent=2)
-
-
-@dataclass(frozen=True)
-class EncoderOptions:
-    """How a run builds its embedder from a base checkpoint (see `build_encoder`)."""
-
-    backbone: str | None = None
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS
-    dtype: str = "auto"
-    base_model_name: str | None = None
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    freeze_vision_tower: bool = False
-
-    def build(self, model_name: str | Path) -> VLM2VecEncoder:
-        fields = asdict(self) | {"lora_target_modules": list(self.lora_target_modules)}
-        return build_encoder(model_name, **fields)
 
 
 def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -142,9 +127,18 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_dtype(name: str) -> torch.dtype:
-    """`auto` is bfloat16 on a GPU that supports it and float32 elsewhere."""
+def resolve_dtype(name: str, trains_all_weights: bool = False) -> torch.dtype:
+    """The dtype weights are loaded in.
+
+    `auto` is float32 for weights that full fine-tuning updates: AdamW on bfloat16 weights
+    loses every update smaller than a bfloat16 step (a norm weight near 1.0 moves in steps
+    of 2^-7, far above learning rate x gradient), so parts of the model would silently
+    never learn; the speed comes from `--bf16` autocast instead. Frozen weights (a LoRA
+    base) and inference get bfloat16 on a GPU that supports it; float32 elsewhere.
+    """
     if name == "auto":
+        if trains_all_weights:
+            return torch.float32
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
@@ -187,53 +181,47 @@ def freeze_unused_head(model: nn.Module) -> None:
 
 def build_encoder(
     model_name: str | Path,
-    backbone: str | None = None,
-    lora: bool = False,
-    lora_r: int = 16,
-    lora_alpha: int = 32,
-    lora_dropout: float = 0.05,
-    lora_target_modules: list[str] | None = None,
-    dtype: str = "auto",
-    base_model_name: str | None = None,
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
-    freeze_vision_tower: bool = False,
+    options: ModelArguments | None = None,
+    for_training: bool = True,
+    dtype: str | None = None,
 ) -> VLM2VecEncoder:
-    """A fresh embedder on top of a base checkpoint (round 0), optionally with a new LoRA adapter.
+    """A fresh embedder on top of a base checkpoint (round 0), built as `options` say
+    (default: the flags' defaults), optionally with a new LoRA adapter.
 
     `freeze_vision_tower` keeps the vision tower as it is: no gradient for its weights in
     full fine-tuning, no adapters in it with LoRA. Every LoRA target name must name linear
     layers of the model (outside the vision tower when it is frozen).
 
     A directory that already holds an embedder (`embedder_config.json`) is loaded as such,
-    with the pixel budget it was trained with unless `min_pixels` / `max_pixels` say
-    otherwise. A new Qwen2-VL / Qwen2.5-VL embedder gets DEFAULT_MIN_PIXELS /
-    DEFAULT_MAX_PIXELS unless told otherwise.
+    with the pixel budget it was trained with unless `options` set one. A new Qwen2-VL /
+    Qwen2.5-VL embedder gets DEFAULT_MIN_PIXELS / DEFAULT_MAX_PIXELS unless told otherwise.
     """
+    options = options or ModelArguments()
+    dtype = dtype or options.torch_dtype
     if (Path(model_name) / EMBEDDER_CONFIG_NAME).is_file():
         return load_encoder(
-            model_name, dtype=dtype, trainable=True, min_pixels=min_pixels, max_pixels=max_pixels
+            model_name,
+            dtype=dtype,
+            trainable=for_training,
+            min_pixels=options.min_pixels,
+            max_pixels=options.max_pixels,
         )
-    backbone_name = backbone or detect_backbone(model_name)
-    backbone_entry = get_backbone(backbone_name)
+    backbone_name = options.model_backbone or detect_backbone(model_name)
     processor, min_pixels, max_pixels = new_embedder_processor(
-        model_name, backbone_name, min_pixels, max_pixels
+        model_name, backbone_name, options.min_pixels, options.max_pixels
     )
-    config = EmbedderConfig(
+    adapter_base = options.base_model_name
+    config = EmbedderConfig.of(
+        options,
         backbone=backbone_name,
         base_model=str(Path(model_name).resolve()),
-        adapter_base_model=str(Path(base_model_name).resolve()) if base_model_name else None,
-        lora=lora,
-        lora_r=lora_r,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        lora_target_modules=list(lora_target_modules or DEFAULT_LORA_TARGETS),
+        adapter_base_model=str(Path(adapter_base).resolve()) if adapter_base else None,
         min_pixels=min_pixels,
         max_pixels=max_pixels,
-        freeze_vision_tower=freeze_vision_tower,
     )
+    weights_dtype = resolve_dtype(dtype, trains_all_weights=for_training and not config.lora)
     model = _load_hf_model(
-        model_name, backbone_entry, resolve_dtype(dtype), config.adapter_base_model
+        model_name, get_backbone(backbone_name), weights_dtype, config.adapter_base_model
     )
     return embedder_from_model(model, processor, config)
 
@@ -323,11 +311,10 @@ def load_encoder(
     checkpoint_dir = Path(checkpoint_dir)
     config = load_embedder_config(checkpoint_dir)
     if config is None:
-        return build_encoder(
-            checkpoint_dir, dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels
-        )
+        options = ModelArguments(min_pixels=min_pixels, max_pixels=max_pixels)
+        return build_encoder(checkpoint_dir, options, for_training=trainable, dtype=dtype)
     backbone = get_backbone(config.backbone)
-    torch_dtype = resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype, trains_all_weights=trainable and not config.lora)
     if config.lora:
         base = _load_hf_model(config.base_model, backbone, torch_dtype, config.adapter_base_model)
         model = PeftModel.from_pretrained(base, str(checkpoint_dir), is_trainable=trainable)

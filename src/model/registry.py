@@ -7,15 +7,24 @@ LLaVA-NeXT) go through the same code.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import transformers
+from peft import PeftConfig
 from PIL import Image
-from transformers import AutoProcessor, BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
+from transformers import (
+    AutoConfig,
+    AutoProcessor,
+    BatchFeature,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+    ProcessorMixin,
+)
 
 from src.errors import ArgumentError
+
+ADAPTER_CONFIG_NAME = "adapter_config.json"
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,15 @@ def image_token_count(processor: ProcessorMixin, width: int, height: int) -> int
     ][0]
 
 
+# The embedder's pixel budget for Qwen2-VL / Qwen2.5-VL (one image token per 28 x 28 pixels).
+# The minimum is VLM2Vec's `resize_min_pixels` (28*28*4); its maximum, 28*28*1280 (1,280
+# tokens), would give a CIRR photo 400-650 tokens and a 64-query step with targets and a
+# negative ~100k image tokens. 448 x 448 (256 tokens) keeps the NLVR2 photos of CIRR
+# (mostly below 0.5 MP) and FashionIQ's product shots near their own resolution, and is
+# the foundation model's budget too (--foundation_max_pixels).
+DEFAULT_MIN_PIXELS = 28 * 28 * 4
+DEFAULT_MAX_PIXELS = 448 * 448
+
 BACKBONES: dict[str, Backbone] = {
     "qwen2_vl": Backbone(
         "qwen2_vl", "Qwen2VLForConditionalGeneration", "<|image_pad|>", pixel_budget=True
@@ -98,31 +116,42 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
+# Spellings users bring from the original design (and from --foundation_model_backbone).
+BACKBONE_ALIASES = {"llava": "llava_next"}
+
+
 def get_backbone(name: str) -> Backbone:
     if name not in BACKBONES:
         raise ValueError(f"unknown --model_backbone {name!r}; choose one of {sorted(BACKBONES)}")
     return BACKBONES[name]
 
 
-def detect_backbone(model_path: str | Path) -> str:
-    """The backbone named by a checkpoint's config.json (`model_type`).
+def adapter_base(path: str | Path) -> str | None:
+    """The base model a LoRA adapter directory names (None: not an adapter)."""
+    if not (Path(path) / ADAPTER_CONFIG_NAME).is_file():
+        return None
+    return PeftConfig.from_pretrained(str(path)).base_model_name_or_path
 
-    A LoRA adapter directory is followed to its base model.
-    """
-    path = Path(model_path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        adapter_file = path / "adapter_config.json"
-        if adapter_file.is_file():
-            base = json.loads(adapter_file.read_text())["base_model_name_or_path"]
-            return detect_backbone(base)
+
+def checkpoint_config(path: str | Path) -> PretrainedConfig:
+    """The config of a local checkpoint; an adapter without its own config gives its base's."""
+    path = Path(path)
+    base = adapter_base(path)
+    if base is not None and not (path / "config.json").is_file():
+        path = Path(base)
+    if not (path / "config.json").is_file():
         raise FileNotFoundError(
-            f"{config_file} not found: --model_name must be a local checkpoint directory"
+            f"{path / 'config.json'} not found: models are read from local checkpoint directories"
         )
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    return AutoConfig.from_pretrained(str(path))
+
+
+def detect_backbone(model_path: str | Path) -> str:
+    """The backbone named by a checkpoint's config (`model_type`; an adapter's base's)."""
+    model_type = checkpoint_config(model_path).model_type
     if model_type not in BACKBONES:
         raise ValueError(
-            f"{config_file}: model_type {model_type!r} is not a supported backbone "
+            f"{model_path}: model_type {model_type!r} is not a supported backbone "
             f"({sorted(BACKBONES)}); pass --model_backbone explicitly if it is a variant"
         )
     return model_type

@@ -103,8 +103,9 @@ class SimulatedCaptioner:
         return [self._generate(pair) for pair in pairs]
 
     def yes_probabilities(self, pairs: list[CaptionPair], texts: list[str]) -> list[float]:
-        """1.0 (yes) or 0.0: `describes` from the descriptions and the text alone, flipped
-        with probability `judge_error` (drawn per pair, text and seed)."""
+        """1.0 (yes) or 0.0: `describes` from the descriptions and the text alone, answered
+        wrongly with `judge_false_yes` where it is false and `judge_false_no` where it is
+        true (drawn per pair, text and seed)."""
         answers = []
         for pair, text in zip(pairs, texts, strict=True):
             truth = self._describes(
@@ -113,8 +114,8 @@ class SimulatedCaptioner:
             draw = stable_random(
                 self.seed, "judge", pair.reference, pair.negative, pair.original_caption, text
             )
-            flipped = draw.random() < self.rates.judge_error
-            answers.append(1.0 if truth != flipped else 0.0)
+            wrong = self.rates.judge_false_no if truth else self.rates.judge_false_yes
+            answers.append(1.0 if truth != (draw.random() < wrong) else 0.0)
         return answers
 
     def describe(self) -> dict:
@@ -141,4 +142,5 @@ def simulated_dataset_captioner(
         requirement=REQUIREMENT,
         works_on=is_synthetic_benchmark,
         load=lambda root: SimulatedCaptioner(root, rates, seed),
+        settings={"error_rates": asdict(rates), "seed": seed},
     )

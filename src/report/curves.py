@@ -12,7 +12,7 @@ import logging
 import re
 from pathlib import Path
 
-from src.experiment import TENSORBOARD_NAME
+from src.experiment.layout import TENSORBOARD_NAME
 from src.report.table import pyplot
 
 LOSS_TAG = "train/loss"

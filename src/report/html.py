@@ -22,7 +22,6 @@ it compares them: one column per experiment.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import random
 import shutil
@@ -30,15 +29,15 @@ from pathlib import Path
 
 from PIL import Image
 
+from src.artifacts import AugmentedSamples, Evaluation, HardNegatives, digest
 from src.data.images import load_image
 from src.data.loading import load_split
 from src.errors import ExperimentError
-from src.experiment import CONFIG_NAME, Experiment, round_of
-from src.experiment_io import read_json
+from src.experiment import Experiment
+from src.experiment.layout import CONFIG_NAME, MOVED_ASIDE_PREFIX, REPORT_NAME
 from src.report.curves import plot_curves, read_curves
 from src.report.table import plot_results
 
-REPORT_DIR = "report"
 THUMB_SIDE = 128
 TOP = 5
 SHOWN_MINED = 8
@@ -70,7 +69,7 @@ class Thumbnails:
         directory.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, path: str) -> str:
-        name = hashlib.sha1(str(path).encode()).hexdigest()[:16] + ".jpg"
+        name = digest(str(path))[:16] + ".jpg"
         target = self.directory / name
         if not target.is_file():
             image = load_image(path)
@@ -88,7 +87,7 @@ def _img(thumbs: Thumbnails, path: str, label: str = "", css: str = "") -> str:
 
 
 def _rounds(experiment: Experiment) -> list[int]:
-    return sorted(round_of(p.name) for p in experiment.dir.glob("evaluation_val_iter_*.json"))
+    return experiment.evaluated_rounds("val")
 
 
 def _metric_table(results: dict[str, dict[str, float]], columns: list[str] | None = None) -> str:
@@ -109,7 +108,7 @@ class ExperimentPages:
 
     def __init__(self, experiment: Experiment, thumbs: Thumbnails, queries: int, seed: int):
         self.experiment, self.thumbs = experiment, thumbs
-        arguments = experiment.saved_arguments()
+        arguments = experiment.config.arguments()
         self.arguments = arguments
         splits = {}
         for name in ("train", "val"):
@@ -125,9 +124,9 @@ class ExperimentPages:
         self.train_by_pairid = {t.pairid: t for t in splits["train"].triplets}
         self.rounds = _rounds(experiment)
         self.evaluations = {
-            i: read_json(experiment.evaluation("val", i)) for i in self.rounds
+            i: Evaluation.read(experiment.evaluation("val", i)) for i in self.rounds
         }
-        pairids = sorted(set(self.evaluations[self.rounds[0]]["queries"])) if self.rounds else []
+        pairids = sorted(set(self.evaluations[self.rounds[0]].queries)) if self.rounds else []
         self.sample = random.Random(seed).sample(pairids, min(queries, len(pairids)))
 
     def image(self, split: str, name: str, label: str = "", css: str = "") -> str:
@@ -135,21 +134,22 @@ class ExperimentPages:
 
     def query_card(self, pairid: str, iteration: int, note: str = "") -> str:
         triplet = self.val_by_pairid[pairid]
-        ranking = self.evaluations[iteration]["queries"][pairid]
-        rank = ranking["target_rank"]
+        ranking = self.evaluations[iteration].queries[pairid]
+        rank = ranking.target_rank
         shown = "".join(
             self.image("val", name, f"{position + 1}", "target" if name == triplet.target else "")
-            for position, name in enumerate(ranking["top"])
+            for position, name in enumerate(ranking.top)
         )
         where = (
             "target in the top 5"
             if rank is not None and rank <= TOP
             else f"target at rank {rank}" if rank is not None else "target not retrievable"
         )
-        previous = self.evaluations.get(iteration - 1, {}).get("queries", {}).get(pairid)
+        earlier = self.evaluations.get(iteration - 1)
+        previous = earlier.queries.get(pairid) if earlier else None
         change = ""
-        if previous and previous["target_rank"] and rank:
-            delta = previous["target_rank"] - rank
+        if previous and previous.target_rank and rank:
+            delta = previous.target_rank - rank
             if delta:
                 css, arrow = ("up", "&#9650;") if delta > 0 else ("down", "&#9660;")
                 change = f' <span class="{css}">{arrow} {abs(delta)} since round {iteration - 1}</span>'
@@ -163,11 +163,11 @@ class ExperimentPages:
     def movers(self, iteration: int) -> str:
         if iteration - 1 not in self.evaluations:
             return ""
-        now, before = self.evaluations[iteration]["queries"], self.evaluations[iteration - 1]["queries"]
+        now, before = self.evaluations[iteration].queries, self.evaluations[iteration - 1].queries
         deltas = sorted(
-            (before[p]["target_rank"] - now[p]["target_rank"], p)
+            (before[p].target_rank - now[p].target_rank, p)
             for p in now
-            if p in before and now[p]["target_rank"] and before[p]["target_rank"]
+            if p in before and now[p].target_rank and before[p].target_rank
         )
         improved = [p for d, p in reversed(deltas[-SHOWN_MOVERS:]) if d > 0]
         worse = [p for d, p in deltas[:SHOWN_MOVERS] if d < 0]
@@ -182,31 +182,31 @@ class ExperimentPages:
         path = self.experiment.hard_negatives(iteration - 1)
         if not path.is_file():
             return ""
-        mined = read_json(path)
+        mined = HardNegatives.read(path)
         flagged = {}
         augmented_path = self.experiment.augmented(iteration)
         if augmented_path.is_file():
-            flagged = read_json(augmented_path).get("false_negatives", {})
-        pairids = random.Random(iteration).sample(sorted(mined["queries"]), min(SHOWN_MINED, len(mined["queries"])))
+            flagged = AugmentedSamples.read(augmented_path).false_negatives
+        pairids = random.Random(iteration).sample(sorted(mined.queries), min(SHOWN_MINED, len(mined.queries)))
         cards = []
         for pairid in pairids:
-            query, triplet = mined["queries"][pairid], self.train_by_pairid.get(pairid)
+            query, triplet = mined.queries[pairid], self.train_by_pairid.get(pairid)
             if triplet is None:
                 continue
-            target_score = query.get("target_score")
+            target_score = query.target_score
             negatives = []
-            for negative in query["negatives"]:
+            for negative in query.negatives:
                 reasons = []
-                score = negative["score"]
+                score = negative.score
                 if score is not None and target_score is not None and score >= target_score:
                     reasons.append("scores above the target")
-                if negative["image"] in triplet.target_soft:
-                    reasons.append(f"target_soft {triplet.target_soft[negative['image']]:+.1f}")
-                if negative["image"] in flagged.get(pairid, []):
+                if negative.image in triplet.target_soft:
+                    reasons.append(f"target_soft {triplet.target_soft[negative.image]:+.1f}")
+                if negative.image in flagged.get(pairid, []):
                     reasons.append("consistency check: a false negative")
                 label = "random" if score is None else f"{score:.3f}"
                 negatives.append(
-                    self.image("train", negative["image"], label + ("; " + "; ".join(reasons) if reasons else ""),
+                    self.image("train", negative.image, label + ("; " + "; ".join(reasons) if reasons else ""),
                                "flag" if reasons else "")  # fmt: skip
                 )
             target = self.image("train", triplet.target, f"target {target_score:.3f}" if target_score is not None else "target", "target")
@@ -214,9 +214,9 @@ class ExperimentPages:
                 f'<div class="card">{self.image("train", triplet.reference, "reference")} '
                 f"{target} | {''.join(negatives)}"
                 f'<div class="caption">&ldquo;{html.escape(triplet.caption)}&rdquo;</div>'
-                f'<div class="note">target rank {query.get("target_rank")}; red: likely false negative</div></div>'
+                f'<div class="note">target rank {query.target_rank}; red: likely false negative</div></div>'
             )
-        stats = mined.get("stats", {})
+        stats = mined.stats
         summary = (
             f'<p class="note">{stats.get("num_mined")} of {stats.get("num_queries")} queries mined, '
             f'{stats.get("num_negatives")} negatives; removed by filter: {stats.get("removed_by_filter")}</p>'
@@ -227,35 +227,35 @@ class ExperimentPages:
         path = self.experiment.augmented(iteration)
         if not path.is_file():
             return ""
-        payload = read_json(path)
-        stats = payload.get("stats", {})
-        if not payload.get("samples") and not payload.get("rejected"):
+        payload = AugmentedSamples.read(path)
+        stats = payload.stats
+        if not payload.samples and not payload.rejected:
             return f"<h3>New texts ({path.name})</h3><p>{html.escape(str(stats.get('skipped', 'none')))}</p>"
         counts = "".join(
             f"<tr><th>{html.escape(reason)}</th><td>{count}</td></tr>"
             for reason, count in stats.get("rejected", {}).items()
         )
         rng = random.Random(iteration)
-        kept = rng.sample(payload["samples"], min(SHOWN_TEXTS, len(payload["samples"])))
-        rejected = rng.sample(payload.get("rejected", []), min(SHOWN_TEXTS, len(payload.get("rejected", []))))
+        kept = rng.sample(payload.samples, min(SHOWN_TEXTS, len(payload.samples)))
+        rejected = rng.sample(payload.rejected, min(SHOWN_TEXTS, len(payload.rejected)))
         cards = [
-            f'<div class="card">{self.image("train", s["reference"], "reference")} &rarr; '
-            f'{self.image("train", s["target"], "new target", "target")}'
-            f'{self.image("train", s["original_target"], "original target")}'
-            f'<div class="caption">new: &ldquo;{html.escape(s["caption"])}&rdquo;</div>'
-            f'<div class="note">original: &ldquo;{html.escape(s["original_caption"])}&rdquo;</div></div>'
+            f'<div class="card">{self.image("train", s.reference, "reference")} &rarr; '
+            f'{self.image("train", s.target, "new target", "target")}'
+            f'{self.image("train", s.original_target, "original target")}'
+            f'<div class="caption">new: &ldquo;{html.escape(s.caption)}&rdquo;</div>'
+            f'<div class="note">original: &ldquo;{html.escape(s.original_caption)}&rdquo;</div></div>'
             for s in kept
         ]
         refused = [
-            f'<div class="card">{self.image("train", r["reference"], "reference")} &rarr; '
-            f'{self.image("train", r["target"], "pair target", "flag")}'
-            f'<div class="caption">&ldquo;{html.escape(str(r.get("text") or r.get("raw_output") or ""))}&rdquo;</div>'
-            f'<div class="note">rejected: {html.escape(r["reason"])}</div></div>'
+            f'<div class="card">{self.image("train", r.reference, "reference")} &rarr; '
+            f'{self.image("train", r.target, "pair target", "flag")}'
+            f'<div class="caption">&ldquo;{html.escape(str(r.text or r.raw_output or ""))}&rdquo;</div>'
+            f'<div class="note">rejected: {html.escape(r.reason)}</div></div>'
             for r in rejected
         ]
         return (
             f"<h3>New texts ({path.name}: {stats.get('kept')} kept of {stats.get('pairs')} pairs, "
-            f"generator {html.escape(str(payload['meta'].get('generator')))})</h3>"
+            f"generator {html.escape(str(payload.meta.get('generator')))})</h3>"
             f'<table class="metrics"><tr><th>rejection rule</th><th>count</th></tr>{counts}</table>'
             f"<h3>Kept</h3>{''.join(cards)}<h3>Rejected</h3>{''.join(refused) or '<p>none</p>'}"
         )
@@ -276,7 +276,7 @@ def _experiments_under(directory: Path) -> dict[str, Experiment]:
     """The experiments in a folder (an ablation), by their path relative to it."""
     found = {}
     for config in sorted(directory.rglob(CONFIG_NAME)):
-        if REPORT_DIR in config.parts or "moved_aside" in str(config):
+        if REPORT_NAME in config.parts or MOVED_ASIDE_PREFIX in str(config):
             continue
         found[str(config.parent.relative_to(directory))] = Experiment(config.parent)
     return found
@@ -292,7 +292,7 @@ def _page(title: str, body: str) -> str:
 def single_report(experiment: Experiment, out: Path, queries: int, seed: int) -> str:
     thumbs = Thumbnails(out / "thumbs")
     pages = ExperimentPages(experiment, thumbs, queries, seed)
-    results = {f"iter_{i}": pages.evaluations[i]["metrics"] for i in pages.rounds}
+    results = {f"iter_{i}": pages.evaluations[i].metrics for i in pages.rounds}
     parts = [
         f"<h1>{html.escape(experiment.dir.name)}</h1>",
         f'<p class="note">model {html.escape(str(pages.arguments.get("model_name")))}; '
@@ -315,14 +315,14 @@ def comparison_report(experiments: dict[str, Experiment], out: Path, queries: in
     pages = {name: ExperimentPages(e, thumbs, queries, seed) for name, e in experiments.items()}
     names = list(pages)
     rounds = sorted({i for p in pages.values() for i in p.rounds})
-    metrics = list(next(iter(pages.values())).evaluations[rounds[0]]["metrics"]) if rounds else []
+    metrics = list(next(iter(pages.values())).evaluations[rounds[0]].metrics) if rounds else []
     parts = [f"<h1>{len(names)} experiments</h1>"]
     for metric in metrics:
         head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
         rows = "".join(
             f"<tr><th>round {i}</th>"
             + "".join(
-                f"<td>{pages[n].evaluations[i]['metrics'][metric]:.2f}</td>" if i in pages[n].evaluations else "<td>-</td>"
+                f"<td>{pages[n].evaluations[i].metrics[metric]:.2f}</td>" if i in pages[n].evaluations else "<td>-</td>"
                 for n in names
             )
             + "</tr>"
@@ -347,7 +347,7 @@ def comparison_report(experiments: dict[str, Experiment], out: Path, queries: in
 def build_report(directory: str | Path, queries: int = 24, seed: int = 0) -> Path:
     """Write `{directory}/report/index.html` for an experiment or a folder of experiments."""
     directory = Path(directory)
-    out = directory / REPORT_DIR
+    out = directory / REPORT_NAME
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from src.data.records import Split, Triplet
-from src.distributed import is_main
+from src.distributed import decided_by_main, is_main
 from src.model.encoder import VLM2VecEncoder, default_device, load_embedder_config, load_encoder
 from src.model.registry import get_backbone, load_processor
 from src.retrieval.encode import (
@@ -101,8 +101,8 @@ class CheckpointEncoder:
         key = None
         if cache is not None:
             key = cache.key(rows, split_name, self.fingerprint, self.backbone_name, self.processor)
-            cached = cache.load(key)
-            if cached is not None:
+            if decided_by_main(lambda: cache.verified(key)):  # every process encodes, or none
+                cached = cache.read(key)
                 logger.info(
                     "embeddings of %s %s read from cache (%d rows)",
                     split_name,

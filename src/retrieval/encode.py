@@ -12,9 +12,7 @@ hash; an entry that does not match them is encoded again. Both read with numpy a
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import BatchFeature, ProcessorMixin
 
+from src.artifacts import digest
 from src.data.images import load_image
 from src.data.records import Split, Triplet
 from src.distributed import gather_objects, rank, world_size
@@ -36,10 +35,6 @@ from src.model.prompts import candidate_text, query_text
 from src.model.registry import Backbone
 
 logger = logging.getLogger(__name__)
-
-
-def _digest(payload: object) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def processor_settings(processor: ProcessorMixin) -> dict:
@@ -180,33 +175,37 @@ class EmbeddingCache:
             "kind": rows.kind,
             "split": split_name,
             "weights": fingerprint,
-            "rows": _digest([rows.names, rows.images, rows.texts]),
+            "rows": digest([rows.names, rows.images, rows.texts]),
             "prompt": rows.prompt,
-            "processor": _digest(processor_settings(processor)),
+            "processor": digest(processor_settings(processor)),
             "backbone": backbone,
         }
 
     def _paths(self, key: dict) -> tuple[Path, Path]:
-        stem = f"{key['split']}_{key['kind']}_{_digest(key)[:20]}"
+        stem = f"{key['split']}_{key['kind']}_{digest(key)[:20]}"
         return self.directory / f"{stem}.npy", self.directory / f"{stem}.json"
 
-    def load(self, key: dict) -> np.ndarray | None:
-        """The cached matrix of `key`; None when absent, made for another key, or damaged."""
+    def verified(self, key: dict) -> bool:
+        """Whether an entry of `key` exists and matches its record (a damaged one is logged)."""
         matrix_path, meta_path = self._paths(key)
         if not (matrix_path.is_file() and meta_path.is_file()):
-            return None
+            return False
         try:
             meta = read_json(meta_path)
         except IntegrityError as error:
             logger.warning("embedding cache entry not used, encoding again: %s", error)
-            return None
+            return False
         if meta.get("key") != key:
-            return None
+            return False
         reason = DigestCache().mismatch(matrix_path, meta.get("matrix", {}))
         if reason is not None:
             logger.warning("embedding cache entry not used, encoding again: %s", reason)
-            return None
-        return np.load(matrix_path)
+            return False
+        return True
+
+    def read(self, key: dict) -> np.ndarray:
+        """The matrix of an entry `verified` found good."""
+        return np.load(self._paths(key)[0])
 
     def save(self, key: dict, names: list[str], matrix: np.ndarray) -> None:
         matrix_path, meta_path = self._paths(key)

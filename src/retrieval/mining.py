@@ -1,48 +1,39 @@
 """Hard-negative mining by real retrieval.
 
-For each query: the target's rank and score, and the top `k` gallery images that are not
-positives. Never a negative: the reference image, the target, a `target_soft` entry with a
-positive score. Options, with what they are for:
+For each query: the target's rank and score, and the top `--hard_negative_k` gallery
+images that are not positives. Never a negative: the reference image, the target, a
+`target_soft` entry with a positive score. The flags (`MiningArguments`), with what they
+are for:
 
-- `scope="failures"` (default, as in the original design) mines only queries whose target
-  is not ranked first; `"all"` mines every query.
-- `margin`: drop candidates scoring above `margin * target score` (positive-aware
-  filtering against false negatives; 0.95 to 0.99 is a common choice once the model is
-  decent; leave unset early on, when target scores are low and noisy).
-- `skip_top`: skip the first ranks, another guard against unlabelled positives.
-- `source="random"` draws negatives uniformly from the gallery under the same exclusions:
-  the baseline that says how much of a gain is due to *hard* negatives.
+- `--mine_scope all` (the default) mines every query; `failures` only queries whose target
+  is not ranked first (the original design's choice: fewer pairs to caption, and fewer
+  queries with a negative).
+- `--hard_negative_margin`: drop candidates scoring above margin x the target's score
+  (positive-aware filtering against false negatives; 0.95 to 0.99 is a common choice once
+  the model is decent; leave unset early on, when target scores are low and noisy).
+- `--hard_negative_skip_top`: skip the first ranks, another guard against unlabelled
+  positives.
+- `--negative_source random` draws negatives uniformly from the gallery under the same
+  exclusions: the baseline that says how much of a gain is due to *hard* negatives.
 
 The statistics (target rank histogram, train recall, how many candidates each filter
 removed, score distributions) are printed as a summary: if most candidates are removed by
 the margin filter, lower it; if targets already rank first for nearly every query, mine
-`scope="all"` or train longer before mining.
+every query or train longer before mining.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from src.arguments import MiningArguments
 from src.data.records import Triplet
 from src.faults import fault_point
 from src.retrieval.search import search_topk, target_ranks
 
 RANK_BINS = ((1, 1), (2, 5), (6, 10), (11, 50), (51, 100), (101, None))
-
-
-@dataclass(frozen=True)
-class MiningOptions:
-    """The mining flags (checked by `IterativeArguments`): k, scope, margin, skip_top, source."""
-
-    k: int = 5
-    scope: str = "failures"
-    margin: float | None = None
-    skip_top: int = 0
-    source: str = "mined"
-    seed: int = 0
 
 
 def _positives(triplet: Triplet) -> set[str]:
@@ -79,11 +70,12 @@ def mine_hard_negatives(
     gallery_emb: np.ndarray,
     gallery_names: list[str],
     triplets: list[Triplet],
-    options: MiningOptions,
+    options: MiningArguments,
+    seed: int = 0,
     chunk_size: int = 1024,
     device: str | None = None,
 ) -> dict:
-    """Mine negatives for every query; returns {"options", "stats", "queries"}.
+    """Mine negatives for every query; returns {"stats", "queries"} (`seed`: the random baseline's draws).
 
     Row i of `query_emb` is `triplets[i]`. `queries` maps pairid to the target's rank and
     score and the kept negatives ({"image", "score", "rank"}), for mined queries only.
@@ -104,7 +96,7 @@ def mine_hard_negatives(
         chunk_size=chunk_size,
         device=device,
     )
-    chosen = [i for i in range(len(triplets)) if options.scope == "all" or ranks[i] > 1]
+    chosen = [i for i in range(len(triplets)) if options.mine_scope == "all" or ranks[i] > 1]
     removed = {
         "reference": sum(1 for t in triplets if t.reference != t.target),
         "target": 0,
@@ -112,8 +104,8 @@ def mine_hard_negatives(
         "skip_top": 0,
         "margin": 0,
     }
-    if options.source == "random":
-        queries = _random_negatives(triplets, chosen, gallery_names, options)
+    if options.negative_source == "random":
+        queries = _random_negatives(triplets, chosen, gallery_names, options.hard_negative_k, seed)
     else:
         queries = _mined_negatives(
             query_emb,
@@ -143,13 +135,14 @@ def mine_hard_negatives(
         "target_scores": _distribution([float(s) for s in target_scores]),
         "negative_scores": _distribution(negative_scores),
     }
-    return {"options": asdict(options), "stats": stats, "queries": queries}
+    return {"stats": stats, "queries": queries}
 
 
-def random_negatives(triplets: list[Triplet], gallery_names: list[str], options: MiningOptions) -> dict:
-    """The random baseline over every query (`source="random"`, `scope="all"`): no ranking
-    is needed to choose the queries, so nothing is encoded; the statistics have no recall."""
-    queries = _random_negatives(triplets, range(len(triplets)), gallery_names, options)
+def random_negatives(triplets: list[Triplet], gallery_names: list[str], k: int, seed: int) -> dict:
+    """The random baseline over every query (`--negative_source random`, `--mine_scope all`):
+    no ranking is needed to choose the queries, so nothing is encoded; the statistics have
+    no recall."""
+    queries = _random_negatives(triplets, range(len(triplets)), gallery_names, k, seed)
     stats = {
         **_counts(len(triplets), len(triplets), queries),
         "train_recall@1": None,
@@ -159,7 +152,7 @@ def random_negatives(triplets: list[Triplet], gallery_names: list[str], options:
         "target_scores": {"count": 0},
         "negative_scores": {"count": 0},
     }
-    return {"options": asdict(options), "stats": stats, "queries": queries}
+    return {"stats": stats, "queries": queries}
 
 
 def _counts(num_queries: int, num_mined: int, queries: dict) -> dict:
@@ -192,7 +185,9 @@ def _mined_negatives(
     queries = {triplets[i].pairid: {"negatives": []} for i in chosen}
     eligible = len(gallery_names) - 1
     pending = list(chosen)
-    window = min(eligible, options.k + options.skip_top + 8)
+    k, skip_top = options.hard_negative_k, options.hard_negative_skip_top
+    margin = options.hard_negative_margin
+    window = min(eligible, k + skip_top + 8)
     walked = {i: 0 for i in chosen}
     skipped = {i: 0 for i in chosen}
     while pending:
@@ -210,39 +205,37 @@ def _mined_negatives(
             triplet, kept = triplets[i], queries[triplets[i].pairid]["negatives"]
             positives = _positives(triplet)
             for rank in range(walked[i], window):
-                if len(kept) == options.k:
+                if len(kept) == k:
                     break
                 name, score = gallery_names[indices[row, rank]], float(scores[row, rank])
                 if name == triplet.target:
                     removed["target"] += 1
                 elif name in positives:
                     removed["soft_positive"] += 1
-                elif skipped[i] < options.skip_top:
+                elif skipped[i] < skip_top:
                     skipped[i] += 1
                     removed["skip_top"] += 1
-                elif options.margin is not None and score > options.margin * float(
-                    target_scores[i]
-                ):
+                elif margin is not None and score > margin * float(target_scores[i]):
                     removed["margin"] += 1
                 else:
                     kept.append({"image": name, "score": score, "rank": rank + 1})
                 walked[i] = rank + 1
-            if len(kept) < options.k and window < eligible:
+            if len(kept) < k and window < eligible:
                 still.append(i)
         pending = still
         window = min(eligible, window * 2)
     return queries
 
 
-def _random_negatives(triplets, chosen, gallery_names, options) -> dict[str, dict]:
+def _random_negatives(triplets, chosen, gallery_names, k, seed) -> dict[str, dict]:
     """The baseline: k gallery images drawn uniformly per query, under the same exclusions."""
-    rng = random.Random(options.seed)
+    rng = random.Random(seed)
     gallery = set(gallery_names)
     queries = {}
     for i in chosen:
         triplet = triplets[i]
         forbidden = (_positives(triplet) | {triplet.reference}) & gallery
-        wanted = min(options.k, len(gallery) - len(forbidden))
+        wanted = min(k, len(gallery) - len(forbidden))
         drawn: list[str] = []
         while len(drawn) < wanted:
             name = gallery_names[rng.randrange(len(gallery_names))]

@@ -10,9 +10,9 @@ original target as its own hard negative (the old target no longer matches the n
     model] -> release the model -> [--verify_augmented: the current embedder must prefer
     the negative] -> write
 
-`augmented_samples_iter_{i}.json` holds `meta` (what made it: a finished file with the
-same meta is not redone), `stats` (every rejection counted), `samples`, `rejected` and
-`false_negatives` ({source pairid: [mined negatives the consistency check flagged]}).
+`augmented_samples_iter_{i}.json` (`AugmentedSamples`, src/artifacts.py) holds what made it
+(meta), every rejection counted and, for a simulated captioner, each filter's precision
+and recall (stats), the kept samples, the rejected ones and the flagged false negatives.
 """
 
 from __future__ import annotations
@@ -26,20 +26,21 @@ from pathlib import Path
 
 import torch
 
+from src.artifacts import AugmentedSamples, HardNegatives, PartialGenerations, digest
 from src.augment.captioners import Captioner, load_captioner
 from src.augment.cleaning import REJECTION_REASONS, filter_generations
 from src.augment.consistency import CONSISTENCY_REASONS, apply_answers, false_negatives
 from src.augment.filters import Decisions
 from src.augment.generation import ask_consistency, generate_texts, read_partials
-from src.augment.pairs import CaptionPair, pairs_digest, select_pairs
+from src.augment.pairs import CaptionPair, pair_rows, select_pairs
 from src.augment.prompts import PROMPT_VERSION
 from src.augment.verify import VERIFY_REASON, embedder_scores, filter_by_embedder
-from src.distributed import barrier, is_main, merge_dicts, rank, world_size
-from src.experiment import StageResult
-from src.experiment_io import read_json, write_json_atomic
+from src.distributed import barrier, decided_by_main, is_main, merge_dicts, rank, world_size
+from src.experiment import StageOutput
 from src.job import Job
 from src.retrieval.checkpoint_encoding import CheckpointEncoder
 from src.retrieval.encode import EmbeddingCache
+from src.stages.step import Step
 
 logger = logging.getLogger("augment")
 
@@ -63,72 +64,94 @@ def augment_request(job: Job, iteration: int) -> tuple[dict, list[CaptionPair], 
     """The meta augmented_samples_iter_{iteration}.json must have to count as done, the
     pairs to caption, and how many there were before --max_augmented_per_iteration."""
     options = job.augment
-    if options.captioner == "none":
+    if job.captioner == "none":
         return {"generator": "none", "skipped": "--foundation_model_backbone none: no augmentation"}, [], 0
     mined_file = job.experiment.hard_negatives(iteration - 1)
-    mined = read_json(mined_file)
-    meta = {
-        "generator": options.captioner,
-        "hard_negatives": mined_file.name,
-        "hard_negatives_fingerprint": mined["meta"]["checkpoint_fingerprint"],
-    }
+    mined = HardNegatives.read(mined_file)
     pairs, available = select_pairs(
         job.train_split.triplets,
         job.train_split.images,
-        mined["queries"],
+        mined.negative_images(),
         iteration,
-        options.pairs_per_query,
-        options.max_pairs,
-        random_seed=options.seed if options.negatives == "random" else None,
+        options.augment_pairs_per_query,
+        options.pair_cap,
+        random_seed=job.seed if options.augment_negatives == "random" else None,
     )
-    path = options.model_path
-    meta |= {
+    path = options.foundation_model_path
+    dataset_captioner = job.dataset_captioners.get(job.captioner)
+    meta = {
+        "generator": job.captioner,
+        "hard_negatives": mined_file.name,
+        "hard_negatives_fingerprint": mined.meta["checkpoint_fingerprint"],
         "checkpoint": None if path is None else str(Path(path).resolve()),
-        "stands_in_for_a_foundation_model": options.captioner in job.dataset_captioners,
+        "stands_in_for_a_foundation_model": dataset_captioner is not None,
+        "simulation": dataset_captioner.settings if dataset_captioner is not None else None,
         "prompt_version": PROMPT_VERSION,
-        "pairs_digest": pairs_digest(pairs),
+        "pairs_digest": digest(pair_rows(pairs)),
         "options": options.result_options(),
+        "seed": job.seed,
     }
     return meta, pairs, available
 
 
-def augment_stage(job: Job, iteration: int) -> None:
+def augment_step(job: Job, iteration: int, pairs: int) -> Step:
+    """Round `iteration`'s new texts (`pairs`: how many will be captioned, at most)."""
+    pairs = 0 if job.captioner == "none" else pairs
+    return Step(
+        stage="augment",
+        round=iteration,
+        iteration=iteration,
+        artifact=job.experiment.augmented(iteration),
+        kind=AugmentedSamples,
+        meta=lambda: augment_request(job, iteration)[0],
+        run=lambda: augment_stage(job, iteration),
+        describes=f"{job.captioner}: caption up to {pairs} pairs",
+        work={"caption": pairs},
+    )
+
+
+def augment_stage(job: Job, iteration: int) -> AugmentedSamples:
     """Write augmented_samples_iter_{iteration}.json unless a matching one exists."""
-    experiment, options = job.experiment, job.augment
+    experiment = job.experiment
     meta, pairs, available = augment_request(job, iteration)
 
-    def work() -> StageResult:
-        if options.captioner == "none":
+    def work() -> StageOutput:
+        if job.captioner == "none":
             logger.info("augmentation skipped (--foundation_model_backbone none)")
-            stats = {"skipped": meta["skipped"], "kept": 0}
-            content = {"stats": stats, "samples": [], "false_negatives": {}}
+            artifact = AugmentedSamples({}, {"skipped": meta["skipped"], "kept": 0})
         else:
-            content = _augment(job, iteration, pairs, available, meta)
-        summary = {k: v for k, v in content["stats"].items() if k != "seconds"}
-        return StageResult(content, {"generator": options.captioner} | summary)
+            artifact = _augment(job, iteration, pairs, available, meta)
+        stats = artifact.stats
+        summary = {k: v for k, v in stats.items() if k not in ("seconds", "filters")}
+        return StageOutput(artifact, {"generator": job.captioner} | summary)
 
-    experiment.run_stage("augment", iteration, experiment.augmented(iteration), meta, work)
+    artifact = experiment.run_stage(
+        "augment", iteration, experiment.augmented(iteration), AugmentedSamples, meta, work
+    )
     if is_main():
         for partial in experiment.partial_augmented_files(iteration):
             partial.unlink()
     barrier()
+    return artifact
 
 
 def _load(job: Job) -> Captioner:
-    options = job.augment
-    dataset_captioner = job.dataset_captioners.get(options.captioner)
+    dataset_captioner = job.dataset_captioners.get(job.captioner)
     if dataset_captioner is not None:
         return dataset_captioner.load(Path(job.dataset_path))
-    return load_captioner(options.captioner, options.model_path, options.generation)
+    return load_captioner(job.captioner, job.augment.foundation_model_path, job.augment)
 
 
 def _augment(
     job: Job, iteration: int, pairs: list[CaptionPair], available: int, meta: dict
-) -> dict:
-    """Generate, clean and filter the new samples of one round; the output file's content."""
+) -> AugmentedSamples:
+    """Generate, clean and filter the new samples of one round."""
     options, experiment = job.augment, job.experiment
     own_path = experiment.partial_augmented(iteration, rank())
-    every, own = read_partials(experiment.partial_augmented_files(iteration), own_path, meta)
+    # What is already generated is decided once (the pending pairs are sharded by it); each
+    # process keeps what its own file holds, since it rewrites that file as it goes.
+    every = decided_by_main(lambda: read_partials(experiment.partial_augmented_files(iteration), meta))
+    own = read_partials([own_path], meta) if own_path.is_file() else {}
     barrier()  # every process has read the partial files before any rewrites its own
     pending = [p for p in pairs if p.pairid not in every]
     if every:
@@ -137,7 +160,7 @@ def _augment(
         )
 
     def flush(generated: dict[str, dict]) -> None:
-        write_json_atomic(own_path, {"meta": meta, "generations": own | generated})
+        PartialGenerations(meta, own | generated).write(own_path)
 
     seconds, captioner, run_info = {}, None, {}
     try:
@@ -145,26 +168,32 @@ def _augment(
             with _timed(seconds, "load"):
                 captioner = _load(job)
             run_info = captioner.describe()
-            logger.info(
-                "captioner %s ready in %.1f s: %s", options.captioner, seconds["load"], run_info
-            )
-        if options.generation.do_sample:
-            torch.manual_seed(options.seed + iteration)
+            logger.info("captioner %s ready in %.1f s: %s", job.captioner, seconds["load"], run_info)
+        if options.do_sample:
+            torch.manual_seed(job.seed + iteration)
         with _timed(seconds, "generation"):
             share = pending[rank() :: world_size()]
             generated = merge_dicts(
-                generate_texts(captioner, share, options.batch_size, options.flush_every, flush)
+                generate_texts(
+                    captioner, share, options.foundation_batch_size, options.augment_flush_every, flush
+                )
             )
         decisions = Decisions(every | generated)
-        decisions.apply(filter_generations(pairs, decisions.generations, options.generation.prompt_mode))
+        decisions.apply(
+            filter_generations(pairs, decisions.generations, options.prompt_mode), "clean-up rules"
+        )
         if options.consistency_filter:
             with _timed(seconds, "consistency"):
-                decisions.consistency = ask_consistency(captioner, decisions.kept, options.batch_size)
-                decisions.apply(apply_answers(decisions.kept, decisions.consistency))
+                decisions.consistency = ask_consistency(
+                    captioner, decisions.kept, options.foundation_batch_size
+                )
+                decisions.apply(
+                    apply_answers(decisions.kept, decisions.consistency), "consistency filter"
+                )
     finally:
         captioner = None  # the foundation model leaves memory before the embedder or training
         _release()
-    if options.verify:
+    if options.verify_augmented:
         with _timed(seconds, "verify"):
             checkpoint = experiment.verified_checkpoint(iteration - 1)
             cache = EmbeddingCache(experiment.embeddings_dir)
@@ -172,10 +201,10 @@ def _augment(
                 checkpoint.path, checkpoint.fingerprint, cache, job.encoding
             ) as encoder:
                 decisions.verify = embedder_scores(
-                    encoder, job.train_split, decisions.kept, iteration, job.instruction_set
+                    encoder, job.train_split, decisions.kept, iteration, job.dataset_name
                 )
-            decisions.apply(filter_by_embedder(decisions.kept, decisions.verify))
-    samples = decisions.samples(options.captioner)
+            decisions.apply(filter_by_embedder(decisions.kept, decisions.verify), "verify_augmented")
+    samples = decisions.samples(job.captioner)
     flagged = false_negatives(decisions.rejected)
     stats = {
         "pairs_available": available,
@@ -185,16 +214,12 @@ def _augment(
         "rejected": decisions.reasons(ALL_REASONS),
         "kept": len(samples),
         "false_negatives": sum(len(images) for images in flagged.values()),
+        "filters": decisions.filter_diagnostics(),
         "run": run_info,
         "seconds": seconds,
     }
-    _log_summary(options.captioner, stats)
-    return {
-        "stats": stats,
-        "samples": samples,
-        "rejected": decisions.rejected_records(),
-        "false_negatives": flagged,
-    }
+    _log_summary(job.captioner, stats)
+    return AugmentedSamples({}, stats, samples, decisions.rejected_records(), flagged)
 
 
 def _log_summary(captioner_name: str, stats: dict) -> None:
@@ -216,3 +241,12 @@ def _log_summary(captioner_name: str, stats: dict) -> None:
     logger.info(
         "rejected: %s", ", ".join(f"{r} {n}" for r, n in counted.items()) if counted else "none"
     )
+    for name, filtered in (stats["filters"] or {}).items():
+        logger.info(
+            "%s: removed %d of %d wrong texts and %d of %d right ones",
+            name,
+            filtered["wrong_removed"],
+            filtered["wrong_in"],
+            filtered["right_removed"],
+            filtered["right_in"],
+        )

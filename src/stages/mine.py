@@ -1,8 +1,7 @@
 """Mining stage: hard negatives of the training queries, retrieved with checkpoint_iter_{i}.
 
--> hard_negatives_iter_{i}.json: {"meta", "stats", "queries": {pairid: {target_rank,
-target_score, negatives}}}. The meta names the checkpoint's fingerprint and the mining
-options, so a rerun with either changed mines again.
+-> hard_negatives_iter_{i}.json (`HardNegatives`, src/artifacts.py). The meta names the
+checkpoint's fingerprint and the mining flags, so a rerun with either changed mines again.
 """
 
 from __future__ import annotations
@@ -11,11 +10,13 @@ import dataclasses
 import logging
 import time
 
+from src.artifacts import HardNegatives, MinedQuery
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
-from src.experiment import StageResult
+from src.experiment import StageOutput
 from src.job import Job
 from src.retrieval.checkpoint_encoding import CheckpointEncoder
 from src.retrieval.encode import EmbeddingCache
+from src.stages.step import Step
 
 logger = logging.getLogger("rounds")
 
@@ -24,38 +25,57 @@ SUMMARY_KEYS = ("num_queries", "num_mined", "num_negatives", "train_recall@1", "
 
 def mine_meta(job: Job, checkpoint_iteration: int) -> dict:
     """What a hard-negative file mined with checkpoint_iter_{checkpoint_iteration} must have
-    been made from to count as done."""
+    been made from to count as done (`mining_checkpoint` says which file a round reads,
+    not what is in one)."""
     checkpoint = job.experiment.verified_checkpoint(checkpoint_iteration)
-    return {"checkpoint_fingerprint": checkpoint.fingerprint, "options": dataclasses.asdict(job.mining)}
+    options = dataclasses.asdict(job.mining)
+    options.pop("mining_checkpoint")
+    return {"checkpoint_fingerprint": checkpoint.fingerprint, "options": options, "seed": job.seed}
 
 
-def mine_stage(job: Job, iteration: int, checkpoint_iteration: int | None = None) -> None:
-    """Mine with checkpoint_iter_{checkpoint_iteration} (default: {iteration}) ->
-    hard_negatives_iter_{iteration}.json, which round iteration + 1 trains with."""
+def mine_step(job: Job, round_: int) -> Step:
+    """Mining for round `round_`: with checkpoint_iter_{source} -> hard_negatives_iter_{round_ - 1}."""
+    source = job.mining.checkpoint_for(round_)
+    train = job.train_split
+    mining = job.mining
+    return Step(
+        stage="mine",
+        round=round_,
+        iteration=round_ - 1,
+        artifact=job.experiment.hard_negatives(round_ - 1),
+        kind=HardNegatives,
+        meta=lambda: mine_meta(job, source),
+        run=lambda: mine_stage(job, round_ - 1, source),
+        describes=(
+            f"encode {len(train.images)} gallery images + {len(train.triplets)} queries with "
+            f"checkpoint_iter_{source}, top {mining.hard_negative_k} ({mining.negative_source}, "
+            f"scope {mining.mine_scope})"
+        ),
+        work={"encode": len(train.images) + len(train.triplets)},
+    )
+
+
+def mine_stage(job: Job, iteration: int, checkpoint_iteration: int) -> HardNegatives:
+    """Mine with checkpoint_iter_{checkpoint_iteration} -> hard_negatives_iter_{iteration}.json,
+    which round iteration + 1 trains with."""
     experiment = job.experiment
-    checkpoint_iteration = iteration if checkpoint_iteration is None else checkpoint_iteration
     checkpoint = experiment.verified_checkpoint(checkpoint_iteration)
     meta = mine_meta(job, checkpoint_iteration)
-    options = meta["options"]
 
-    def work() -> StageResult:
+    def work() -> StageOutput:
         dataset = ComposedRetrievalDataset(job.train_split, job.train_split.triplets)
         cache = EmbeddingCache(experiment.embeddings_dir)
         with CheckpointEncoder(checkpoint.path, checkpoint.fingerprint, cache, job.encoding) as encoder:
-            mined = dataset.mine_hard_negatives(encoder, job.instruction_set, job.mining)
+            mined = dataset.mine_hard_negatives(encoder, job.dataset_name, job.mining, job.seed)
         log_mining_summary(mined["stats"])
-        content = {
-            "meta": {
-                "checkpoint": str(checkpoint.path),
-                "seed": options["seed"],
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            },
-            "stats": mined["stats"],
-            "queries": mined["queries"],
-        }
-        return StageResult(content, {"stats": {k: mined["stats"][k] for k in SUMMARY_KEYS}})
+        queries = {pairid: MinedQuery.from_json(q) for pairid, q in mined["queries"].items()}
+        extra = {"checkpoint": str(checkpoint.path), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        artifact = HardNegatives(extra, mined["stats"], queries)
+        return StageOutput(artifact, {"stats": {k: mined["stats"][k] for k in SUMMARY_KEYS}})
 
-    experiment.run_stage("mine", iteration, experiment.hard_negatives(iteration), meta, work)
+    return experiment.run_stage(
+        "mine", iteration, experiment.hard_negatives(iteration), HardNegatives, meta, work
+    )
 
 
 def log_mining_summary(stats: dict) -> None:
@@ -73,13 +93,13 @@ def log_mining_summary(stats: dict) -> None:
     logger.info("target rank histogram: %s", stats["target_rank_histogram"])
     logger.info("candidates removed by filter: %s", stats["removed_by_filter"])
     for name in ("target_scores", "negative_scores"):
-        dist = stats[name]
-        if dist.get("count"):
+        distribution = stats[name]
+        if distribution.get("count"):
             logger.info(
                 "%s: mean %.3f, p5 %.3f, median %.3f, p95 %.3f",
                 name.replace("_", " "),
-                dist["mean"],
-                dist["p5"],
-                dist["p50"],
-                dist["p95"],
+                distribution["mean"],
+                distribution["p5"],
+                distribution["p50"],
+                distribution["p95"],
             )

@@ -24,31 +24,31 @@ ARGS = {
 
 def test_new_then_resume_requires_auto_resume(tmp_path):
     experiment = Experiment(tmp_path / "exp")
-    experiment.start(ARGS, resuming=False, allow_config_change=False)
+    experiment.config.start(ARGS, resuming=False, allow_config_change=False)
     saved = read_json(experiment.config_file)
     assert saved["arguments"] == ARGS and "versions" in saved and "start_time" in saved
     # a run that stopped before writing anything else: a corrected rerun may start afresh
-    experiment.start(ARGS | {"seed": 3}, resuming=False, allow_config_change=False)
+    experiment.config.start(ARGS | {"seed": 3}, resuming=False, allow_config_change=False)
     assert read_json(experiment.config_file)["arguments"]["seed"] == 3
-    experiment.record_stage("train", 0, {})
+    experiment.log.record("train", 0, {})
     with pytest.raises(ExperimentError, match="--auto_resume"):
-        experiment.start(ARGS, resuming=False, allow_config_change=False)
-    experiment.start(
+        experiment.config.start(ARGS, resuming=False, allow_config_change=False)
+    experiment.config.start(
         ARGS | {"seed": 3, "num_iterations": 5}, resuming=True, allow_config_change=False
     )
 
 
 def test_mismatched_resume_names_every_differing_key(tmp_path):
     experiment = Experiment(tmp_path / "exp")
-    experiment.start(ARGS, resuming=False, allow_config_change=False)
-    experiment.record_stage("train", 0, {})
+    experiment.config.start(ARGS, resuming=False, allow_config_change=False)
+    experiment.log.record("train", 0, {})
     changed = ARGS | {"seed": 1, "hard_negative_k": 7}
     with pytest.raises(ExperimentError) as error:
-        experiment.start(changed, resuming=True, allow_config_change=False)
+        experiment.config.start(changed, resuming=True, allow_config_change=False)
     assert "seed: experiment 0 -> now 1" in str(error.value)
     assert "hard_negative_k: experiment 5 -> now 7" in str(error.value)
     assert "model_name" not in str(error.value)
-    experiment.start(changed, resuming=True, allow_config_change=True)
+    experiment.config.start(changed, resuming=True, allow_config_change=True)
     assert (
         read_json(experiment.config_file)["config_changes"][0]["changes"][0][0] == "hard_negative_k"
     )

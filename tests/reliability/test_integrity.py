@@ -66,7 +66,7 @@ def test_a_truncated_checkpoint_is_retrained_on_auto_resume(
     assert train_main(job_args(tiny_qwen, small_benchmark, copy.dir, "--auto_resume")) == 0
     log = capsys.readouterr().out
     assert f"{weights} has 1000 bytes" in log and "redoing it" in log
-    assert [s["stage"] for s in copy.stage_log()][-2:] == ["train", "evaluate"]
+    assert [s["stage"] for s in copy.log.entries()][-2:] == ["train", "evaluate"]
     assert read_json(copy.checkpoint(1) / "stage.json")["fingerprint"] == read_json(
         finished.checkpoint(1) / "stage.json"
     )["fingerprint"]
@@ -81,7 +81,7 @@ def test_a_truncated_mined_file_is_mined_again(copy, finished, tiny_qwen, small_
     assert f"{mined} has 200 bytes" in log and "redoing it" in log
     assert read_json(mined)["queries"] == read_json(finished.hard_negatives(0))["queries"]
     assert read_json(copy.evaluation_results) == read_json(finished.evaluation_results)
-    assert [s["stage"] for s in copy.stage_log()][-1] == "mine", log  # same data: nothing retrained
+    assert [s["stage"] for s in copy.log.entries()][-1] == "mine", log  # same data: nothing retrained
 
 
 def test_a_trainer_checkpoint_counts_only_if_its_weight_files_verify(finished, tmp_path):

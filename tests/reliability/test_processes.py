@@ -63,7 +63,7 @@ def test_sigterm_during_training_saves_a_checkpoint_and_exits_cleanly(
 
     argv = small_job(tiny_qwen, small_benchmark, experiment.dir, *flags, "--auto_resume")
     assert train_main(argv) == 0
-    train = [s for s in experiment.stage_log() if s["stage"] == "train"][0]
+    train = [s for s in experiment.log.entries() if s["stage"] == "train"][0]
     assert train["meta"]["resumed_from"] == str(saved) and train["meta"]["steps"] == 40
     straight = Experiment(tmp_path / "straight")
     assert train_main(small_job(tiny_qwen, small_benchmark, straight.dir, *flags)) == 0

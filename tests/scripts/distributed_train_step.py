@@ -10,8 +10,8 @@ import os
 import sys
 
 import torch
-from transformers import TrainingArguments
 
+from src.arguments import IterativeTrainingArguments
 from src.data.collator import ContrastiveCollator
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.data.loading import load_split
@@ -32,7 +32,7 @@ def one_step(grad_cache: bool) -> dict:
     dataset = ComposedRetrievalDataset(split, triplets, negatives, num_hard_negatives=1, seed=0)
     encoder = build_encoder(model_dir, dtype="float32")
     initial = {n: p.detach().clone() for n, p in encoder.named_parameters()}
-    args = TrainingArguments(
+    args = IterativeTrainingArguments(
         output_dir=output + ".trainer",
         report_to="none",
         remove_unused_columns=False,
@@ -46,6 +46,8 @@ def one_step(grad_cache: bool) -> dict:
         use_cpu=True,
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         seed=0,
+        grad_cache=grad_cache,
+        temperature=0.05,
     )
     trainer = IterativeTrainer(
         model=encoder,
@@ -54,8 +56,6 @@ def one_step(grad_cache: bool) -> dict:
         data_collator=ContrastiveCollator(
             encoder.processor, encoder.backbone, chunk_size=3 if grad_cache else None
         ),
-        grad_cache=grad_cache,
-        temperature=0.05,
     )
     result = trainer.train()
     weights = {n: p.detach() for n, p in encoder.named_parameters()}

@@ -27,6 +27,8 @@ from src.data.records import Split, Triplet
 from src.retrieval import mining
 
 if TYPE_CHECKING:
+    from src.arguments import MiningArguments
+    from src.artifacts import AugmentedSamples, HardNegatives
     from src.retrieval.checkpoint_encoding import CheckpointEncoder
 
 
@@ -62,53 +64,52 @@ class ComposedRetrievalDataset(Dataset):
     def for_round(
         cls,
         split: Split,
-        mined: dict[str, dict] | None = None,
-        augmented: Sequence[tuple[int, dict]] = (),
+        mined: HardNegatives | None = None,
+        augmented: Sequence[tuple[int, AugmentedSamples]] = (),
         num_hard_negatives: int = 0,
         seed: int = 0,
     ) -> ComposedRetrievalDataset:
         """A round's data: `split`'s triplets plus the augmented ones, with their negatives.
 
-        `mined` is the "queries" of the hard-negative file the round trains with (None in
-        round 0); `augmented` the (round, augmented-sample file) pairs of the round's pool,
-        the round's own last: its consistency check's false negatives are dropped from the
-        mined lists.
+        `mined` is the hard-negative file the round trains with (None in round 0);
+        `augmented` the (round, augmented-sample file) pairs of the round's pool, the
+        round's own last: its consistency check's false negatives are dropped from the
+        mined lists. Only the triplets are read from the new samples (their provenance,
+        check scores and a simulated captioner's records are not).
         """
         triplets = list(split.triplets)
-        negatives = {
-            pairid: [n["image"] for n in query["negatives"]]
-            for pairid, query in (mined or {}).items()
-        }
+        negatives = mined.negative_images() if mined is not None else {}
         if augmented:
-            for pairid, images in augmented[-1][1].get("false_negatives", {}).items():
+            for pairid, images in augmented[-1][1].false_negatives.items():
                 negatives[pairid] = [n for n in negatives.get(pairid, []) if n not in images]
         for iteration, payload in augmented:
-            for sample in payload["samples"]:
+            for sample in payload.samples:
                 triplets.append(
                     Triplet(
-                        pairid=sample["pairid"],
-                        reference=sample["reference"],
-                        caption=sample["caption"],
-                        target=sample["target"],
+                        pairid=sample.pairid,
+                        reference=sample.reference,
+                        caption=sample.caption,
+                        target=sample.target,
                         source=f"augmented:{iteration}",
                     )
                 )
-                negatives[sample["pairid"]] = [sample["original_target"]]
+                negatives[sample.pairid] = [sample.original_target]
         return cls(split, triplets, negatives, num_hard_negatives, seed)
 
     def mine_hard_negatives(
-        self, encoder: CheckpointEncoder, instruction_set: str, options: mining.MiningOptions
+        self, encoder: CheckpointEncoder, instruction_set: str, options: MiningArguments, seed: int
     ) -> dict:
         """Mine negatives for this dataset's triplets by retrieval over its split's gallery.
 
-        Returns the miner's {"options", "stats", "queries"} (src/retrieval/mining.py).
-        Random negatives for every query need no ranking, so nothing is encoded.
+        Returns the miner's {"stats", "queries"} (src/retrieval/mining.py). Random negatives
+        for every query need no ranking, so nothing is encoded.
         """
-        if options.source == "random" and options.scope == "all":
-            return mining.random_negatives(self.triplets, self.split.gallery_names(), options)
+        if options.negative_source == "random" and options.mine_scope == "all":
+            names = self.split.gallery_names()
+            return mining.random_negatives(self.triplets, names, options.hard_negative_k, seed)
         encoded = encoder.encode_split(self.split, self.triplets, instruction_set)
         return mining.mine_hard_negatives(
-            encoded.queries, encoded.gallery, encoded.gallery_names, encoded.triplets, options
+            encoded.queries, encoded.gallery, encoded.gallery_names, encoded.triplets, options, seed
         )
 
     def set_epoch(self, epoch: int) -> None:

@@ -1,0 +1,142 @@
+"""An experiment's config (experiment_config.json) and its lock: one run at a time, and a
+resume that does not silently change what the experiment computes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Iterator
+from importlib import metadata
+
+from filelock import FileLock, Timeout
+
+from src.arguments import result_config
+from src.errors import ExperimentError
+from src.experiment.layout import CONFIG_NAME, ExperimentLayout
+from src.experiment.stage_log import now
+from src.experiment_io import read_json, write_json_atomic
+
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "faiss-cpu", "qwen-vl-utils")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def config_differences(saved: dict, current: dict) -> list[tuple[str, object, object]]:
+    """Result-changing keys that differ, both sides read by the current rules (a flag that
+    no longer changes results is ignored; one added since counts only off its default)."""
+    saved, current = result_config(saved), result_config(current)
+    keys = sorted(set(saved) | set(current))
+    return [(k, saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)]
+
+
+class ExperimentConfig:
+    """experiment_config.json: every argument, versions, seed, start time, allowed changes."""
+
+    def __init__(self, layout: ExperimentLayout):
+        self.layout = layout
+
+    @property
+    def path(self):
+        return self.layout.config_file
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def arguments(self) -> dict:
+        if not self.exists():
+            raise ExperimentError(f"{self.layout.dir}: no {CONFIG_NAME}; is this an experiment directory?")
+        return read_json(self.path)["arguments"]
+
+    def check_start(self, arguments: dict, resuming: bool, allow_config_change: bool) -> list:
+        """What `start` would refuse, raised before anything is written; returns the
+        result-changing differences a resume with --allow_config_change records."""
+        directory = self.layout.dir
+        if not self.exists() or not self.layout.has_work():
+            if self.layout.has_work():
+                raise ExperimentError(
+                    f"{directory} is not empty but has no {CONFIG_NAME}; choose another --experiment_dir"
+                )
+            return []
+        if not resuming:
+            raise ExperimentError(
+                f"{directory} already holds an experiment. Continue it with --auto_resume, rerun "
+                "from a round with --auto_resume --resume_from_iteration N, or pass another "
+                "--experiment_dir."
+            )
+        differences = config_differences(read_json(self.path)["result_config"], arguments)
+        if differences and not allow_config_change:
+            listing = "\n".join(
+                f"  {key}: experiment {old!r} -> now {new!r}" for key, old, new in differences
+            )
+            raise ExperimentError(
+                f"resuming {directory} with arguments that change its results:\n{listing}\n"
+                "Use the experiment's arguments, another --experiment_dir, or --allow_config_change."
+            )
+        return differences
+
+    def start(self, arguments: dict, resuming: bool, allow_config_change: bool) -> None:
+        """Write the config of a new run (or of one that stopped before writing anything
+        else), or check it against a resumed one and record allowed changes."""
+        differences = self.check_start(arguments, resuming, allow_config_change)
+        if not self.exists() or not self.layout.has_work():
+            write_json_atomic(
+                self.path,
+                {
+                    "arguments": arguments,
+                    "result_config": result_config(arguments),
+                    "versions": package_versions(),
+                    "seed": arguments.get("seed"),
+                    "start_time": now(),
+                },
+            )
+            return
+        if differences:
+            saved = read_json(self.path)
+            saved.setdefault("config_changes", []).append(
+                {"time": now(), "changes": [list(d) for d in differences]}
+            )
+            saved["result_config"] = result_config(arguments)
+            write_json_atomic(self.path, saved)
+
+
+@contextlib.contextmanager
+def experiment_lock(layout: ExperimentLayout) -> Iterator[None]:
+    """Refuse a second run on the same directory while the first is alive.
+
+    The OS lock (flock, through filelock) is released when its holder dies, however it
+    dies, so a crashed run never blocks the directory; the owner file only names the
+    holder in the message.
+    """
+    layout.dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(layout.lock_file, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ExperimentError(
+            f"{layout.dir} is in use by {_lock_owner(layout)}; wait for that run to finish or "
+            "pass another --experiment_dir"
+        ) from None
+    try:
+        write_json_atomic(
+            layout.lock_owner_file, {"pid": os.getpid(), "host": socket.gethostname(), "since": now()}
+        )
+        yield
+    finally:
+        layout.lock_owner_file.unlink(missing_ok=True)
+        lock.release()
+
+
+def _lock_owner(layout: ExperimentLayout) -> str:
+    try:
+        owner = json.loads(layout.lock_owner_file.read_text())
+        return f"process {owner['pid']} on {owner['host']} (since {owner['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"

@@ -1,0 +1,28 @@
+"""The device collective tensors go to, from the process group's backend configuration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src import distributed
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [("cuda:nccl", "cuda:1"), ("cpu:gloo,cuda:gloo", "cpu"), ("cpu:gloo,cuda:nccl", "cpu")],
+)
+def test_collective_tensors_go_where_the_backend_serves(monkeypatch, config, expected):
+    """NCCL serves only this process's GPU (cuda:1 for local rank 1); gloo serves the CPU."""
+    monkeypatch.setattr(distributed, "initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_backend_config", lambda: config)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert distributed.collective_device() == torch.device(expected)
+
+
+def test_without_a_process_group_everything_is_local():
+    assert distributed.collective_device() == torch.device("cpu")
+    assert distributed.any_process(True) is True
+    assert distributed.decided_by_main(lambda: 7) == 7
+    with pytest.raises(ValueError, match="boom"):
+        distributed.decided_by_main(lambda: (_ for _ in ()).throw(ValueError("boom")))
