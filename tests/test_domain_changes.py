@@ -43,7 +43,8 @@ def test_domains_are_recognised_by_their_files(small_benchmark, garment_benchmar
         (tmp_path / domain.descriptions_file).write_text("{}")
     assert dataset_domain(tmp_path) is None  # both files: neither benchmark
     assert description_domain(make_scene([obj(0, "red", "star")])) is SHAPES_DOMAIN
-    assert description_domain(Garment("shirt", "red", "plain", "long", "white")) is GARMENTS_DOMAIN
+    garment = Garment("shirt", "red", "plain", "long", "collared", "white")
+    assert description_domain(garment) is GARMENTS_DOMAIN
     with pytest.raises(ValueError):
         description_domain("a cat")
 

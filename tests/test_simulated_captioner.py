@@ -17,9 +17,13 @@ from src.offline.caption_errors import (
     DEFAULT_CAPTION_ERRORS,
     ERROR_KINDS,
     CaptionErrorRates,
+    PairCase,
+    make_mistake,
 )
 from src.offline.caption_truth import describes
+from src.offline.domain import Change
 from src.offline.garments.benchmark import build_garment_benchmark
+from src.offline.garments.domain import GARMENTS_DOMAIN
 from src.offline.garments.garments import Garment
 from src.offline.simulated_captioner import SimulatedCaptioner, simulated_dataset_captioner
 from src.offline.synthetic.scenes import SceneObject, make_scene
@@ -82,7 +86,9 @@ def test_rates_are_validated():
 def test_the_cap_must_fit_the_grammar(small_benchmark, garment_benchmark):
     with pytest.raises(ValueError, match="shapes grammar states 1 to 2"):
         SimulatedCaptioner(small_benchmark, CaptionErrorRates(max_named_changes=3))
-    assert SimulatedCaptioner(garment_benchmark, CaptionErrorRates(max_named_changes=5))
+    assert SimulatedCaptioner(garment_benchmark, CaptionErrorRates(max_named_changes=6))
+    with pytest.raises(ValueError, match="garments grammar states 1 to 6"):
+        SimulatedCaptioner(garment_benchmark, CaptionErrorRates(max_named_changes=7))
 
 
 def test_each_mistake_comes_at_its_rate_and_the_judge_errs_at_its_rate(small_benchmark):
@@ -206,14 +212,14 @@ def test_many_differences_give_exactly_the_cap(small_benchmark, garment_benchmar
         assert record["differences"] >= 5
         assert (record["correct"], record["error"], record["named"]) == (True, None, 2)
     garments = SimulatedCaptioner(garment_benchmark)
-    all_five = next(p for p in random_pairs(garments, 500, seed=5) if len(kinds(garments, p)) == 5)
-    for cap in range(1, 6):
+    all_six = next(p for p in random_pairs(garments, 500, seed=5) if len(kinds(garments, p)) == 6)
+    for cap in range(1, 7):
         captioner = SimulatedCaptioner(garment_benchmark, CaptionErrorRates(max_named_changes=cap))
-        (generation,) = captioner.generate([all_five])
+        (generation,) = captioner.generate([all_six])
         assert generation["simulation"] == {
             "correct": True,
             "error": None,
-            "differences": 5,
+            "differences": 6,
             "named": cap,
         }
 
@@ -296,8 +302,11 @@ def test_describes_follows_the_cap():
         describes(BASE, THREE, one, max_named_changes=3)
 
 
-SKIRT = Garment("skirt", "red", "plain", "short", "white")
-DRESS = Garment("dress", "navy", "striped", "long", "white")  # category, colour, pattern, length
+SKIRT = Garment("skirt", "red", "plain", "short", "round", "white")
+# Category, colour, pattern, length; then the neckline too.
+DRESS = Garment("dress", "navy", "striped", "long", "round", "white")
+V_DRESS = Garment("dress", "navy", "striped", "long", "v-neck", "white")
+V_SKIRT = Garment("skirt", "red", "plain", "short", "v-neck", "black")  # neckline, trim
 
 
 @pytest.mark.parametrize(
@@ -321,6 +330,29 @@ def test_describes_garments(text, cap, expected):
     assert describes(SKIRT, DRESS, text, max_named_changes=cap) is expected
 
 
+@pytest.mark.parametrize(
+    ("target", "text", "cap", "expected"),
+    [
+        (V_SKIRT, "has a v-shaped waistband and has black trim", 2, True),
+        (V_SKIRT, "has a v-shaped waistband", 1, True),  # the neckline before the trim
+        (V_SKIRT, "has black trim", 1, False),
+        (V_SKIRT, "has a v-neck and has black trim", 2, False),  # a skirt has a waistband
+        (V_SKIRT, "has a paperbag waist and has black trim", 2, False),  # wrong value
+        (V_DRESS, "is a dress, is navy, has stripes, is long and has a v-neck", 5, True),
+        (V_DRESS, "is a dress, is navy, has stripes, is long and comes with a v-neck", 6, True),
+        (V_DRESS, "is a dress, is navy, has stripes, is long and has a collar", 5, False),
+        (  # the reference, a skirt, has no round neck to name
+            V_DRESS,
+            "is a dress, is navy, has stripes, is long and has a v-neck instead of a round neck",
+            5,
+            False,
+        ),
+    ],
+)
+def test_describes_the_neckline(target, text, cap, expected):
+    assert describes(SKIRT, target, text, max_named_changes=cap) is expected
+
+
 def test_describe_and_factory(small_benchmark, garment_benchmark, tmp_path):
     rates = CaptionErrorRates(wrong_value=0.5, judge_false_yes=0.25)
     factory = simulated_dataset_captioner(rates, seed=7)
@@ -336,3 +368,48 @@ def test_describe_and_factory(small_benchmark, garment_benchmark, tmp_path):
     assert description["domain"] == "garments"
     with pytest.raises(ValueError, match="no synthetic benchmark"):
         SimulatedCaptioner(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("reference", "target"),
+    [
+        (  # a new neck on a shirt
+            Garment("shirt", "red", "plain", "short", "round", "white"),
+            Garment("shirt", "red", "plain", "short", "collared", "white"),
+        ),
+        (  # a skirt's waistband becomes a dress's neck
+            Garment("skirt", "red", "plain", "short", "round", "white"),
+            Garment("dress", "red", "plain", "short", "v-neck", "white"),
+        ),
+    ],
+)
+def test_the_mistakes_on_the_neckline(reference, target):
+    domain = GARMENTS_DOMAIN
+    case = PairCase.of(domain, reference, target, "the original", 2)
+    assert Change("neckline", None, target.neckline) in case.named
+    for seed in range(5):
+        rng = random.Random(seed)
+        made, text = make_mistake(case, "wrong_value", rng)
+        stated = domain.stated_changes(reference, text)
+        assert made == "wrong_value" and not describes(reference, target, text)
+        # One named change got another value: the neckline's third value, or another one's.
+        assert len(stated) == len(case.named)
+        assert len(set(stated) - set(case.named)) == 1
+        made, text = make_mistake(case, "extra_change", rng)
+        stated = domain.stated_changes(reference, text)
+        assert made == "extra_change" and not describes(reference, target, text)
+        assert Change("neckline", None, target.neckline) in stated
+        made, text = make_mistake(case, "reversed_direction", rng)
+        assert domain.apply_caption(target, text) == reference
+    # Across draws, the neckline gets its third value.
+    third = next(
+        n for n in ("round", "v-neck", "collared") if n not in (reference.neckline, target.neckline)
+    )
+    wrong = set()
+    for seed in range(40):
+        wrong.update(
+            domain.stated_changes(
+                reference, make_mistake(case, "wrong_value", random.Random(seed))[1]
+            )
+        )
+    assert Change("neckline", None, third) in wrong

@@ -2,11 +2,14 @@
 
 A caption is one clause per changed attribute, joined "A and B" / "A, B and also C", in
 any order: "is a dress instead of a skirt", "is red and has stripes", "has longer sleeves
-and has white trim". Every clause is a fixed string of a finite table (`CLAUSES`), so a
-caption parses by splitting it at the joins and looking each clause up. Clauses are read
-against the reference: "instead of a skirt" must name the reference's category,
-"longer" means one length longer than the reference's, and a length clause speaks of
-sleeves or of the hem as the garment it describes (the target) has them.
+and has white trim", "has a v-neck instead of a round neck". Every clause is a fixed string
+of a finite table (`CLAUSES`), so a caption parses by splitting it at the joins and looking
+each clause up. Clauses are read against the reference: "instead of a skirt" must name the
+reference's category, "longer" means one length longer than the reference's. A length
+clause speaks of sleeves or of the hem, and a neckline clause of the neck ("has a collar")
+or of the waist ("has a paperbag waist"), as the garment it describes (the target) has
+them; a neckline clause that names the reference's neckline ("has a v-neck instead of a
+round neck") also needs the reference to have the same part (garments.py: PARTS).
 
 `describe_difference` is the scene oracle of this domain: the exact caption between two
 garments one or two attributes apart (the canonical one, or with `rng` a random phrasing).
@@ -24,10 +27,10 @@ from src.offline.garments.garments import (
     CATEGORIES,
     COLOURS,
     LENGTHS,
+    PARTS,
     Garment,
     apply_changes,
     differences,
-    length_part,
 )
 
 NOUNS = {c: f"a {c}" for c in CATEGORIES} | {"trousers": "a pair of trousers"}
@@ -56,6 +59,16 @@ LENGTH_WORDS = {
     "hem": {"short": "short", "medium": "knee-length", "long": "long"},
 }
 LENGTH_TEMPLATES = {"sleeves": ("has {word} sleeves",), "hem": ("is {word}", "is cut {word}")}
+# The neckline as the part has it: a neck (shirts, dresses, jackets) or a waist (garments.py).
+NECKLINE_WORDS = {
+    "neck": {"round": "a round neck", "v-neck": "a v-neck", "collared": "a collar"},
+    "waist": {
+        "round": "a straight waistband",
+        "v-neck": "a v-shaped waistband",
+        "collared": "a paperbag waist",
+    },
+}
+NECKLINE_TEMPLATES = ("has {new}", "has {new} instead of {old}", "comes with {new}")
 # One length step from the reference's length.
 RELATIVE_LENGTH = {
     ("sleeves", 1): "has longer sleeves",
@@ -70,8 +83,9 @@ _SPLIT = re.compile(r", | and also | and ")
 @dataclass(frozen=True)
 class _Meaning:
     """What one clause says: `attribute` becomes `value`, or (length) moves `step` lengths
-    from the reference's; `old` is the reference value it names, `part` the part (sleeves or
-    hem) its garment must measure by."""
+    from the reference's; `old` is the reference value it names, `part` the part its garment
+    must have (length: sleeves or hem; neckline: neck or waist, and the reference too where
+    `old` is named)."""
 
     attribute: str
     value: str | None
@@ -114,6 +128,15 @@ def _clause_table() -> dict[str, _Meaning]:
                 )
     for (part, step), text in RELATIVE_LENGTH.items():
         add(text, _Meaning("length", None, part=part, step=step))
+    for part, words in NECKLINE_WORDS.items():
+        for template in NECKLINE_TEMPLATES:
+            for new in words:
+                olds = [o for o in words if o != new] if "{old}" in template else [None]
+                for old in olds:
+                    add(
+                        template.format(new=words[new], old=words.get(old)),
+                        _Meaning("neckline", new, old, part=part),
+                    )
     return table
 
 
@@ -129,12 +152,23 @@ def _value(meaning: _Meaning, reference: Garment) -> str:
     return LENGTHS[index]
 
 
+def _parts_fit(meaning: _Meaning, reference: Garment, target: Garment) -> bool:
+    """Whether the target has the part the clause speaks of, and the reference too where the
+    clause names the reference's value."""
+    if meaning.part is None:
+        return True
+    part_of = PARTS[meaning.attribute]
+    if meaning.part != part_of(target.category):
+        return False
+    return meaning.old is None or meaning.part == part_of(reference.category)
+
+
 def _fits(meaning: _Meaning, reference: Garment, change: Change, target: Garment) -> bool:
     if meaning.attribute != change.kind:
         return False
     if meaning.old not in (None, getattr(reference, change.kind)):
         return False
-    if meaning.part not in (None, length_part(target.category)):
+    if not _parts_fit(meaning, reference, target):
         return False
     try:
         return _value(meaning, reference) == change.value
@@ -173,7 +207,9 @@ def render_changes(
 def stated_changes(reference: Garment, text: str) -> list[Change]:
     """The changes a caption states, in its order; ValueError when a clause is not of the
     grammar, names another reference value, repeats an attribute, changes nothing, or
-    speaks of sleeves (hem) when the garment it describes has a hem (sleeves)."""
+    speaks of a part the garment it describes lacks: sleeves (hem) when it has a hem
+    (sleeves), a neck (waist) when it has a waist (neck), or the reference's neck (waist)
+    when the reference has a waist (neck)."""
     meanings = []
     for clause in _SPLIT.split(text):
         if clause not in CLAUSES:
@@ -185,8 +221,12 @@ def stated_changes(reference: Garment, text: str) -> list[Change]:
             raise ValueError(f"{text!r}: the reference's {meaning.attribute} is not {meaning.old}")
         changes.append(Change(meaning.attribute, None, _value(meaning, reference)))
     target = apply_changes(reference, changes)
-    if any(m.part not in (None, length_part(target.category)) for m in meanings):
-        raise ValueError(f"{text!r}: a {target.category} has no such length")
+    for meaning in meanings:
+        if not _parts_fit(meaning, reference, target):
+            raise ValueError(
+                f"{text!r}: no {meaning.part} to speak of from a {reference.category} "
+                f"to a {target.category}"
+            )
     return changes
 
 
