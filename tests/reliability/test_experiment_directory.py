@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from src.experiment import Experiment, ExperimentError
+from src.errors import ExperimentError
+from src.experiment import Experiment
 from src.experiment_io import read_json, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[2]
