@@ -1,37 +1,50 @@
 """Does each idea of the method help? One command: arms x seeds, with confidence intervals.
 
     python -m benchmarks.ablation --jobs 2 --output_dir benchmarks/results/ablation -- --max_steps 157
+    python -m benchmarks.ablation --jobs 2 --arms C,D,Dsim,Dcons,Dverify,Esim,Depoch,Clong \
+        --output_dir benchmarks/results/ablation_texts -- --max_steps 157
 
 Arms (each a normal experiment under the output folder; every flag of train_iterative.py
-can be added after `--` and applies to all of them):
+can be added after `--` and applies to all of them, the arm's own flags after it):
 
 - A  in-batch negatives only;
 - B  random extra negatives, as many per query as C uses;
 - C  mined hard negatives, re-mined each round with the current checkpoint;
 - S  mined hard negatives, mined once with checkpoint_iter_0 and reused every round;
-- D  C plus new texts for the mined hard pairs (the full method);
-- E  like D, but the new texts are written for random gallery images instead of the
-     mined ones (same count, same captioner).
+- D  C plus new texts for the mined hard pairs from the scene oracle (a perfect captioner);
+- E  like D, but the new texts are written for random gallery images instead (same count);
+- Dsim, Esim  D and E with the simulated captioner (it describes any pair and errs at the
+     published rates of --simulated_*), no filter;
+- Dcons, Dverify  Dsim with --consistency_filter / --verify_augmented;
+- Depoch  Dsim on the default schedule: one epoch over original + new triplets (more
+     steps than --max_steps); Clong  C given about as many steps (188: one epoch of 5,000
+     original + 1,000 new triplets at batch 32; the steps each arm took are recorded).
 
-Every arm trains the same optimizer steps per round (`--max_steps`) and, where arms differ
-in negatives, gives each query the same number of extra candidates. Round 0 does not
-depend on the arm: it is trained once per seed and copied into each arm's experiment,
-which then resumes from it (its config records the arm's flags as a change). The arms of
-a seed share one embedding cache, so round 1's mining encodes once per seed.
+Every other arm trains the same optimizer steps per round (`--max_steps`) and, where arms
+differ in negatives, gives each query the same number of extra candidates. Round 0 does not
+depend on the arm: it is trained once per seed and copied into each arm's experiment, which
+then resumes from it (its config records the arm's flags as a change). The arms of a seed
+share one embedding cache, so round 1's mining encodes once per seed.
 
-Writes `ablation.json` (every metric of every arm, seed and round; per arm and round the
-mean and standard deviation over seeds; the paired differences C-B, C-S, D-C, D-E with a
-95% confidence interval over seeds, t-distribution, paired by seed), `ablation.md` (the
-table) and `ablation_{metric}.png` (R@5 and Rsubset@1 against the round, error bars:
-one standard deviation over seeds). Without a scene oracle and without
-`--foundation_model_path`, the arms that write new texts (D, E) are left out.
+Replicates differ in the seed and, with `--threads alternate` (the default), in the number
+of torch threads (1 for even seeds, 2 for odd ones): float order changes with the thread
+count, and it moves results about as much as the seed does (docs/results.md), so the
+intervals cover what a user on another machine of the same kind sees.
 
-Cost on the default benchmark, 2 CPU cores: in one process round 0 takes about 1 min and
-an arm about 3.5 (A, B) to 5 min (mining arms) per seed, from the default run's stage times,
-so about 28 min a seed; `--jobs 2` (one thread each) ran two seeds of all six arms in
-36.5 min, about 1.5 times that throughput, so the five default seeds take about 1.5 hours.
-Rerunning the same command continues an interrupted ablation (finished arms are skipped);
-`--add_results` joins new seeds to an earlier ablation.json without rerunning its seeds.
+Writes `ablation.json` (every metric of every arm, seed and round; the optimizer steps and
+the new texts' counts and filter diagnostics of every arm, seed and round; per arm and
+round the mean and sd over seeds; the paired differences of COMPARISONS with a 95%
+t-interval over seeds, paired by seed, and, where it includes 0, how many seeds the
+measured spread would need to resolve the measured mean), `ablation.md` (the tables) and
+`ablation_{metric}.png` (against the round; error bars: one sd over seeds). Without a scene
+oracle and without `--foundation_model_path`, the arms that write new texts are left out.
+A seed that fails does not lose the others: the summary covers the seeds that finished,
+and the command then exits with an error naming the failed ones. Rerunning the same
+command continues an interrupted ablation (finished arms are skipped); `--add_results`
+joins new seeds to an earlier ablation.json without rerunning its seeds.
+
+Cost on the default benchmark, 2 CPU cores: docs/results.md gives the measured minutes of
+each ablation there.
 """
 
 from __future__ import annotations
@@ -53,20 +66,36 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from src.artifacts import AugmentedSamples  # noqa: E402
 from src.cli import train_main  # noqa: E402
 from src.experiment import Experiment  # noqa: E402
 from src.offline.scene_oracle import SCENE_ORACLE  # noqa: E402
 
+SIMULATED = ["--foundation_model_backbone", "simulated_captioner"]
+NO_TEXTS = ["--foundation_model_backbone", "none"]
+CLONG_STEPS = 188  # one epoch of 5,000 original + 1,000 new triplets at batch 32
 ARMS = {
-    "A": ("in-batch negatives only", ["--num_hard_negatives", "0", "--foundation_model_backbone", "none"]),
-    "B": ("random extra negatives", ["--negative_source", "random", "--foundation_model_backbone", "none"]),
-    "C": ("mined, re-mined each round", ["--foundation_model_backbone", "none"]),
-    "S": ("mined once with checkpoint_iter_0", ["--mining_checkpoint", "first", "--foundation_model_backbone", "none"]),
-    "D": ("mined + new texts for mined pairs (full method)", []),
-    "E": ("mined + new texts for random pairs", ["--augment_negatives", "random"]),
+    "A": ("in-batch negatives only", ["--num_hard_negatives", "0", *NO_TEXTS]),
+    "B": ("random extra negatives", ["--negative_source", "random", *NO_TEXTS]),
+    "C": ("mined, re-mined each round", NO_TEXTS),
+    "S": ("mined once with checkpoint_iter_0", ["--mining_checkpoint", "first", *NO_TEXTS]),
+    "D": ("mined + oracle texts for mined pairs (full method, perfect captioner)", []),
+    "E": ("mined + oracle texts for random pairs", ["--augment_negatives", "random"]),
+    "Dsim": ("mined + simulated texts for mined pairs, no filter", SIMULATED),
+    "Esim": ("mined + simulated texts for random pairs, no filter", [*SIMULATED, "--augment_negatives", "random"]),
+    "Dcons": ("Dsim + --consistency_filter", [*SIMULATED, "--consistency_filter"]),
+    "Dverify": ("Dsim + --verify_augmented", [*SIMULATED, "--verify_augmented"]),
+    "Depoch": ("Dsim, one epoch over original + new triplets", [*SIMULATED, "--max_steps", "-1"]),
+    "Clong": ("C with as many steps as Depoch", [*NO_TEXTS, "--max_steps", str(CLONG_STEPS)]),
 }  # fmt: skip
-TEXT_ARMS = ("D", "E")
-COMPARISONS = (("C", "B"), ("C", "S"), ("D", "C"), ("D", "E"))
+TEXT_ARMS = ("D", "E", "Dsim", "Esim", "Dcons", "Dverify", "Depoch")
+SIMULATED_ARMS = ("Dsim", "Esim", "Dcons", "Dverify", "Depoch")  # synthetic benchmarks only
+COMPARISONS = (
+    ("C", "B"), ("C", "S"), ("D", "C"), ("D", "E"),  # mining, re-mining, oracle texts
+    ("Dsim", "C"), ("Dsim", "Esim"), ("D", "Dsim"),  # imperfect texts: help? hard pairs? ceiling
+    ("Dcons", "Dsim"), ("Dverify", "Dsim"),  # the filters
+    ("Depoch", "Clong"), ("Depoch", "C"),  # the default epoch schedule
+)  # fmt: skip
 METRICS = ("recall@1", "recall@5", "recall@10", "recall_subset@1", "recall_subset@2", "avg")
 PLOTTED = ("recall@5", "recall_subset@1")
 
@@ -82,6 +111,21 @@ def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float
         / math.sqrt(len(values))
     )
     return mean, mean - half, mean + half
+
+
+def seeds_to_resolve(values: list[float], most: int = 500) -> int | None:
+    """How many seeds the 95% interval of the mean would need to exclude 0, if the mean and
+    sd stayed as measured (None: resolved already, or a zero mean that never resolves)."""
+    if len(values) < 2:
+        return None
+    mean, low, high = confidence_interval(values)
+    if not low <= 0 <= high:
+        return None
+    sd = statistics.stdev(values)
+    for n in range(len(values) + 1, most + 1):
+        if stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) < abs(mean):
+            return n
+    return None
 
 
 def summarise(results: dict[str, dict[int, dict[str, dict[str, float]]]]) -> dict:
@@ -128,6 +172,7 @@ def summarise(results: dict[str, dict[int, dict[str, dict[str, float]]]]) -> dic
                     "mean": mean,
                     "ci95": [low, high],
                     "n": len(values),
+                    "seeds_to_resolve": seeds_to_resolve(values),
                 }
     return summary
 
@@ -150,12 +195,15 @@ def markdown(summary: dict, descriptions: dict[str, str]) -> str:
         for key, metrics in sorted(rounds.items(), key=lambda item: int(item[0].split("_")[1])):
             if key == "iter_0":
                 continue
-            cells = [
-                f"{v['mean']:+.2f} [{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}]"
-                for v in (metrics[m] for m in METRICS)
-            ]
+            cells = [_difference_cell(metrics[m]) for m in METRICS]
             lines.append(f"| {name} | {key.split('_')[1]} | " + " | ".join(cells) + " |")
+    lines.append("\n(n=K: the seeds that measured spread would need for the interval to exclude 0.)")
     return "\n".join(lines) + "\n"
+
+
+def _difference_cell(value: dict) -> str:
+    cell = f"{value['mean']:+.2f} [{value['ci95'][0]:+.2f}, {value['ci95'][1]:+.2f}]"
+    return cell + (f" n={value['seeds_to_resolve']}" if value.get("seeds_to_resolve") else "")
 
 
 def plot(summary: dict, metric: str, output: Path) -> None:
@@ -194,30 +242,53 @@ def share_round0(round0: Experiment, arm: Experiment, shared_cache: Path) -> Non
 
 
 def run_seed(
-    seed: int, arms: list[str], flags: list[str], output: Path, threads: int | None
+    seed: int, arms: list[str], flags: list[str], output: Path, threads: int, round0_flags: list[str]
 ) -> dict:
-    """Round 0 once, then every arm from it; {arm: evaluation_results} of this seed."""
-    if threads:
-        import torch
+    """Round 0 once, then every arm from it: {arm: {"results", "steps", "texts"}} of this seed."""
+    import torch
 
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     seed_dir = output / "experiments" / f"seed{seed}"
     round0 = Experiment(seed_dir / "round0")
     common = [*flags, "--seed", str(seed), "--no_report"]
     if not round0.evaluation("val", 0).is_file():
-        status = train_main([*common, "--num_iterations", "0", "--experiment_dir", str(round0.dir)])
-        assert status == 0, f"round 0 of seed {seed} failed"
-    results = {}
+        argv = [*common, *round0_flags, "--num_iterations", "0", "--experiment_dir", str(round0.dir)]
+        if train_main(argv) != 0:
+            raise RuntimeError(f"round 0 of seed {seed} failed")
+    runs = {}
     for arm in arms:
         experiment = Experiment(seed_dir / arm)
         if not experiment.dir.exists():
             share_round0(round0, experiment, round0.embeddings_dir)
         argv = [*common, *ARMS[arm][1], "--experiment_dir", str(experiment.dir),
                 "--auto_resume", "--allow_config_change"]  # fmt: skip
-        assert train_main(argv) == 0, f"arm {arm}, seed {seed} failed"
-        results[arm] = json.loads(experiment.evaluation_results.read_text())
-        print(f"seed {seed} arm {arm}: {results[arm]}", flush=True)
-    return results
+        if train_main(argv) != 0:
+            raise RuntimeError(f"arm {arm}, seed {seed} failed")
+        runs[arm] = arm_record(experiment)
+        print(f"seed {seed} arm {arm}: {runs[arm]['results']}", flush=True)
+    return runs
+
+
+def arm_record(experiment: Experiment) -> dict:
+    """An arm's validation metrics per round, its optimizer steps per round, and per round
+    the new texts kept and each filter's diagnostics (where texts were written)."""
+    steps = {
+        f"iter_{entry['iteration']}": entry["meta"].get("steps")
+        for entry in experiment.log.entries()
+        if entry["stage"] == "train"
+    }
+    texts = {}
+    for i in range(1, max(experiment.evaluated_rounds("val"), default=0) + 1):
+        if experiment.augmented(i).is_file():
+            stats = AugmentedSamples.read(experiment.augmented(i)).stats
+            texts[f"iter_{i}"] = {k: stats.get(k) for k in ("pairs", "kept", "rejected", "filters")}
+    return {"results": json.loads(experiment.evaluation_results.read_text()), "steps": steps, "texts": texts}
+
+
+def _threads(seed: int, policy: str, jobs: int) -> int:
+    if policy == "alternate":
+        return 1 + seed % 2
+    return max(1, (os.cpu_count() or 1) // jobs)
 
 
 def add_earlier_results(
@@ -238,15 +309,49 @@ def add_earlier_results(
     return results, sorted({*seeds, *(int(seed) for seed in earlier["seeds"])})
 
 
+def run_seeds(
+    seeds: list[int], arms: list[str], flags: list[str], output: Path, args: argparse.Namespace
+) -> tuple[dict[int, dict], dict[int, str]]:
+    """Every seed's runs ({seed: run_seed's dict}) and the failures ({seed: why})."""
+    round0_flags = ["--max_steps", str(args.round0_max_steps)] if args.round0_max_steps else []
+    jobs = [(s, arms, flags, output, _threads(s, args.threads, args.jobs), round0_flags) for s in seeds]
+    finished, failed = {}, {}
+    if args.jobs > 1:
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            pending = {job[0]: pool.apply_async(run_seed, job) for job in jobs}
+            for seed, result in pending.items():
+                try:
+                    finished[seed] = result.get()
+                except Exception as error:  # one seed's failure must not lose the others
+                    failed[seed] = f"{type(error).__name__}: {error}"
+    else:
+        for job in jobs:
+            try:
+                finished[job[0]] = run_seed(*job)
+            except Exception as error:
+                failed[job[0]] = f"{type(error).__name__}: {error}"
+    return finished, failed
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument("--arms", default=None, help="comma-separated (default: all that apply)")
+    parser.add_argument(
+        "--arms", default=None, help="comma-separated (default: A,B,C,S,D,E, those that apply)"
+    )
     parser.add_argument("--output_dir", default="benchmarks/results/ablation")
     parser.add_argument("--keep_experiments", action="store_true", help="keep every arm's folder")
     parser.add_argument(
-        "--jobs", type=int, default=1,
-        help="seeds run at once, in separate processes sharing the cores (torch threads split)",
+        "--jobs", type=int, default=1, help="seeds run at once, in separate processes"
+    )
+    parser.add_argument(
+        "--threads", choices=("alternate", "split"), default="alternate",
+        help="alternate: 1 torch thread for even seeds, 2 for odd ones (float order varies "
+        "across replicates); split: the cores divided over the jobs",
+    )  # fmt: skip
+    parser.add_argument(
+        "--round0_max_steps", type=int, default=None,
+        help="train round 0 this many steps (a weaker or stronger start); default: as the arms",
     )  # fmt: skip
     parser.add_argument(
         "--add_results", default=None,
@@ -257,28 +362,18 @@ def main(argv: list[str] | None = None) -> Path:
     output = Path(args.output_dir)
     seeds = [int(s) for s in args.seeds.split(",")]
     dataset = flags[flags.index("--dataset_path") + 1] if "--dataset_path" in flags else None
-    has_texts = (
-        "--foundation_model_path" in flags
-        or dataset is None
-        or SCENE_ORACLE.works_on(Path(dataset))
-    )
-    arms = (
-        args.arms.split(",") if args.arms else [a for a in ARMS if has_texts or a not in TEXT_ARMS]
-    )
+    synthetic = dataset is None or SCENE_ORACLE.works_on(Path(dataset))
+    has_texts = "--foundation_model_path" in flags or synthetic
+    arms = args.arms.split(",") if args.arms else [a for a in "ABCSDE" if has_texts or a not in TEXT_ARMS]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or (not synthetic and set(arms) & set(SIMULATED_ARMS)):
+        raise SystemExit(f"--arms {args.arms}: unknown {unknown}, or simulated arms on real data")
     start = time.perf_counter()
-    if args.jobs > 1:
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
-        if dataset is None:  # build the offline assets once, before the seeds race for them
-            train_main([*flags, "--plan", "--experiment_dir", str(output / "plan_only")])
-        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            per_seed = pool.starmap(run_seed, [(s, arms, flags, output, threads) for s in seeds])
-    else:
-        per_seed = [run_seed(s, arms, flags, output, None) for s in seeds]
-    results = {
-        arm: {seed: runs[arm] for seed, runs in zip(seeds, per_seed, strict=True)} for arm in arms
-    }
+    finished, failed = run_seeds(seeds, arms, flags, output, args)
+    done = [s for s in seeds if s in finished]
+    results = {arm: {s: finished[s][arm]["results"] for s in done} for arm in arms}
     if args.add_results:
-        results, seeds = add_earlier_results(results, seeds, Path(args.add_results), flags, arms)
+        results, done = add_earlier_results(results, done, Path(args.add_results), flags, arms)
     summary = summarise(results)
     descriptions = {arm: ARMS[arm][0] for arm in arms}
     payload = {
@@ -286,24 +381,33 @@ def main(argv: list[str] | None = None) -> Path:
             ["python -m benchmarks.ablation", *(argv if argv is not None else sys.argv[1:])]
         ),
         "flags": flags,
-        "seeds": seeds,
+        "seeds": done,
+        "threads": {s: _threads(s, args.threads, args.jobs) for s in seeds},
+        "failed": failed,
         "arms": descriptions,
         # arms finished by an earlier invocation are skipped, not counted
         "minutes_this_invocation": round((time.perf_counter() - start) / 60, 1),
         "jobs": args.jobs,
         "results": results,
+        "steps": {arm: {s: finished[s][arm]["steps"] for s in finished} for arm in arms},
+        "texts": {arm: {s: finished[s][arm]["texts"] for s in finished} for arm in arms},
         "summary": summary,
     }
     output.mkdir(parents=True, exist_ok=True)
     (output / "ablation.json").write_text(json.dumps(payload, indent=1))
-    (output / "ablation.md").write_text(markdown(summary, descriptions))
-    for metric in PLOTTED:
-        plot(summary, metric, output / f"ablation_{metric.replace('@', '_at_')}.png")
-    if not args.keep_experiments:
+    if done:
+        (output / "ablation.md").write_text(markdown(summary, descriptions))
+        for metric in PLOTTED:
+            plot(summary, metric, output / f"ablation_{metric.replace('@', '_at_')}.png")
+        print((output / "ablation.md").read_text())
+    if not args.keep_experiments and not failed:
         shutil.rmtree(output / "experiments")
-        shutil.rmtree(output / "plan_only", ignore_errors=True)
-    print((output / "ablation.md").read_text())
     print(f"{payload['minutes_this_invocation']} min; {output}")
+    if failed:
+        raise SystemExit(
+            "seeds that failed (the summary covers the others; rerun the same command to "
+            f"continue them): {failed}"
+        )
     return output
 
 

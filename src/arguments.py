@@ -105,6 +105,17 @@ def check_flags(group: object) -> None:
             _refuse(item.name, value, f"must be < {meta[BELOW]}")
 
 
+def check_attn_implementation(name: str) -> None:
+    """flash_attention_2 only where the flash-attn package imports (a GPU install); also
+    checked when an embedder saved with it is loaded elsewhere."""
+    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        _refuse(
+            "attn_implementation",
+            name,
+            "needs the flash-attn package (pip install flash-attn, on a GPU machine); use sdpa",
+        )
+
+
 def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
@@ -207,6 +218,13 @@ class ModelArguments:
         "a CPU), float32, bfloat16 or float16 (these two with --lora only).",
         choices=("auto", "float32", "bfloat16", "float16"),
     )
+    attn_implementation: str = flag(
+        "sdpa",
+        "The attention kernel: sdpa (PyTorch's fused attention), flash_attention_2 (needs the "
+        "flash-attn package, GPU only) or eager. Recorded in the embedder's config.",
+        choices=("sdpa", "flash_attention_2", "eager"),
+        since=2,
+    )
     max_pixels: int | None = flag(
         None,
         f"Embedder pixel budget per image (Qwen2-VL / Qwen2.5-VL; one image token per 28 x 28 "
@@ -226,6 +244,7 @@ class ModelArguments:
             _refuse("min_pixels", self.min_pixels, f"must be <= --max_pixels ({self.max_pixels})")
         if not self.lora_targets:
             _refuse("lora_target_modules", self.lora_target_modules, "name at least one module")
+        check_attn_implementation(self.attn_implementation)
         if not self.lora and self.torch_dtype not in ("auto", "float32"):
             _refuse(
                 "torch_dtype",

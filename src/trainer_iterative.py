@@ -66,8 +66,12 @@ class IterativeTrainer(Trainer):
 
     args: IterativeTrainingArguments
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, model: VLM2VecEncoder, args: IterativeTrainingArguments, **kwargs):
+        if args.ddp_find_unused_parameters is None:
+            # Otherwise DDP walks the graph after every backward (the encoder is no
+            # PreTrainedModel, so the Trainer would assume unused parameters).
+            args.ddp_find_unused_parameters = not model.backbone.runs_every_parameter
+        super().__init__(model=model, args=args, **kwargs)
         self._shapes_logged = False
         self.add_callback(EpochCallback())
 

@@ -8,12 +8,20 @@ import math
 
 import pytest
 
-from benchmarks.ablation import ARMS, add_earlier_results, confidence_interval, main, summarise
+import benchmarks.ablation as ablation
+from benchmarks.ablation import (
+    add_earlier_results,
+    confidence_interval,
+    main,
+    seeds_to_resolve,
+    summarise,
+)
 from src.experiment_io import read_json
 
 # What each arm may change, beyond round 0's arguments (the flags of ARMS).
 ARM_KEYS = {"num_hard_negatives", "foundation_model_backbone", "negative_source",
-            "mining_checkpoint", "augment_negatives"}  # fmt: skip
+            "mining_checkpoint", "augment_negatives", "consistency_filter", "max_steps"}  # fmt: skip
+TESTED_ARMS = ("A", "B", "C", "S", "D", "E", "Dsim", "Dcons", "Depoch")
 
 
 def test_confidence_interval_on_hand_made_numbers():
@@ -57,22 +65,50 @@ def test_seeds_of_an_earlier_run_join_only_with_the_same_flags_and_arms(tmp_path
         add_earlier_results(now, [1, 2], earlier, ["--max_steps", "157"], ["C", "B", "D"])
 
 
+def test_seeds_to_resolve_follow_the_measured_spread():
+    # mean 1, sd sqrt(16/3) = 2.309 over 4 seeds: unresolved; the half width t(n-1) * sd / sqrt(n)
+    # falls below the mean at n = 23: t(0.975, 21) = 2.0796 gives 1.024 at 22, t(0.975, 22) =
+    # 2.0739 gives 0.998 at 23
+    values = [3.0, -1.0, 3.0, -1.0]
+    assert seeds_to_resolve(values) == 23
+    assert seeds_to_resolve([1.0, 1.1, 0.9]) is None  # resolved already
+    assert seeds_to_resolve([1.0, -1.0]) is None  # a zero mean never resolves
+
+
+def test_a_failed_seed_does_not_lose_the_others(tmp_path, monkeypatch):
+    def fake_run_seed(seed, arms, flags, output, threads, round0_flags):
+        if seed == 1:
+            raise RuntimeError("arm C, seed 1 failed")
+        record = {"results": {"iter_0": {m: 50.0 + seed for m in ablation.METRICS}}, "steps": {}, "texts": {}}
+        return {arm: record for arm in arms}
+
+    monkeypatch.setattr(ablation, "run_seed", fake_run_seed)
+    output = tmp_path / "out"
+    with pytest.raises(SystemExit, match="seed 1 failed"):
+        main(["--seeds", "0,1,2", "--arms", "B,C", "--output_dir", str(output), "--", "--max_steps", "2"])
+    payload = json.loads((output / "ablation.json").read_text())
+    assert payload["seeds"] == [0, 2] and list(payload["failed"]) == ["1"]
+    assert payload["threads"] == {"0": 1, "1": 2, "2": 1}  # float order varies over replicates
+    assert (output / "ablation.md").is_file()
+
+
 @pytest.mark.slow
 def test_the_arms_differ_only_in_what_they_should(tiny_qwen, small_benchmark, tmp_path):
     output = main([
-        "--seeds", "3", "--output_dir", str(tmp_path / "ablation"), "--keep_experiments", "--",
+        "--seeds", "3", "--output_dir", str(tmp_path / "ablation"), "--keep_experiments",
+        "--arms", ",".join(TESTED_ARMS), "--",
         "--model_name", str(tiny_qwen), "--dataset_path", str(small_benchmark),
         "--foundation_model_backbone", "scene_oracle", "--num_iterations", "1", "--max_steps", "2",
         "--batch_size", "4", "--dataloader_num_workers", "0", "--mine_scope", "all",
     ])  # fmt: skip
     configs = {
         arm: read_json(output / "experiments" / "seed3" / arm / "experiment_config.json")["result_config"]
-        for arm in ARMS
+        for arm in TESTED_ARMS
     }
     shared = {key: value for key, value in configs["D"].items() if key not in ARM_KEYS}
     for arm, config in configs.items():
         assert {k: v for k, v in config.items() if k not in ARM_KEYS} == shared, arm
-        assert config["seed"] == 3 and config["max_steps"] == 2
+        assert config["seed"] == 3 and config["max_steps"] == (-1 if arm == "Depoch" else 2)
         assert config["dataset_path"] == str(small_benchmark.resolve())
         assert config["num_hard_negatives"] == (0 if arm == "A" else 1), arm
     assert configs["B"]["negative_source"] == "random" and configs["C"]["negative_source"] == "mined"
@@ -80,8 +116,15 @@ def test_the_arms_differ_only_in_what_they_should(tiny_qwen, small_benchmark, tm
     assert configs["E"]["augment_negatives"] == "random" and configs["D"]["augment_negatives"] == "mined"
     assert configs["D"]["foundation_model_backbone"] == "scene_oracle"
     assert all(configs[arm]["foundation_model_backbone"] == "none" for arm in "ABCS")
+    assert all(configs[arm]["foundation_model_backbone"] == "simulated_captioner" for arm in ("Dsim", "Dcons", "Depoch"))
+    assert configs["Dcons"]["consistency_filter"] and not configs["Dsim"]["consistency_filter"]
     payload = json.loads((output / "ablation.json").read_text())
-    assert sorted(payload["results"]) == sorted(ARMS) and set(payload["summary"]["differences"]) == {"C-B", "C-S", "D-C", "D-E"}
+    assert sorted(payload["results"]) == sorted(TESTED_ARMS)
+    assert {"C-B", "C-S", "D-C", "D-E", "Dsim-C", "D-Dsim", "Dcons-Dsim", "Depoch-C"} == set(payload["summary"]["differences"])
+    assert payload["steps"]["Dsim"]["3"] == {"iter_0": 2, "iter_1": 2}
+    assert payload["steps"]["Depoch"]["3"]["iter_1"] > 2  # one epoch over original + new triplets
+    texts = payload["texts"]["Dcons"]["3"]["iter_1"]
+    assert texts["kept"] <= texts["pairs"] and set(texts["filters"]) == {"clean-up rules", "consistency filter"}
     assert (output / "ablation.md").is_file() and (output / "ablation_recall_at_5.png").is_file()
     mined = read_json(output / "experiments" / "seed3" / "S" / "hard_negatives_iter_0.json")
     assert mined["meta"]["checkpoint_fingerprint"] == read_json(

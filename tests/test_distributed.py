@@ -6,7 +6,8 @@ a CPU tensor (the harness's docstring says how). So a collective that would fail
 first step of a multi-GPU run fails here too, although gloo itself would take it.
 
 - Two processes give the same update as one process with the same global batch, in plain
-  and cached (GradCache) mode: the gather keeps local gradients and nothing is lost.
+  and cached (GradCache) mode: the gather keeps local gradients and nothing is lost; DDP
+  runs without looking for unused parameters after each backward.
 - The whole job on two processes of one node and on two "nodes" (two torchrun agents on
   127.0.0.1, one process each) writes the same artifacts with the same numbers.
 - Two "nodes" that each get their own experiment directory stop with one line naming it,
@@ -60,6 +61,7 @@ def test_two_processes_match_one(tiny_qwen, small_benchmark, tmp_path):
     )  # fmt: skip
     for mode in ("plain", "grad_cache"):
         single, double = torch.load(one)[mode], torch.load(two)[mode]
+        assert double["find_unused"] is False, mode  # no graph walk after each backward
         assert double["loss"] == pytest.approx(single["loss"], abs=1e-5), mode
         changed = 0
         for name, weight in single["weights"].items():

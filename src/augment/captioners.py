@@ -33,7 +33,7 @@ from src.augment.pairs import CaptionPair
 from src.augment.prompts import NO_ANSWERS, YES_ANSWERS, caption_prompt, consistency_question
 from src.data.images import load_image
 from src.errors import ArgumentError
-from src.model.encoder import default_device, resolve_dtype
+from src.model.encoder import default_device, logged_loading, resolve_dtype
 from src.model.registry import load_processor
 
 logger = logging.getLogger("augment")
@@ -322,7 +322,8 @@ def load_captioner(
     else:
         layout = TWO_IMAGES if takes_two_images(processor) else SIDE_BY_SIDE
     device = default_device()
-    model = AutoModelForImageTextToText.from_pretrained(
-        str(model_path), dtype=resolve_dtype("auto")
-    )
-    return VisionLanguageCaptioner(backbone, model.to(device).eval(), processor, layout, options)
+    with logged_loading(f"captioner {model_path}", device):
+        model = AutoModelForImageTextToText.from_pretrained(
+            str(model_path), dtype=resolve_dtype("auto"), device_map={"": str(device)}
+        )
+    return VisionLanguageCaptioner(backbone, model.eval(), processor, layout, options)

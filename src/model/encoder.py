@@ -7,31 +7,43 @@ embeddings it gave before saving.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
+import resource
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import psutil
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import load_file
 from torch import nn
 from transformers import ProcessorMixin
 
-from src.arguments import ModelArguments
+from src.arguments import ModelArguments, check_attn_implementation
 from src.errors import ArgumentError
 from src.model.registry import (
+    ADAPTER_CONFIG_NAME,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
     Backbone,
+    adapter_base,
     detect_backbone,
     get_backbone,
     load_processor,
 )
 
+logger = logging.getLogger(__name__)
+
 EMBEDDER_CONFIG_NAME = "embedder_config.json"
+SAFE_ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 # Module names of the vision tower: Qwen's `visual` (merger included), LLaVA's `vision_tower`.
 VISION_MODULES = r".*\b(visual|vision_tower)\b.*"
 
@@ -57,6 +69,7 @@ class EmbedderConfig:
     max_pixels: int | None
     pooling: str = "last"
     normalize: bool = True
+    attn_implementation: str = "sdpa"  # embedders saved before the flag used SDPA
 
     @classmethod
     def of(cls, options: ModelArguments, **resolved: object) -> EmbedderConfig:
@@ -127,6 +140,27 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def _gib(amount: int) -> str:
+    return f"{amount / 2**30:.2f} GiB"
+
+
+@contextlib.contextmanager
+def logged_loading(what: str, device: torch.device) -> Iterator[None]:
+    """Log a model load: its device, time, and this process's host memory (resident before,
+    and the process's peak resident size after, which includes the load)."""
+    before, start = psutil.Process().memory_info().rss, time.perf_counter()
+    yield
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    logger.info(
+        "loaded %s onto %s in %.1f s; host memory %s before, process peak %s",
+        what,
+        device,
+        time.perf_counter() - start,
+        _gib(before),
+        _gib(peak),
+    )
+
+
 def resolve_dtype(name: str, trains_all_weights: bool = False) -> torch.dtype:
     """The dtype weights are loaded in.
 
@@ -149,26 +183,34 @@ def resolve_dtype(name: str, trains_all_weights: bool = False) -> torch.dtype:
 
 
 def _load_hf_model(
-    path: str | Path, backbone: Backbone, dtype: torch.dtype, adapter_base_model: str | None = None
+    path: str | Path,
+    backbone: Backbone,
+    dtype: torch.dtype,
+    attn_implementation: str,
+    adapter_base_model: str | None = None,
 ) -> nn.Module:
-    """A full model from a checkpoint directory, or from a LoRA adapter merged into its base.
+    """A full model from a checkpoint directory, or from a LoRA adapter merged into its base,
+    loaded straight onto this process's device (`device_map`: the safetensors are read
+    shard by shard onto it, with no full copy in host memory first).
 
     Released embedders such as VLM2Vec-Qwen2VL-2B ship as a LoRA adapter (adapter_config.json
     beside the base's config and processor); their base must be a local directory, named by
     `adapter_base_model` or, if that is a local path, by the adapter's own config.
     """
-    path = Path(path)
-    adapter_config = path / "adapter_config.json"
-    if not adapter_config.is_file():
-        return backbone.model_class.from_pretrained(str(path), dtype=dtype)
-    base = adapter_base_model or json.loads(adapter_config.read_text())["base_model_name_or_path"]
-    if not Path(base).is_dir():
-        raise FileNotFoundError(
-            f"{path} is a LoRA adapter whose base model {base!r} is not a local directory; "
-            "pass its local path with --base_model_name"
-        )
-    base_model = backbone.model_class.from_pretrained(str(base), dtype=dtype)
-    return PeftModel.from_pretrained(base_model, str(path)).merge_and_unload()
+    path, device = Path(path), default_device()
+    options = {"dtype": dtype, "device_map": {"": str(device)}, "attn_implementation": attn_implementation}
+    with logged_loading(str(path), device):
+        if not (path / ADAPTER_CONFIG_NAME).is_file():
+            return backbone.model_class.from_pretrained(str(path), **options)
+        base = adapter_base_model or adapter_base(path)
+        if not Path(base).is_dir():
+            raise FileNotFoundError(
+                f"{path} is a LoRA adapter whose base model {base!r} is not a local directory; "
+                "pass its local path with --base_model_name"
+            )
+        base_model = backbone.model_class.from_pretrained(str(base), **options)
+        adapted = PeftModel.from_pretrained(base_model, str(path), torch_device=str(device))
+        return adapted.merge_and_unload()
 
 
 def freeze_unused_head(model: nn.Module) -> None:
@@ -221,7 +263,11 @@ def build_encoder(
     )
     weights_dtype = resolve_dtype(dtype, trains_all_weights=for_training and not config.lora)
     model = _load_hf_model(
-        model_name, get_backbone(backbone_name), weights_dtype, config.adapter_base_model
+        model_name,
+        get_backbone(backbone_name),
+        weights_dtype,
+        config.attn_implementation,
+        config.adapter_base_model,
     )
     return embedder_from_model(model, processor, config)
 
@@ -307,19 +353,30 @@ def load_encoder(
     max_pixels: int | None = None,
 ) -> VLM2VecEncoder:
     """Load a saved embedder with the pixel budget it was saved with, unless `min_pixels` /
-    `max_pixels` override it; a plain Hugging Face checkpoint loads as an untrained embedder."""
+    `max_pixels` override it; a plain Hugging Face checkpoint loads as an untrained embedder.
+
+    For inference (not `trainable`) a LoRA adapter is merged into its base: mining and
+    evaluation then run one matrix product per layer instead of three, with the same
+    embeddings to float tolerance (tests/test_encoder.py).
+    """
     checkpoint_dir = Path(checkpoint_dir)
     config = load_embedder_config(checkpoint_dir)
     if config is None:
         options = ModelArguments(min_pixels=min_pixels, max_pixels=max_pixels)
         return build_encoder(checkpoint_dir, options, for_training=trainable, dtype=dtype)
+    check_attn_implementation(config.attn_implementation)
     backbone = get_backbone(config.backbone)
     torch_dtype = resolve_dtype(dtype, trains_all_weights=trainable and not config.lora)
     if config.lora:
-        base = _load_hf_model(config.base_model, backbone, torch_dtype, config.adapter_base_model)
-        model = PeftModel.from_pretrained(base, str(checkpoint_dir), is_trainable=trainable)
+        base = _load_hf_model(
+            config.base_model, backbone, torch_dtype, config.attn_implementation, config.adapter_base_model
+        )
+        model = PeftModel.from_pretrained(
+            base, str(checkpoint_dir), is_trainable=trainable, torch_device=str(default_device())
+        )
+        model = model if trainable else model.merge_and_unload()
     else:
-        model = _load_hf_model(checkpoint_dir, backbone, torch_dtype)
+        model = _load_hf_model(checkpoint_dir, backbone, torch_dtype, config.attn_implementation)
     processor = load_processor(checkpoint_dir)
     backbone.apply_pixel_budget(processor, min_pixels, max_pixels)
     if min_pixels is not None or max_pixels is not None:
@@ -332,6 +389,18 @@ def load_encoder(
 
 
 def load_weights_into(encoder: VLM2VecEncoder, checkpoint_dir: str | Path) -> None:
-    """Copy the weights saved in `checkpoint_dir` into an existing encoder (Trainer resume)."""
-    saved = load_encoder(checkpoint_dir, dtype="float32", trainable=True)
-    encoder.model.load_state_dict(saved.model.state_dict())
+    """Load the weights saved in `checkpoint_dir` into an existing encoder (Trainer resume),
+    onto the encoder's device: a LoRA adapter's straight from its safetensors; a full
+    model's through `from_pretrained` (which maps the saved names) onto that device, never
+    as a float32 copy in host memory."""
+    checkpoint_dir, parameter = Path(checkpoint_dir), next(encoder.parameters())
+    if isinstance(encoder.model, PeftModel):
+        weights = load_file(checkpoint_dir / SAFE_ADAPTER_WEIGHTS_NAME, device=str(parameter.device))
+        result = set_peft_model_state_dict(encoder.model, weights)
+        if result.unexpected_keys:
+            raise ValueError(f"{checkpoint_dir}: adapter weights {result.unexpected_keys[:3]} fit no layer")
+        return
+    saved = _load_hf_model(
+        checkpoint_dir, encoder.backbone, parameter.dtype, encoder.config.attn_implementation
+    )
+    encoder.model.load_state_dict(saved.state_dict())

@@ -33,13 +33,17 @@ class Backbone:
 
     `pixel_budget`: its processor resizes each image into [min_pixels, max_pixels]
     (Qwen2-VL and Qwen2.5-VL: one image token per 28 x 28 pixels, docs/notes.md); LLaVA-NeXT
-    tiles images on its own grid instead.
+    tiles images on its own grid instead. `runs_every_parameter`: every weight of the
+    embedder (the language-model head aside, which is frozen) is in every forward; LLaVA-NeXT
+    takes the CLIP tower's second-to-last layer, so the last one never runs, and DDP must
+    look for parameters without a gradient after each backward.
     """
 
     name: str
     model_class_name: str
     image_token: str
     pixel_budget: bool = False
+    runs_every_parameter: bool = True
 
     @property
     def model_class(self) -> type:
@@ -112,7 +116,9 @@ BACKBONES: dict[str, Backbone] = {
     "qwen2_5_vl": Backbone(
         "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "<|image_pad|>", pixel_budget=True
     ),
-    "llava_next": Backbone("llava_next", "LlavaNextForConditionalGeneration", "<image>"),
+    "llava_next": Backbone(
+        "llava_next", "LlavaNextForConditionalGeneration", "<image>", runs_every_parameter=False
+    ),
 }
 
 

@@ -19,7 +19,7 @@ import torch
 
 from src.data.records import Split, Triplet
 from src.distributed import decided_by_main, is_main
-from src.model.encoder import VLM2VecEncoder, default_device, load_embedder_config, load_encoder
+from src.model.encoder import VLM2VecEncoder, load_embedder_config, load_encoder
 from src.model.registry import get_backbone, load_processor
 from src.retrieval.encode import (
     EmbeddingCache,
@@ -84,7 +84,6 @@ class CheckpointEncoder:
                 min_pixels=settings.min_pixels,
                 max_pixels=settings.max_pixels,
             )
-            self._encoder.to(default_device())
         return self._encoder
 
     def close(self) -> None:

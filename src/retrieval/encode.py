@@ -126,13 +126,14 @@ def encode_rows(
     """Embeddings (len(rows), d) float32, in row order; sharded over processes when several run."""
     world, this_rank = world_size(), rank()
     indices = list(range(this_rank, len(rows.names), world))
+    device = next(encoder.parameters()).device
     loader = DataLoader(
         RowDataset(rows, indices),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=PackRows(encoder.processor, encoder.backbone),
+        pin_memory=device.type == "cuda",  # so the copy to the GPU overlaps the next batch
     )
-    device = next(encoder.parameters()).device
     was_training = encoder.training
     encoder.eval()
     local_indices, local_embeddings = [], []
@@ -143,7 +144,7 @@ def encode_rows(
         disable=this_rank != 0,
     )
     for batch_indices, inputs in loader:
-        embeddings = encoder(**inputs.to(device))
+        embeddings = encoder(**inputs.to(device, non_blocking=True))
         local_indices.append(batch_indices)
         local_embeddings.append(embeddings.float().cpu())
         bar.update(len(batch_indices))

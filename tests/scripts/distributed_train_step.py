@@ -59,7 +59,9 @@ def one_step(grad_cache: bool) -> dict:
     )
     result = trainer.train()
     weights = {n: p.detach() for n, p in encoder.named_parameters()}
-    return {"loss": result.training_loss, "weights": weights, "initial": initial}
+    # DDP's own setting (None with one process, which has no DDP wrapper)
+    find_unused = getattr(trainer.model_wrapped, "find_unused_parameters", None)
+    return {"loss": result.training_loss, "weights": weights, "initial": initial, "find_unused": find_unused}
 
 
 with process_group():  # torn down at the end, as the entry points do
