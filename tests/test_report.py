@@ -1,5 +1,7 @@
 """The HTML report: every image it refers to exists, the sections hold the right counts,
-it works on a FashionIQ experiment, and it renders in a headless browser."""
+user text is escaped, every query card states the target's exact rank, the filter
+diagnostics of a simulated captioner are shown (and only then), it works on a FashionIQ
+experiment, and it renders in a headless browser."""
 
 from __future__ import annotations
 
@@ -12,7 +14,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from src.artifacts import (
+    AugmentedSample,
+    AugmentedSamples,
+    Evaluation,
+    QueryRanking,
+    RejectedSample,
+)
 from src.cli import eval_main, train_main
+from src.data.loading import load_split
 from src.experiment import Experiment
 from src.experiment_io import read_json
 from src.report.html import build_report
@@ -100,6 +110,78 @@ def test_eval_iterative_writes_the_report_and_compares_a_folder_of_experiments(
     page = parse(folder / "report" / "index.html")
     assert all((folder / "report" / src).is_file() for src in page.images)
     assert "<th>experiments/seed0/A</th><th>experiments/seed0/B</th>" in (folder / "report" / "index.html").read_text()
+
+
+FILTERS_HEADER = "<th>filter (in the order applied)</th>"
+HOSTILE = '<script>alert("caption")</script> & <b>bold</b>'
+
+
+def test_user_text_is_escaped_ranks_are_exact_and_filter_diagnostics_show_for_a_simulation(
+    experiment, small_benchmark, tmp_path
+):
+    """A copy of the two-round experiment with artifacts rewritten through the artifact
+    classes: round 2's rankings put every target second, round 1's new texts come from a
+    simulated captioner (records and filter diagnostics), one caption hostile HTML."""
+    copy = Experiment(tmp_path / "exp")
+    shutil.copytree(experiment.dir, copy.dir, ignore=shutil.ignore_patterns("report", "embeddings", "checkpoint_iter_*", "train_iter_*"))
+    val = {t.pairid: t for t in load_split("cirr", small_benchmark, "val").triplets}
+    last = Evaluation.read(copy.evaluation("val", 2))
+    for pairid, ranking in last.queries.items():
+        others = [name for name in ranking.top if name != val[pairid].target]
+        last.queries[pairid] = QueryRanking(2, [others[0], val[pairid].target, *others[1:4]])
+    last.write(copy.evaluation("val", 2))
+
+    train = load_split("cirr", small_benchmark, "train").triplets
+    samples = [
+        AugmentedSample(
+            pairid=f"aug{i}", reference=t.reference, caption=HOSTILE if i == 0 else f"text {i}",
+            target=train[i + 5].target, source_pairid=t.pairid, original_caption=t.caption,
+            original_target=t.target, generator="simulated_captioner", raw_output=None,
+            simulation={"correct": i != 1, "error": None if i != 1 else "wrong_value"},
+        )
+        for i, t in enumerate(train[:3])
+    ]  # fmt: skip
+    rejected = [
+        RejectedSample(
+            pairid="rej0", source_pairid=train[3].pairid, reference=train[3].reference,
+            target=train[4].target, reason="consistency_new_text_no", text="reversed & wrong",
+            raw_output=None, simulation={"correct": False, "error": "reversed_direction"},
+        )
+    ]  # fmt: skip
+    filters = {
+        "clean-up rules": {"wrong_in": 3, "right_in": 6, "wrong_removed": 0, "right_removed": 1, "precision": 0.0, "recall": 0.0},
+        "consistency filter": {"wrong_in": 3, "right_in": 5, "wrong_removed": 2, "right_removed": 1, "precision": 2 / 3, "recall": 2 / 3},
+        "verify_augmented": {"wrong_in": 1, "right_in": 4, "wrong_removed": 0, "right_removed": 0, "precision": None, "recall": 0.0},
+    }  # fmt: skip
+    stats = {"pairs": 9, "kept": 3, "rejected": {"consistency_new_text_no": 1}, "filters": filters}
+    AugmentedSamples({"generator": "simulated_captioner"}, stats, samples, rejected).write(copy.augmented(1))
+
+    index = build_report(copy.dir, queries=6)
+    text = index.read_text()
+    page = parse(index)
+    assert all((index.parent / src).is_file() for src in page.images)
+
+    # user text is escaped, never markup
+    assert "<script" not in text and "<b>bold" not in text
+    assert "&lt;script&gt;alert(&#34;caption&#34;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in text
+    assert "reversed &amp; wrong" in text
+
+    # every card states the exact rank: round 2 has each target second
+    assert "in the top 5" not in text
+    round2 = text[text.index('id="round2"'):]
+    assert round2.count("target at rank 2<") >= 6
+    assert re.search(r"target (at rank \d+|not retrievable)", text[: text.index('id="round1"')])
+
+    # the filter diagnostics of round 1 (simulated), not of round 2 (the scene oracle)
+    assert text.count(FILTERS_HEADER) == 1 and text.index(FILTERS_HEADER) < text.index('id="round2"')
+    for name, row in filters.items():
+        cells = [row["wrong_in"], row["wrong_removed"], row["right_in"], row["right_removed"]]
+        precision = "-" if row["precision"] is None else f"{row['precision']:.2f}"
+        expected = f"<tr><th>{name}</th>" + "".join(f"<td>{n}</td>" for n in cells)
+        assert expected + f"<td>{precision}</td><td>{row['recall']:.2f}</td></tr>" in text
+    assert text.count("simulation: right") == 2
+    assert "simulation: wrong (wrong_value)" in text and "simulation: wrong (reversed_direction)" in text
+    assert "simulation:" not in round2
 
 
 def test_the_report_of_a_fashioniq_experiment(tiny_qwen, tmp_path):

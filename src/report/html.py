@@ -7,58 +7,237 @@ from the file system (inline CSS, no script, no network), with small JPEG thumbn
 - the metric table of every evaluated round, the metrics plot and the training loss of
   all rounds (from the TensorBoard runs);
 - per round: a fixed sample of validation queries (reference, text, the top five with the
-  target marked, or the target's rank, and how that rank changed since the previous
-  round), the queries that improved and worsened most; a sample of the mined hard
-  negatives beside the target with their scores, those likely to be false negatives
-  marked (scoring above the target, a `target_soft` entry, flagged by the consistency
-  check); the new texts beside the original ones, the rejected ones with their reason,
-  and the count of every rejection rule.
+  target marked, the target's exact rank and how it moved since the previous round), the
+  queries that improved and worsened most; a sample of the mined hard negatives beside
+  the target with their scores, those likely to be false negatives marked (scoring above
+  the target, a `target_soft` entry, flagged by the consistency check); the new texts
+  beside the original ones, the rejected ones with their reason, the count of every
+  rejection rule and, for a simulated captioner, how well each filter told its wrong
+  texts from its right ones (each shown text marked right or wrong by the simulation).
 
-It reads only the artifacts (evaluation, mined and augmented JSON) and the images it
-shows, never the embeddings, so it costs seconds on a CIRR-size experiment and works on
-one still running (the rounds done so far). Given a folder of experiments (an ablation),
-it compares them: one column per experiment.
+This module only gathers plain view data (the dataclasses below) from the artifacts
+(`src/artifacts.py`, found through the experiment's layout) and the images it shows, never
+the embeddings, so it costs seconds on a CIRR-size experiment and works on one still
+running (the rounds done so far). The markup is in `templates/` (Jinja2, autoescaped):
+`experiment.html.j2` for one experiment; given a folder of experiments (an ablation),
+`comparison.html.j2` compares them, one column per experiment.
 """
 
 from __future__ import annotations
 
-import html
 import random
 import shutil
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
+import jinja2
 from PIL import Image
 
-from src.artifacts import AugmentedSamples, Evaluation, HardNegatives, digest
+from src.artifacts import (
+    AugmentedSample,
+    AugmentedSamples,
+    Evaluation,
+    HardNegatives,
+    RejectedSample,
+    digest,
+)
 from src.data.images import load_image
 from src.data.loading import load_split
 from src.errors import ExperimentError
 from src.experiment import Experiment
-from src.experiment.layout import CONFIG_NAME, MOVED_ASIDE_PREFIX, REPORT_NAME
+from src.experiment.layout import CONFIG_NAME, MOVED_ASIDE_PREFIX, REPORT_NAME, ExperimentLayout
 from src.report.curves import plot_curves, read_curves
 from src.report.table import plot_results
 
 THUMB_SIDE = 128
-TOP = 5
 SHOWN_MINED = 8
 SHOWN_TEXTS = 8
 SHOWN_MOVERS = 6
+TEMPLATES = Path(__file__).with_name("templates")
 
-CSS = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
-h1 { font-size: 1.4em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ccc; }
-h3 { font-size: 1.05em; margin: 1.2em 0 .4em; }
-table.metrics { border-collapse: collapse; } table.metrics td, table.metrics th
-{ border: 1px solid #ccc; padding: 2px 8px; text-align: right; }
-.card { display: inline-block; vertical-align: top; margin: 4px; padding: 6px;
-  border: 1px solid #ddd; border-radius: 6px; background: #fafafa; max-width: 860px; }
-.card img { width: 96px; height: 96px; object-fit: contain; border: 3px solid transparent;
-  background: #fff; }
-.card img.target { border-color: #2a9d3a; } .card img.flag { border-color: #d62828; }
-.caption { font-size: .9em; margin: 3px 0; max-width: 820px; }
-.note { font-size: .8em; color: #555; } .up { color: #2a9d3a; } .down { color: #d62828; }
-figure { display: inline-block; margin: 0 2px; text-align: center; font-size: .75em; }
-"""
+
+@cache
+def environment() -> jinja2.Environment:
+    """The templates beside this module, every value autoescaped."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render(template: str, **values) -> str:
+    return environment().get_template(template).render(**values)
+
+
+# ---------------------------------------------------------------- view data
+
+
+@dataclass
+class Thumb:
+    """A thumbnail with its caption; `mark`: "target" (green), "flag" (red) or ""."""
+
+    src: str
+    label: str = ""
+    mark: str = ""
+
+
+@dataclass
+class MetricTable:
+    """Rows of (label, values); a value is None where it is missing."""
+
+    columns: list[str]
+    rows: list[tuple[str, list[float | None]]]
+
+
+@dataclass
+class QueryCard:
+    """A validation query: `rank` is the target's rank (None: not in the gallery); `moved`
+    how many places it rose (negative: fell) since round `since`, None if not known."""
+
+    pairid: str
+    caption: str
+    reference: Thumb
+    top: list[Thumb]
+    rank: int | None
+    moved: int | None = None
+    since: int | None = None
+
+
+@dataclass
+class Movers:
+    since: int
+    improved: list[QueryCard]
+    worse: list[QueryCard]
+
+
+@dataclass
+class MinedCard:
+    caption: str
+    reference: Thumb
+    target: Thumb
+    negatives: list[Thumb]
+    target_rank: int | None
+
+
+@dataclass
+class MinedSection:
+    file: str
+    num_mined: int | None
+    num_queries: int | None
+    num_negatives: int | None
+    removed_by_filter: dict[str, int]
+    cards: list[MinedCard]
+
+
+@dataclass
+class Simulation:
+    """A simulated captioner's record of one text: right or wrong, and its mistake."""
+
+    correct: bool
+    mistake: str | None = None
+
+    @classmethod
+    def of(cls, record: dict | None) -> Simulation | None:
+        if not record or "correct" not in record:
+            return None
+        return cls(bool(record["correct"]), record.get("error"))
+
+
+@dataclass
+class FilterRow:
+    """How one filter did on the simulated captioner's texts."""
+
+    name: str
+    wrong_in: int
+    wrong_removed: int
+    right_in: int
+    right_removed: int
+    precision: float | None
+    recall: float | None
+
+    @classmethod
+    def rows(cls, diagnostics: dict[str, dict] | None) -> list[FilterRow]:
+        """From `Decisions.filter_diagnostics` (None or absent: not a simulated captioner)."""
+        return [
+            cls(
+                name,
+                counts["wrong_in"],
+                counts["wrong_removed"],
+                counts["right_in"],
+                counts["right_removed"],
+                counts.get("precision"),
+                counts.get("recall"),
+            )
+            for name, counts in (diagnostics or {}).items()
+        ]
+
+
+@dataclass
+class TextCard:
+    """A kept new text (`rejection` None) or a rejected one (with its reason)."""
+
+    reference: Thumb
+    images: list[Thumb]
+    text: str | None  # None: the generator wrote nothing
+    original: str | None = None
+    rejection: str | None = None
+    simulation: Simulation | None = None
+
+
+@dataclass
+class TextsSection:
+    file: str
+    generator: str
+    kept: int | None
+    pairs: int | None
+    skipped: str | None
+    rejections: list[tuple[str, int]]
+    filters: list[FilterRow]
+    kept_cards: list[TextCard] = field(default_factory=list)
+    rejected_cards: list[TextCard] = field(default_factory=list)
+
+
+@dataclass
+class RoundView:
+    iteration: int
+    queries: list[QueryCard]
+    movers: Movers | None = None
+    mined: MinedSection | None = None
+    texts: TextsSection | None = None
+
+
+@dataclass
+class ExperimentView:
+    name: str
+    model: str
+    dataset: str
+    dataset_path: str
+    evaluated: list[int]
+    metrics: MetricTable | None
+    metrics_plot: str | None
+    loss_plot: str | None
+    rounds: list[RoundView]
+
+
+@dataclass
+class ComparisonRound:
+    iteration: int
+    rows: list[list[QueryCard | None]]  # per sampled query, one card per experiment
+
+
+@dataclass
+class ComparisonView:
+    names: list[str]
+    metrics: list[tuple[str, MetricTable]]
+    rounds: list[ComparisonRound]
+
+
+# ---------------------------------------------------------------- gathering
 
 
 class Thumbnails:
@@ -78,33 +257,15 @@ class Thumbnails:
         return f"{self.directory.name}/{name}"
 
 
-def _img(thumbs: Thumbnails, path: str, label: str = "", css: str = "") -> str:
-    cls = f' class="{css}"' if css else ""
-    return (
-        f'<figure><img{cls} src="{thumbs(path)}" alt="{html.escape(label)}">'
-        f"<figcaption>{html.escape(label)}</figcaption></figure>"
-    )
-
-
-def _rounds(experiment: Experiment) -> list[int]:
-    return experiment.evaluated_rounds("val")
-
-
-def _metric_table(results: dict[str, dict[str, float]], columns: list[str] | None = None) -> str:
-    keys = sorted(results, key=lambda key: int(key.split("_")[-1]))
-    metrics = columns or list(dict.fromkeys(m for k in keys for m in results[k]))
-    head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
-    rows = "".join(
-        f"<tr><th>{html.escape(k.replace('iter_', 'round '))}</th>"
-        + "".join(f"<td>{results[k].get(m, float('nan')):.2f}</td>" for m in metrics)
-        + "</tr>"
-        for k in keys
-    )
-    return f'<table class="metrics"><tr><th></th>{head}</tr>{rows}</table>'
+def metric_table(results: dict[int, dict[str, float]]) -> MetricTable:
+    """One row per round, one column per metric."""
+    columns = list(dict.fromkeys(m for i in sorted(results) for m in results[i]))
+    rows = [(f"round {i}", [results[i].get(m) for m in columns]) for i in sorted(results)]
+    return MetricTable(columns, rows)
 
 
 class ExperimentPages:
-    """The sections of one experiment's report."""
+    """The view data of one experiment's report."""
 
     def __init__(self, experiment: Experiment, thumbs: Thumbnails, queries: int, seed: int):
         self.experiment, self.thumbs = experiment, thumbs
@@ -122,47 +283,47 @@ class ExperimentPages:
         self.splits = splits
         self.val_by_pairid = {t.pairid: t for t in splits["val"].triplets}
         self.train_by_pairid = {t.pairid: t for t in splits["train"].triplets}
-        self.rounds = _rounds(experiment)
+        self.rounds = experiment.evaluated_rounds("val")
         self.evaluations = {
             i: Evaluation.read(experiment.evaluation("val", i)) for i in self.rounds
         }
         pairids = sorted(set(self.evaluations[self.rounds[0]].queries)) if self.rounds else []
         self.sample = random.Random(seed).sample(pairids, min(queries, len(pairids)))
 
-    def image(self, split: str, name: str, label: str = "", css: str = "") -> str:
-        return _img(self.thumbs, self.splits[split].images[name], label, css)
+    def image(self, split: str, name: str, label: str = "", mark: str = "") -> Thumb:
+        return Thumb(self.thumbs(self.splits[split].images[name]), label, mark)
 
-    def query_card(self, pairid: str, iteration: int, note: str = "") -> str:
-        triplet = self.val_by_pairid[pairid]
-        ranking = self.evaluations[iteration].queries[pairid]
+    def query_card(self, pairid: str, iteration: int) -> QueryCard | None:
+        """The card of a validation query in round `iteration` (None if not evaluated)."""
+        evaluation = self.evaluations.get(iteration)
+        ranking = evaluation.queries.get(pairid) if evaluation else None
+        triplet = self.val_by_pairid.get(pairid)
+        if ranking is None or triplet is None:
+            return None
         rank = ranking.target_rank
-        shown = "".join(
-            self.image("val", name, f"{position + 1}", "target" if name == triplet.target else "")
-            for position, name in enumerate(ranking.top)
-        )
-        where = (
-            "target in the top 5"
-            if rank is not None and rank <= TOP
-            else f"target at rank {rank}" if rank is not None else "target not retrievable"
+        top = []
+        for position, name in enumerate(ranking.top, start=1):
+            hit = name == triplet.target
+            top.append(
+                self.image(
+                    "val",
+                    name,
+                    f"{position}: target" if hit else str(position),
+                    "target" if hit else "",
+                )
+            )
+        card = QueryCard(
+            pairid, triplet.caption, self.image("val", triplet.reference, "reference"), top, rank
         )
         earlier = self.evaluations.get(iteration - 1)
         previous = earlier.queries.get(pairid) if earlier else None
-        change = ""
         if previous and previous.target_rank and rank:
-            delta = previous.target_rank - rank
-            if delta:
-                css, arrow = ("up", "&#9650;") if delta > 0 else ("down", "&#9660;")
-                change = f' <span class="{css}">{arrow} {abs(delta)} since round {iteration - 1}</span>'
-        return (
-            f'<div class="card">{self.image("val", triplet.reference, "reference")}'
-            f" &rarr; {shown}"
-            f'<div class="caption">&ldquo;{html.escape(triplet.caption)}&rdquo;</div>'
-            f'<div class="note">pairid {html.escape(pairid)}: {where}{change} {note}</div></div>'
-        )
+            card.moved, card.since = previous.target_rank - rank, iteration - 1
+        return card
 
-    def movers(self, iteration: int) -> str:
+    def movers(self, iteration: int) -> Movers | None:
         if iteration - 1 not in self.evaluations:
-            return ""
+            return None
         now, before = self.evaluations[iteration].queries, self.evaluations[iteration - 1].queries
         deltas = sorted(
             (before[p].target_rank - now[p].target_rank, p)
@@ -171,23 +332,24 @@ class ExperimentPages:
         )
         improved = [p for d, p in reversed(deltas[-SHOWN_MOVERS:]) if d > 0]
         worse = [p for d, p in deltas[:SHOWN_MOVERS] if d < 0]
-        return (
-            f"<h3>Improved most since round {iteration - 1}</h3>"
-            + ("".join(self.query_card(p, iteration) for p in improved) or "<p>none</p>")
-            + f"<h3>Worse since round {iteration - 1}</h3>"
-            + ("".join(self.query_card(p, iteration) for p in worse) or "<p>none</p>")
-        )
 
-    def mined(self, iteration: int) -> str:
+        def cards(pairids: list[str]) -> list[QueryCard]:
+            return [c for p in pairids if (c := self.query_card(p, iteration)) is not None]
+
+        return Movers(iteration - 1, cards(improved), cards(worse))
+
+    def mined(self, iteration: int) -> MinedSection | None:
         path = self.experiment.hard_negatives(iteration - 1)
         if not path.is_file():
-            return ""
+            return None
         mined = HardNegatives.read(path)
         flagged = {}
         augmented_path = self.experiment.augmented(iteration)
         if augmented_path.is_file():
             flagged = AugmentedSamples.read(augmented_path).false_negatives
-        pairids = random.Random(iteration).sample(sorted(mined.queries), min(SHOWN_MINED, len(mined.queries)))
+        pairids = random.Random(iteration).sample(
+            sorted(mined.queries), min(SHOWN_MINED, len(mined.queries))
+        )
         cards = []
         for pairid in pairids:
             query, triplet = mined.queries[pairid], self.train_by_pairid.get(pairid)
@@ -204,72 +366,82 @@ class ExperimentPages:
                     reasons.append(f"target_soft {triplet.target_soft[negative.image]:+.1f}")
                 if negative.image in flagged.get(pairid, []):
                     reasons.append("consistency check: a false negative")
-                label = "random" if score is None else f"{score:.3f}"
+                label = "; ".join(["random" if score is None else f"{score:.3f}", *reasons])
                 negatives.append(
-                    self.image("train", negative.image, label + ("; " + "; ".join(reasons) if reasons else ""),
-                               "flag" if reasons else "")  # fmt: skip
+                    self.image("train", negative.image, label, "flag" if reasons else "")
                 )
-            target = self.image("train", triplet.target, f"target {target_score:.3f}" if target_score is not None else "target", "target")
+            target_label = "target" if target_score is None else f"target {target_score:.3f}"
             cards.append(
-                f'<div class="card">{self.image("train", triplet.reference, "reference")} '
-                f"{target} | {''.join(negatives)}"
-                f'<div class="caption">&ldquo;{html.escape(triplet.caption)}&rdquo;</div>'
-                f'<div class="note">target rank {query.target_rank}; red: likely false negative</div></div>'
+                MinedCard(
+                    triplet.caption,
+                    self.image("train", triplet.reference, "reference"),
+                    self.image("train", triplet.target, target_label, "target"),
+                    negatives,
+                    query.target_rank,
+                )
             )
         stats = mined.stats
-        summary = (
-            f'<p class="note">{stats.get("num_mined")} of {stats.get("num_queries")} queries mined, '
-            f'{stats.get("num_negatives")} negatives; removed by filter: {stats.get("removed_by_filter")}</p>'
+        return MinedSection(
+            path.name,
+            stats.get("num_mined"),
+            stats.get("num_queries"),
+            stats.get("num_negatives"),
+            dict(stats.get("removed_by_filter") or {}),
+            cards,
         )
-        return f"<h3>Mined hard negatives ({path.name})</h3>{summary}{''.join(cards)}"
 
-    def texts(self, iteration: int) -> str:
+    def kept_card(self, sample: AugmentedSample) -> TextCard:
+        images = [self.image("train", sample.target, "new target", "target")]
+        if sample.original_target:
+            images.append(self.image("train", sample.original_target, "original target"))
+        return TextCard(
+            self.image("train", sample.reference, "reference"),
+            images,
+            sample.caption,
+            original=sample.original_caption,
+            simulation=Simulation.of(sample.simulation),
+        )
+
+    def rejected_card(self, rejected: RejectedSample) -> TextCard:
+        return TextCard(
+            self.image("train", rejected.reference, "reference"),
+            [self.image("train", rejected.target, "pair target", "flag")],
+            rejected.text or rejected.raw_output,
+            rejection=rejected.reason,
+            simulation=Simulation.of(rejected.simulation),
+        )
+
+    def texts(self, iteration: int) -> TextsSection | None:
         path = self.experiment.augmented(iteration)
         if not path.is_file():
-            return ""
+            return None
         payload = AugmentedSamples.read(path)
         stats = payload.stats
-        if not payload.samples and not payload.rejected:
-            return f"<h3>New texts ({path.name})</h3><p>{html.escape(str(stats.get('skipped', 'none')))}</p>"
-        counts = "".join(
-            f"<tr><th>{html.escape(reason)}</th><td>{count}</td></tr>"
-            for reason, count in stats.get("rejected", {}).items()
+        section = TextsSection(
+            file=path.name,
+            generator=str(payload.meta.get("generator")),
+            kept=stats.get("kept"),
+            pairs=stats.get("pairs"),
+            skipped=None,
+            rejections=list((stats.get("rejected") or {}).items()),
+            filters=FilterRow.rows(stats.get("filters")),
         )
+        if not payload.samples and not payload.rejected:
+            section.skipped = str(stats.get("skipped", "none"))
+            return section
         rng = random.Random(iteration)
         kept = rng.sample(payload.samples, min(SHOWN_TEXTS, len(payload.samples)))
         rejected = rng.sample(payload.rejected, min(SHOWN_TEXTS, len(payload.rejected)))
-        cards = [
-            f'<div class="card">{self.image("train", s.reference, "reference")} &rarr; '
-            f'{self.image("train", s.target, "new target", "target")}'
-            f'{self.image("train", s.original_target, "original target")}'
-            f'<div class="caption">new: &ldquo;{html.escape(s.caption)}&rdquo;</div>'
-            f'<div class="note">original: &ldquo;{html.escape(s.original_caption)}&rdquo;</div></div>'
-            for s in kept
-        ]
-        refused = [
-            f'<div class="card">{self.image("train", r.reference, "reference")} &rarr; '
-            f'{self.image("train", r.target, "pair target", "flag")}'
-            f'<div class="caption">&ldquo;{html.escape(str(r.text or r.raw_output or ""))}&rdquo;</div>'
-            f'<div class="note">rejected: {html.escape(r.reason)}</div></div>'
-            for r in rejected
-        ]
-        return (
-            f"<h3>New texts ({path.name}: {stats.get('kept')} kept of {stats.get('pairs')} pairs, "
-            f"generator {html.escape(str(payload.meta.get('generator')))})</h3>"
-            f'<table class="metrics"><tr><th>rejection rule</th><th>count</th></tr>{counts}</table>'
-            f"<h3>Kept</h3>{''.join(cards)}<h3>Rejected</h3>{''.join(refused) or '<p>none</p>'}"
-        )
+        section.kept_cards = [self.kept_card(s) for s in kept]
+        section.rejected_cards = [self.rejected_card(r) for r in rejected]
+        return section
 
-    def round_section(self, iteration: int) -> str:
-        cards = "".join(self.query_card(p, iteration) for p in self.sample)
-        parts = [
-            f'<h2 id="round{iteration}">Round {iteration}</h2>',
-            f"<h3>Validation queries (a fixed sample of {len(self.sample)})</h3>{cards}",
-            self.movers(iteration),
-        ]
+    def round_view(self, iteration: int) -> RoundView:
+        cards = [c for p in self.sample if (c := self.query_card(p, iteration)) is not None]
+        view = RoundView(iteration, cards, self.movers(iteration))
         if iteration > 0:
-            parts += [self.mined(iteration), self.texts(iteration)]
-        return "".join(parts)
+            view.mined, view.texts = self.mined(iteration), self.texts(iteration)
+        return view
 
 
 def _experiments_under(directory: Path) -> dict[str, Experiment]:
@@ -282,81 +454,75 @@ def _experiments_under(directory: Path) -> dict[str, Experiment]:
     return found
 
 
-def _page(title: str, body: str) -> str:
-    return (
-        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{CSS}</style></head><body>{body}</body></html>\n"
-    )
-
-
 def single_report(experiment: Experiment, out: Path, queries: int, seed: int) -> str:
-    thumbs = Thumbnails(out / "thumbs")
-    pages = ExperimentPages(experiment, thumbs, queries, seed)
-    results = {f"iter_{i}": pages.evaluations[i].metrics for i in pages.rounds}
-    parts = [
-        f"<h1>{html.escape(experiment.dir.name)}</h1>",
-        f'<p class="note">model {html.escape(str(pages.arguments.get("model_name")))}; '
-        f'dataset {html.escape(pages.arguments["dataset_name"])} at '
-        f'{html.escape(pages.arguments["dataset_path"])}; rounds evaluated: {pages.rounds}</p>',
-    ]
+    pages = ExperimentPages(experiment, Thumbnails(out / "thumbs"), queries, seed)
+    name = experiment.dir.name
+    results = {
+        i: pages.evaluations[i].metrics for i in pages.rounds if pages.evaluations[i].metrics
+    }
+    metrics_plot = None
     if results:
-        plot = plot_results(results, out / "metrics.png", experiment.dir.name)
-        parts += ["<h2>Metrics</h2>", _metric_table(results), f'<p><img src="{plot.name}"></p>']
+        keyed = {f"iter_{i}": metrics for i, metrics in results.items()}
+        metrics_plot = plot_results(keyed, out / "metrics.png", name).name
     loss = plot_curves(read_curves(experiment.dir), out / "loss.png", "training loss, every round")
-    if loss is not None:
-        parts.append(f'<h2>Training loss</h2><p><img src="{loss.name}"></p>')
-    parts += [pages.round_section(i) for i in pages.rounds]
-    return _page(f"report: {experiment.dir.name}", "".join(parts))
+    view = ExperimentView(
+        name=name,
+        model=str(pages.arguments.get("model_name")),
+        dataset=str(pages.arguments["dataset_name"]),
+        dataset_path=str(pages.arguments["dataset_path"]),
+        evaluated=pages.rounds,
+        metrics=metric_table(results) if results else None,
+        metrics_plot=metrics_plot,
+        loss_plot=loss.name if loss is not None else None,
+        rounds=[pages.round_view(i) for i in pages.rounds],
+    )
+    return render("experiment.html.j2", view=view)
 
 
-def comparison_report(experiments: dict[str, Experiment], out: Path, queries: int, seed: int) -> str:
+def comparison_report(
+    experiments: dict[str, Experiment], out: Path, queries: int, seed: int
+) -> str:
     """One column per experiment: the metrics of every round, and the sampled queries."""
     thumbs = Thumbnails(out / "thumbs")
     pages = {name: ExperimentPages(e, thumbs, queries, seed) for name, e in experiments.items()}
     names = list(pages)
     rounds = sorted({i for p in pages.values() for i in p.rounds})
-    metrics = list(next(iter(pages.values())).evaluations[rounds[0]].metrics) if rounds else []
-    parts = [f"<h1>{len(names)} experiments</h1>"]
-    for metric in metrics:
-        head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
-        rows = "".join(
-            f"<tr><th>round {i}</th>"
-            + "".join(
-                f"<td>{pages[n].evaluations[i].metrics[metric]:.2f}</td>" if i in pages[n].evaluations else "<td>-</td>"
-                for n in names
-            )
-            + "</tr>"
-            for i in rounds
-        )
-        parts.append(f'<h3>{html.escape(metric)}</h3><table class="metrics"><tr><th></th>{head}</tr>{rows}</table>')
     first = pages[names[0]]
-    for i in rounds:
-        parts.append(f"<h2>Round {i}: the sampled queries, one column per experiment</h2>")
-        rows = []
-        for pairid in first.sample:
-            cells = "".join(
-                f"<td>{pages[n].query_card(pairid, i) if i in pages[n].evaluations else '-'}</td>"
-                for n in names
-            )
-            rows.append(f"<tr>{cells}</tr>")
-        head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
-        parts.append(f"<table><tr>{head}</tr>{''.join(rows)}</table>")
-    return _page("comparison report", "".join(parts))
+    metrics = list(first.evaluations[first.rounds[0]].metrics or {}) if first.rounds else []
+
+    def value(name: str, i: int, metric: str) -> float | None:
+        evaluation = pages[name].evaluations.get(i)
+        return (evaluation.metrics or {}).get(metric) if evaluation else None
+
+    tables = [
+        (
+            metric,
+            MetricTable(
+                names, [(f"round {i}", [value(n, i, metric) for n in names]) for i in rounds]
+            ),
+        )
+        for metric in metrics
+    ]
+    compared = [
+        ComparisonRound(i, [[pages[n].query_card(p, i) for n in names] for p in first.sample])
+        for i in rounds
+    ]
+    return render("comparison.html.j2", view=ComparisonView(names, tables, compared))
 
 
 def build_report(directory: str | Path, queries: int = 24, seed: int = 0) -> Path:
     """Write `{directory}/report/index.html` for an experiment or a folder of experiments."""
-    directory = Path(directory)
-    out = directory / REPORT_NAME
+    layout = ExperimentLayout(directory)
+    out = layout.report_dir
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    if (directory / CONFIG_NAME).is_file():
-        page = single_report(Experiment(directory), out, queries, seed)
+    if layout.config_file.is_file():
+        page = single_report(Experiment(layout.dir), out, queries, seed)
     else:
-        experiments = _experiments_under(directory)
+        experiments = _experiments_under(layout.dir)
         if not experiments:
-            raise ExperimentError(f"{directory} holds no experiment ({CONFIG_NAME} not found)")
+            raise ExperimentError(f"{layout.dir} holds no experiment ({CONFIG_NAME} not found)")
         page = comparison_report(experiments, out, queries, seed)
     index = out / "index.html"
     index.write_text(page)
