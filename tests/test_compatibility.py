@@ -5,8 +5,13 @@ last release before the artifact formats got their own module; `make_fixture.sh`
 is the command), cut where a kill during round 1's training would leave it: round 0
 trained and evaluated, its negatives mined, round 1's new texts written. Its recorded
 paths point at /tmp/cir_experiment_v1/{model,data}, so the test puts the same tiny model
-and benchmark there. Resuming must skip every finished stage (they verify and their metas
-match) and run only round 1's training and evaluation.
+and benchmark there.
+
+Resuming keeps round 0's checkpoint and the mined negatives (their records verify and their
+metas read the same under the current format), and runs again, once, what format version 2
+digests differently (a split's rows and the captioning requests: one digest function now):
+round 0's evaluation (same metrics) and round 1's new texts (the same texts); then round 1
+trains and is evaluated.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
+from src.artifacts import AugmentedSamples
 from src.cli import train_main
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "experiment_v1"
@@ -41,9 +49,14 @@ def test_an_experiment_of_the_previous_release_resumes_where_it_stopped(
         assert train_main([*argv, "--auto_resume"]) == 0
         stages = [json.loads(line) for line in (experiment / "stages.jsonl").read_text().splitlines()]
         ran = [(s["stage"], s["iteration"]) for s in stages[4:]]
-        assert ran == [("train", 1), ("evaluate", 1)]
+        assert ran == [("evaluate", 0), ("augment", 1), ("train", 1), ("evaluate", 1)]
+        old_texts = AugmentedSamples.read(FIXTURE / "augmented_samples_iter_1.json")
+        new_texts = AugmentedSamples.read(experiment / "augmented_samples_iter_1.json")
+        assert [s.caption for s in new_texts.samples] == [s.caption for s in old_texts.samples]
         results = json.loads((experiment / "evaluation_results.json").read_text())
         assert sorted(results) == ["iter_0", "iter_1"]
-        assert results["iter_0"] == json.loads((FIXTURE / "evaluation_results.json").read_text())["iter_0"]
+        # the same checkpoint on the same queries (float order may differ on another machine)
+        old_results = json.loads((FIXTURE / "evaluation_results.json").read_text())["iter_0"]
+        assert results["iter_0"] == pytest.approx(old_results, abs=100 / 16 + 1e-9)
     finally:
         shutil.rmtree(experiment, ignore_errors=True)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from src.artifacts import FORMAT_VERSION, AugmentedSamples, CheckpointRecord, HardNegatives
 from src.cli import eval_main, train_main
 from src.data.loading import load_split
 from src.experiment import Experiment
@@ -40,16 +41,18 @@ def test_two_rounds_write_every_artifact(finished_run, small_train_split):
     experiment = finished_run
     for i in range(3):
         assert (experiment.checkpoint(i) / "embedder_config.json").is_file()
-        assert (experiment.checkpoint(i) / "stage.json").is_file()
+        assert CheckpointRecord.read(experiment.checkpoint_record(i)).iteration == i
     for i in range(2):
-        mined = json.loads(experiment.hard_negatives(i).read_text())
-        assert set(mined) == {"meta", "stats", "queries"}
-        assert mined["meta"]["options"]["k"] == 5
+        raw = json.loads(experiment.hard_negatives(i).read_text())
+        assert set(raw) == {"version", "meta", "stats", "queries"} and raw["version"] == FORMAT_VERSION
+        mined = HardNegatives.read(experiment.hard_negatives(i))
+        assert mined.meta["options"]["hard_negative_k"] == 5
+        assert all(len(query.negatives) == 5 for query in mined.queries.values())
     for i in (1, 2):
-        augmented = json.loads(experiment.augmented(i).read_text())
-        assert augmented["meta"]["generator"] == "scene_oracle"
-        assert augmented["meta"]["stands_in_for_a_foundation_model"] is True
-        assert augmented["stats"]["kept"] == len(augmented["samples"])
+        augmented = AugmentedSamples.read(experiment.augmented(i))
+        assert augmented.meta["generator"] == "scene_oracle"
+        assert augmented.meta["stands_in_for_a_foundation_model"] is True
+        assert augmented.stats["kept"] == len(augmented.samples)
         assert (experiment.train_dir(i)).is_dir()
     results = json.loads(experiment.evaluation_results.read_text())
     assert sorted(results) == ["iter_0", "iter_1", "iter_2"]
