@@ -1,13 +1,26 @@
-"""Shared fixtures: tiny checkpoints and a small synthetic benchmark, built once per session."""
+"""Shared fixtures: one tiny Qwen2-VL checkpoint and one small synthetic benchmark per test
+run (the other tiny backbones built only when a test asks for them), the argv of a small
+job, and one small finished two-round experiment that tests copy before changing.
+
+The builds go through `build_once` (a file lock and a rename), into the folder pytest
+shares between the processes of one run, so they are made once per run however the tests
+are scheduled.
+"""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
+from src.cli import train_main
 from src.data.loading import load_split
+from src.experiment import Experiment
+from src.offline.builders import build_once
 from src.offline.synthetic.benchmark import build_synthetic_benchmark
 from src.offline.tiny import build_tiny_checkpoint
 
@@ -15,31 +28,95 @@ torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny_models")
+def shared_dir(tmp_path_factory) -> Path:
+    """A folder every test process of this run sees (pytest-xdist workers share the parent
+    of their base folders)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if base.name.startswith("popen-") else base) / "shared"
+
+
+def _tiny(shared_dir: Path, backbone: str) -> Path:
+    return build_once(
+        shared_dir / f"tiny_{backbone}",
+        lambda out: build_tiny_checkpoint(backbone, out, image_size=56, seed=0),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(shared_dir) -> Path:
+    return _tiny(shared_dir, "qwen2_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tiny_qwen, shared_dir) -> dict[str, Path]:
+    """Every tiny backbone (the two others are built here, for the tests that need them)."""
     return {
-        backbone: build_tiny_checkpoint(backbone, root / backbone, image_size=56, seed=0)
-        for backbone in ("qwen2_vl", "qwen2_5_vl", "llava_next")
+        "qwen2_vl": tiny_qwen,
+        "qwen2_5_vl": _tiny(shared_dir, "qwen2_5_vl"),
+        "llava_next": _tiny(shared_dir, "llava_next"),
     }
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen(tiny_model_dirs) -> Path:
-    return tiny_model_dirs["qwen2_vl"]
-
-
-@pytest.fixture(scope="session")
-def small_benchmark(tmp_path_factory) -> Path:
-    return build_synthetic_benchmark(
-        tmp_path_factory.mktemp("bench"),
-        num_train_images=120,
-        num_val_images=60,
-        num_test_images=30,
-        image_size=56,
-        seed=0,
+def small_benchmark(shared_dir) -> Path:
+    """120 train, 60 validation and 30 test images: 40 training and 20 validation triplets."""
+    return build_once(
+        shared_dir / "bench",
+        lambda out: build_synthetic_benchmark(
+            out, num_train_images=120, num_val_images=60, num_test_images=30, image_size=56, seed=0
+        ),
     )
 
 
 @pytest.fixture(scope="session")
 def small_train_split(small_benchmark):
     return load_split("cirr", small_benchmark, "train")
+
+
+@pytest.fixture(scope="session")
+def job_argv(tiny_qwen, small_benchmark) -> Callable[..., list[str]]:
+    """`job_argv(experiment_dir, *flags)`: a small job on the tiny model and the small
+    benchmark (one round, 2 steps each, batch 8; `dataset=` / `model=` for others); later
+    flags win over these."""
+
+    def argv(
+        experiment_dir: Path, *flags: str, dataset: Path | None = None, model: Path | None = None
+    ) -> list[str]:
+        return [
+            "--model_name", str(model or tiny_qwen),
+            "--dataset_path", str(dataset or small_benchmark),
+            "--experiment_dir", str(experiment_dir),
+            "--num_iterations", "1",
+            "--max_steps", "2",
+            "--batch_size", "8",
+            "--dataloader_num_workers", "0",
+            "--encode_batch_size", "32",
+            *flags,
+        ]  # fmt: skip
+
+    return argv
+
+
+@pytest.fixture(scope="session")
+def two_round_flags() -> tuple[str, ...]:
+    """The flags of `two_round_experiment` beyond `job_argv`'s."""
+    return ("--num_iterations", "2", "--max_steps", "4", "--save_steps", "2",
+            "--num_hard_negatives", "2", "--report_queries", "6", "--logging_steps", "2")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def two_round_experiment(job_argv, two_round_flags, shared_dir) -> Experiment:
+    """A finished two-round job (4 steps a round, Trainer checkpoints every 2, two hard
+    negatives per query, the report written). Read it, or copy it (`copied`) to change it."""
+    experiment = Experiment(shared_dir / "two_rounds")
+    with FileLock(f"{experiment.dir}.lock"):  # trained in place: its files record the folder
+        if not experiment.evaluation("val", 2).is_file():
+            shutil.rmtree(experiment.dir, ignore_errors=True)
+            assert train_main(job_argv(experiment.dir, *two_round_flags)) == 0
+    return experiment
+
+
+@pytest.fixture()
+def copied(two_round_experiment, tmp_path) -> Experiment:
+    """A private copy of the two-round experiment, free to change."""
+    return Experiment(shutil.copytree(two_round_experiment.dir, tmp_path / "exp", symlinks=True))

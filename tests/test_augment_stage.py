@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -60,17 +61,19 @@ def ending_models(tiny_model_dirs, tmp_path_factory):
     return models
 
 
-def make_job(tmp_path, model_dir, benchmark, *flags: str) -> Job:
-    """A job whose round 0 has mined the near misses of the first NUM_MINED triplets."""
-    argv = [
-        "--model_name", str(model_dir),
-        "--dataset_path", str(benchmark),
-        "--experiment_dir", str(tmp_path / "exp"),
-        "--dataloader_num_workers", "0",
-        "--encode_batch_size", "32",
-        *flags,
-    ]  # fmt: skip
-    job = resolve_job(parse_arguments(argv), OFFLINE_DEFAULTS)
+@pytest.fixture()
+def make_job(job_argv) -> Callable[..., Job]:
+    """`make_job(tmp_path, model_dir, benchmark, *flags)`: a job whose round 0 has mined the
+    near misses of the first NUM_MINED triplets."""
+
+    def make(tmp_path, model_dir, benchmark, *flags: str) -> Job:
+        argv = job_argv(tmp_path / "exp", *flags, dataset=benchmark, model=model_dir)
+        return with_mined_near_misses(resolve_job(parse_arguments(argv), OFFLINE_DEFAULTS))
+
+    return make
+
+
+def with_mined_near_misses(job: Job) -> Job:
     queries = {}
     for t in job.train_split.triplets[:NUM_MINED]:
         near_misses = [m for m in t.group if m not in (t.reference, t.target)]
@@ -109,7 +112,7 @@ def check_accounting(payload: AugmentedSamples) -> None:
         ("llava_next", ["--consistency_filter"]),  # backbone detected: llava
     ],
 )
-def test_round_generates_cleans_filters_and_writes_with_provenance(
+def test_round_generates_cleans_filters_and_writes_with_provenance(make_job,
     model, flags, ending_models, small_benchmark, tmp_path, monkeypatch, capsys
 ):
     job = make_job(
@@ -176,7 +179,7 @@ class Killed(RuntimeError):
     pass
 
 
-def test_kill_mid_generation_and_resume(ending_models, small_benchmark, tmp_path, monkeypatch):
+def test_kill_mid_generation_and_resume(make_job, ending_models, small_benchmark, tmp_path, monkeypatch):
     job = make_job(
         tmp_path,
         ending_models["qwen2_vl"],
@@ -228,7 +231,7 @@ def test_kill_mid_generation_and_resume(ending_models, small_benchmark, tmp_path
     assert partial_files(job.experiment, 1) == []
 
 
-def test_consistency_answers_drop_samples_and_false_negatives(
+def test_consistency_answers_drop_samples_and_false_negatives(make_job,
     tiny_qwen, small_benchmark, tmp_path, monkeypatch
 ):
     job = make_job(tmp_path, tiny_qwen, small_benchmark, "--consistency_filter")
@@ -263,7 +266,7 @@ def test_consistency_answers_drop_samples_and_false_negatives(
     assert len(negatives[second.pairid]) == NUM_MINED - 1
 
 
-def test_verify_keeps_what_the_current_embedder_prefers(
+def test_verify_keeps_what_the_current_embedder_prefers(make_job,
     tiny_qwen, small_benchmark, tmp_path, monkeypatch
 ):
     job = make_job(
@@ -309,7 +312,7 @@ def _query(job, encoder, sample):
     return ENCODE_ROWS(encoder, rows, 1, 0)[0]
 
 
-def test_none_skips_and_says_so(tiny_qwen, small_benchmark, tmp_path):
+def test_none_skips_and_says_so(make_job, tiny_qwen, small_benchmark, tmp_path):
     job = make_job(tmp_path, tiny_qwen, small_benchmark, "--foundation_model_backbone", "none")
     augment_stage(job, 1)
     payload = AugmentedSamples.read(job.experiment.augmented(1))
@@ -318,7 +321,7 @@ def test_none_skips_and_says_so(tiny_qwen, small_benchmark, tmp_path):
     assert len(round_data(job, 1)) == len(job.train_split.triplets)
 
 
-def test_a_finished_file_is_redone_only_when_its_meta_changes(
+def test_a_finished_file_is_redone_only_when_its_meta_changes(make_job,
     tiny_qwen, small_benchmark, tmp_path, monkeypatch
 ):
     job = make_job(tmp_path, tiny_qwen, small_benchmark)
@@ -340,7 +343,7 @@ def test_a_finished_file_is_redone_only_when_its_meta_changes(
     assert [s["stage"] for s in job.experiment.log.entries()] == ["augment", "augment"]
 
 
-def test_pool_current_or_cumulative(tiny_qwen, small_benchmark, tmp_path):
+def test_pool_current_or_cumulative(make_job, tiny_qwen, small_benchmark, tmp_path):
     job = make_job(tmp_path, tiny_qwen, small_benchmark, "--max_augmented_per_iteration", "3")
     augment_stage(job, 1)
     mined = HardNegatives.read(job.experiment.hard_negatives(0))
@@ -399,7 +402,7 @@ dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_two_processes_share_the_work_and_write_what_one_writes(
+def test_two_processes_share_the_work_and_write_what_one_writes(make_job,
     ending_models, small_benchmark, tmp_path
 ):
     flags = [

@@ -70,12 +70,6 @@ def test_two_processes_match_one(tiny_qwen, small_benchmark, tmp_path):
         assert changed > 10, mode
 
 
-def job_flags(tiny_qwen, small_benchmark, experiment: Path) -> list[str]:
-    return ["--model_name", str(tiny_qwen), "--dataset_path", str(small_benchmark), "--fast_mode",
-            "--num_iterations", "1", "--batch_size", "8", "--experiment_dir", str(experiment),
-            "--dataloader_num_workers", "0"]  # fmt: skip
-
-
 def two_nodes(flags_of_node, timeout: int = 600) -> list[subprocess.CompletedProcess]:
     """Two torchrun agents on 127.0.0.1, one process each, started through the launcher."""
     port = free_port()
@@ -110,11 +104,11 @@ def artifacts(experiment: Path) -> dict:
     return found
 
 
-def test_the_job_on_two_processes_of_one_node_and_on_two_nodes(tiny_qwen, small_benchmark, tmp_path):
+def test_the_job_on_two_processes_of_one_node_and_on_two_nodes(job_argv, tmp_path):
     """./run_iterative_training.sh --nproc 2, and the same job on two nodes: same files, same numbers."""
     one_node = tmp_path / "one_node"
     completed = run(["bash", "run_iterative_training.sh", "--nproc", "2",
-                     *job_flags(tiny_qwen, small_benchmark, one_node)], timeout=600)  # fmt: skip
+                     *job_argv(one_node, "--fast_mode")], timeout=600)  # fmt: skip
     assert "launching: " in completed.stderr and "--nproc_per_node 2" in completed.stderr
     assert completed.stdout.count("experiment directory:") == 2  # the log line and the final report
     expected = artifacts(one_node)
@@ -125,17 +119,15 @@ def test_the_job_on_two_processes_of_one_node_and_on_two_nodes(tiny_qwen, small_
     assert all(s["meta"]["processes"] == 2 for s in stages if s["stage"] == "train")
 
     two_node = tmp_path / "two_nodes"
-    for node, completed in enumerate(two_nodes(lambda _: job_flags(tiny_qwen, small_benchmark, two_node))):
+    for node, completed in enumerate(two_nodes(lambda _: job_argv(two_node, "--fast_mode"))):
         assert completed.returncode == 0, f"node {node}: {completed.stderr[-3000:]}"
     assert artifacts(two_node) == expected
     assert not (two_node / ".shared_check").exists()
 
 
-def test_nodes_with_their_own_experiment_directories_stop_with_one_line(
-    tiny_qwen, small_benchmark, tmp_path
-):
+def test_nodes_with_their_own_experiment_directories_stop_with_one_line(job_argv, tmp_path):
     start = time.monotonic()
-    results = two_nodes(lambda node: job_flags(tiny_qwen, small_benchmark, tmp_path / f"node{node}"), 300)
+    results = two_nodes(lambda node: job_argv(tmp_path / f"node{node}", "--fast_mode"), 300)
     elapsed = time.monotonic() - start
     for node, completed in enumerate(results):
         assert completed.returncode != 0

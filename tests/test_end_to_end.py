@@ -1,4 +1,5 @@
-"""A fast-mode run of the whole job (2 rounds), then eval_iterative.py on its checkpoints."""
+"""A run of the whole job (2 rounds: conftest.py's two_round_experiment), eval_iterative.py on
+its checkpoints, resuming it, and its plan."""
 
 import json
 
@@ -15,30 +16,14 @@ from src.model.encoder import load_encoder
 pytestmark = pytest.mark.slow
 
 
-def run_args(tiny_qwen, small_benchmark, experiment_dir, *extra):
-    return [
-        "--model_name", str(tiny_qwen),
-        "--dataset_path", str(small_benchmark),
-        "--experiment_dir", str(experiment_dir),
-        "--num_iterations", "2",
-        "--fast_mode",
-        "--batch_size", "8",
-        "--num_hard_negatives", "2",
-        "--dataloader_num_workers", "0",
-        "--encode_batch_size", "32",
-        *extra,
-    ]  # fmt: skip
+@pytest.fixture()
+def finished_run(copied) -> Experiment:
+    """The two-round experiment of conftest.py, copied (these tests add to it)."""
+    return copied
 
 
-@pytest.fixture(scope="module")
-def finished_run(tiny_qwen, small_benchmark, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("e2e") / "exp"
-    assert train_main(run_args(tiny_qwen, small_benchmark, directory)) == 0
-    return Experiment(directory)
-
-
-def test_two_rounds_write_every_artifact(finished_run, small_train_split):
-    experiment = finished_run
+def test_two_rounds_write_every_artifact(two_round_experiment, small_train_split):
+    experiment = two_round_experiment
     for i in range(3):
         assert (experiment.checkpoint(i) / "embedder_config.json").is_file()
         assert CheckpointRecord.read(experiment.checkpoint_record(i)).iteration == i
@@ -63,10 +48,7 @@ def test_two_rounds_write_every_artifact(finished_run, small_train_split):
     train_log = [
         s for s in experiment.log.entries() if s["stage"] == "train" and s["iteration"] == 1
     ][0]
-    expected = (
-        len(small_train_split.triplets)
-        + json.loads(experiment.augmented(1).read_text())["stats"]["kept"]
-    )
+    expected = len(small_train_split.triplets) + AugmentedSamples.read(experiment.augmented(1)).stats["kept"]
     assert train_log["meta"]["num_samples"] == expected
 
 
@@ -111,15 +93,15 @@ def test_eval_iterative_matches_a_numpy_recomputation(finished_run, small_benchm
 
 
 def test_rerun_without_auto_resume_is_refused_and_with_it_redoes_nothing(
-    finished_run, tiny_qwen, small_benchmark, capsys
+    finished_run, job_argv, two_round_flags, capsys
 ):
-    assert train_main(run_args(tiny_qwen, small_benchmark, finished_run.dir)) == 2
+    argv = job_argv(finished_run.dir, *two_round_flags)
+    assert train_main(argv) == 2
     assert "--auto_resume" in capsys.readouterr().err
     before = len(finished_run.log.entries())
-    assert train_main(run_args(tiny_qwen, small_benchmark, finished_run.dir, "--auto_resume")) == 0
+    assert train_main([*argv, "--auto_resume"]) == 0
     assert len(finished_run.log.entries()) == before
-    changed = ["--auto_resume", "--hard_negative_k", "3"]
-    assert train_main(run_args(tiny_qwen, small_benchmark, finished_run.dir, *changed)) == 2
+    assert train_main([*argv, "--auto_resume", "--hard_negative_k", "3"]) == 2
     assert "hard_negative_k: experiment 5 -> now 3" in capsys.readouterr().err
 
 
@@ -153,20 +135,16 @@ def test_eval_iterative_writes_the_cirr_test_submission_files(finished_run, smal
         )
 
 
-def test_round_zero_only_and_skip_round0(tiny_qwen, small_benchmark, tmp_path):
+def test_round_zero_only_and_skip_round0(tiny_qwen, job_argv, tmp_path):
     """--num_iterations 0 trains round 0 only; --skip_round0 keeps the base model as iteration 0."""
     trained = Experiment(tmp_path / "round0")
-    args = run_args(tiny_qwen, small_benchmark, trained.dir)
-    args[args.index("--num_iterations") + 1] = "0"
-    assert train_main(args) == 0
+    assert train_main(job_argv(trained.dir, "--num_iterations", "0")) == 0
     assert trained.checkpoint(0).is_dir() and not trained.checkpoint(1).exists()
     assert not trained.hard_negatives(0).exists()
     assert sorted(json.loads(trained.evaluation_results.read_text())) == ["iter_0"]
 
     skipped = Experiment(tmp_path / "skipped")
-    args = run_args(tiny_qwen, small_benchmark, skipped.dir, "--skip_round0")
-    args[args.index("--num_iterations") + 1] = "0"
-    assert train_main(args) == 0
+    assert train_main(job_argv(skipped.dir, "--num_iterations", "0", "--skip_round0")) == 0
     base = load_encoder(tiny_qwen, dtype="float32")
     kept = load_encoder(skipped.checkpoint(0), dtype="float32")
     assert all(
@@ -184,15 +162,22 @@ def test_round_zero_only_and_skip_round0(tiny_qwen, small_benchmark, tmp_path):
     )
 
 
-def test_plan_of_a_finished_experiment_lists_every_stage_as_skipped(
-    finished_run, tiny_qwen, small_benchmark, capsys
-):
-    argv = run_args(tiny_qwen, small_benchmark, finished_run.dir, "--auto_resume", "--plan")
-    assert train_main(argv) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if "-> " in line][1:]
-    assert len(rows) == 2 + 4 * 2 and all("done: skipped" in row for row in rows)
-    argv = [*argv, "--resume_from_iteration", "2"]
-    assert train_main(argv) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if "-> " in line][1:]
-    statuses = ["done" if "done: skipped" in row else "run" for row in rows]
+def plan_rows(argv: list[str], capsys) -> list[list[str]]:
+    """The plan's step rows: [round, stage, status text..., artifact]."""
+    assert train_main([*argv, "--plan"]) == 0
+    return [line.split() for line in capsys.readouterr().out.splitlines() if " -> " in line][1:]
+
+
+def test_the_plan_lists_the_steps_a_run_records(finished_run, job_argv, two_round_flags, capsys):
+    """--plan and the run take their steps from the same list (src/rounds.py)."""
+    rows = plan_rows([*job_argv(finished_run.dir, *two_round_flags), "--auto_resume"], capsys)
+    planned = [(row[1], row[-1]) for row in rows]
+    recorded = [(s["stage"], s["artifact"]["name"]) for s in finished_run.log.entries()]
+    assert planned == recorded and len(planned) == 2 + 4 * 2
+    assert all("done: skipped" in " ".join(row) for row in rows)
+
+
+def test_resume_from_iteration_in_the_plan(finished_run, job_argv, two_round_flags, capsys):
+    argv = [*job_argv(finished_run.dir, *two_round_flags), "--auto_resume", "--resume_from_iteration", "2"]
+    statuses = ["done" if "done: skipped" in " ".join(row) else "run" for row in plan_rows(argv, capsys)]
     assert statuses == ["done"] * 6 + ["run"] * 4  # round 2 mines with checkpoint_iter_1 again

@@ -8,8 +8,6 @@ import json
 import re
 from pathlib import Path
 
-import pytest
-
 from src.cli import train_main
 from src.offline.real_shape import write_real_shape_checkpoint
 
@@ -21,20 +19,22 @@ def plan_output(argv: list[str], capsys) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.slow
-def test_plan_of_the_default_job(tmp_path, capsys):
+def test_plan_of_the_default_job(tiny_qwen, small_benchmark, tmp_path, capsys):
+    """The default job's steps and sizes (on the small benchmark: the default one takes
+    seconds to render)."""
     out = plan_output(
-        ["--cache_dir", str(tmp_path / "cache"), "--experiment_dir", str(tmp_path / "exp")], capsys
-    )
+        ["--model_name", str(tiny_qwen), "--dataset_path", str(small_benchmark),
+         "--experiment_dir", str(tmp_path / "exp")], capsys,
+    )  # fmt: skip
     assert not (tmp_path / "exp").exists()
     assert "parameters: 820,480" in out
-    assert "train 5000 triplets over 7500 images, val 2000 over 3000" in out
+    assert "train 40 triplets over 120 images, val 20 over 60" in out
     assert "image tokens per image: mean 4.0, max 4" in out
     rows = [line for line in out.splitlines() if re.match(r"\s+\d+\s+(train|evaluate|mine|augment)", line)]
     assert len(rows) == 2 + 4 * 3
-    assert "train 5000 triplets, 157 optimizer steps -> checkpoint_iter_0" in rows[0]
+    assert "train 40 triplets, 2 optimizer steps -> checkpoint_iter_0" in rows[0]
     assert all("will run" in row for row in rows)
-    assert "encode 7500 gallery images + 5000 queries" in rows[2]
+    assert "encode 120 gallery images + 40 queries" in rows[2]
 
 
 def test_plan_of_the_cirr_2b_preset(tmp_path, small_benchmark, capsys):

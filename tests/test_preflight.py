@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,16 +23,10 @@ def dataset(small_benchmark, tmp_path_factory) -> Path:
     return Path(shutil.copytree(small_benchmark, tmp_path_factory.mktemp("data") / "bench"))
 
 
-def base_args(tiny_qwen, dataset, experiment_dir) -> list[str]:
-    return [
-        "--model_name", str(tiny_qwen),
-        "--dataset_path", str(dataset),
-        "--experiment_dir", str(experiment_dir),
-        "--num_iterations", "1",
-        "--max_steps", "2",
-        "--batch_size", "4",
-        "--dataloader_num_workers", "0",
-    ]  # fmt: skip
+@pytest.fixture()
+def base_args(job_argv) -> Callable[..., list[str]]:
+    """`base_args(dataset, experiment_dir)`: the small job on `dataset`, batch 4."""
+    return lambda dataset, experiment_dir: job_argv(experiment_dir, "--batch_size", "4", dataset=dataset)
 
 
 def refused(argv: list[str], capsys, *parts: str) -> str:
@@ -65,32 +58,32 @@ def refused(argv: list[str], capsys, *parts: str) -> str:
     ],
 )
 def test_a_bad_flag_or_path_fails_before_any_work(
-    tiny_qwen, dataset, tmp_path, capsys, extra, parts
+    base_args, dataset, tmp_path, capsys, extra, parts
 ):
     experiment = tmp_path / "exp"
-    refused([*base_args(tiny_qwen, dataset, experiment), *extra], capsys, *parts)
+    refused([*base_args(dataset, experiment), *extra], capsys, *parts)
     assert not experiment.exists(), "something was written into the experiment directory"
 
 
-def test_a_malformed_config_file_names_it(tiny_qwen, dataset, tmp_path, capsys):
+def test_a_malformed_config_file_names_it(base_args, dataset, tmp_path, capsys):
     preset = tmp_path / "preset.json"
     preset.write_text('{"num_iterations": 2,,}')
     refused(
-        [*base_args(tiny_qwen, dataset, tmp_path / "exp"), "--config", str(preset)],
+        [*base_args(dataset, tmp_path / "exp"), "--config", str(preset)],
         capsys,
         str(preset),
         "invalid JSON at line 1",
     )
 
 
-def test_an_unwritable_experiment_directory(tiny_qwen, dataset, tmp_path, capsys):
+def test_an_unwritable_experiment_directory(base_args, dataset, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    refused(base_args(tiny_qwen, dataset, blocker / "exp"), capsys, "is not writable")
+    refused(base_args(dataset, blocker / "exp"), capsys, "is not writable")
 
 
 def test_a_damaged_validation_image_stops_the_run_before_round_0(
-    tiny_qwen, small_benchmark, tmp_path, capsys
+    base_args, small_benchmark, tmp_path, capsys
 ):
     data = Path(shutil.copytree(small_benchmark, tmp_path / "bench"))
     paths = json.loads((data / "image_splits" / "split.rc2.val.json").read_text())
@@ -98,12 +91,12 @@ def test_a_damaged_validation_image_stops_the_run_before_round_0(
     truncated.write_bytes(truncated.read_bytes()[:60])
     garbage.write_bytes(b"not an image at all")
     experiment = tmp_path / "exp"
-    error = refused(base_args(tiny_qwen, data, experiment), capsys, "2 of", "cannot be read")
+    error = refused(base_args(data, experiment), capsys, "2 of", "cannot be read")
     assert truncated.name in error and garbage.name in error
     assert not experiment.exists()
 
 
-def test_caption_problems_name_the_entry(tiny_qwen, small_benchmark, tmp_path, capsys):
+def test_caption_problems_name_the_entry(base_args, small_benchmark, tmp_path, capsys):
     data = Path(shutil.copytree(small_benchmark, tmp_path / "bench"))
     captions_file = data / "captions" / "cap.rc2.train.json"
     captions = json.loads(captions_file.read_text())
@@ -112,12 +105,12 @@ def test_caption_problems_name_the_entry(tiny_qwen, small_benchmark, tmp_path, c
     captions_file.write_text(json.dumps(captions))
     pairid = captions[3]["pairid"]
     refused(
-        base_args(tiny_qwen, data, tmp_path / "e1"), capsys, f"pairid {pairid}", "<|image_pad|>"
+        base_args(data, tmp_path / "e1"), capsys, f"pairid {pairid}", "<|image_pad|>"
     )
     captions[3]["caption"] = "   "
     captions_file.write_text(json.dumps(captions))
     refused(
-        base_args(tiny_qwen, data, tmp_path / "e2"),
+        base_args(data, tmp_path / "e2"),
         capsys,
         f"pairid {pairid}",
         "'caption' is empty",
@@ -126,7 +119,7 @@ def test_caption_problems_name_the_entry(tiny_qwen, small_benchmark, tmp_path, c
 
 
 def test_a_directory_holding_an_experiment_is_a_usage_error_not_a_traceback(
-    tiny_qwen, dataset, tmp_path, capsys
+    base_args, dataset, tmp_path, capsys
 ):
     experiment = tmp_path / "exp"
     experiment.mkdir()
@@ -136,19 +129,17 @@ def test_a_directory_holding_an_experiment_is_a_usage_error_not_a_traceback(
     (experiment / "stages.jsonl").write_text("")
     (experiment / "checkpoint_iter_0").mkdir()
     refused(
-        base_args(tiny_qwen, dataset, experiment),
+        base_args(dataset, experiment),
         capsys,
         "already holds an experiment",
         "--auto_resume",
     )
 
 
-def test_debug_shows_the_traceback(tiny_qwen, dataset, tmp_path):
-    argv = [*base_args(tiny_qwen, dataset, tmp_path / "exp"), "--batch_size", "0"]
-    plain = subprocess.run(
-        [sys.executable, "train_iterative.py", *argv], cwd=REPO, capture_output=True, text=True
-    )
-    assert plain.returncode == 2 and "Traceback" not in plain.stderr
-    assert plain.stderr.strip().splitlines() == ["error: --batch_size 0: must be >= 1"]
+def test_debug_shows_the_traceback(base_args, dataset, tmp_path, capsys):
+    argv = [*base_args(dataset, tmp_path / "exp"), "--batch_size", "0"]
+    assert train_main(argv) == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error and error.strip().splitlines() == ["error: --batch_size 0: must be >= 1"]
     with pytest.raises(ArgumentError, match="--batch_size 0"):
         train_main([*argv, "--debug"])

@@ -24,7 +24,6 @@ from src.artifacts import (
 from src.cli import eval_main, train_main
 from src.data.loading import load_split
 from src.experiment import Experiment
-from src.experiment_io import read_json
 from src.report.html import build_report
 from src.stages.augment import ALL_REASONS
 
@@ -64,16 +63,11 @@ def parse(index: Path) -> Page:
     return page
 
 
-@pytest.fixture(scope="module")
-def experiment(tiny_qwen, small_benchmark, tmp_path_factory) -> Experiment:
-    directory = tmp_path_factory.mktemp("report") / "exp"
-    argv = [
-        "--model_name", str(tiny_qwen), "--dataset_path", str(small_benchmark),
-        "--experiment_dir", str(directory), "--num_iterations", "2", "--fast_mode",
-        "--batch_size", "8", "--dataloader_num_workers", "0", "--report_queries", "6",
-    ]  # fmt: skip
-    assert train_main(argv) == 0
-    return Experiment(directory)
+@pytest.fixture()
+def experiment(two_round_experiment) -> Experiment:
+    """The two-round experiment of conftest.py (its report written at the end of its run);
+    the tests read it, or copy it before writing."""
+    return two_round_experiment
 
 
 def test_the_report_of_a_two_round_experiment(experiment):
@@ -92,15 +86,16 @@ def test_the_report_of_a_two_round_experiment(experiment):
     assert text.count("<tr><th>round ") == 3  # the metric table
     for reason in ALL_REASONS:
         assert f"<tr><th>{reason}</th>" in text
-    augmented = read_json(experiment.augmented(1))
-    assert f"{augmented['stats']['kept']} kept of {augmented['stats']['pairs']} pairs" in text
+    augmented = AugmentedSamples.read(experiment.augmented(1))
+    assert f"{augmented.stats['kept']} kept of {augmented.stats['pairs']} pairs" in text
     assert (index.parent / "loss.png").is_file() and (index.parent / "metrics.png").is_file()
     assert any((experiment.dir / "tensorboard" / f"round_{i}").iterdir() for i in range(3))
 
 
 def test_eval_iterative_writes_the_report_and_compares_a_folder_of_experiments(
-    experiment, tmp_path, capsys
+    copied, tmp_path, capsys
 ):
+    experiment = copied
     assert eval_main(["--experiment_dir", str(experiment.dir), "--report", "--report_queries", "4"]) == 0
     assert "report:" in capsys.readouterr().out
     folder = tmp_path / "ablation"
@@ -184,18 +179,15 @@ def test_user_text_is_escaped_ranks_are_exact_and_filter_diagnostics_show_for_a_
     assert "simulation:" not in round2
 
 
-def test_the_report_of_a_fashioniq_experiment(tiny_qwen, tmp_path):
+def test_the_report_of_a_fashioniq_experiment(job_argv, tmp_path):
     from tests.test_readers import make_fashioniq
 
     data = make_fashioniq(tmp_path / "fiq")
     for image in (data / "images").iterdir():  # the fixture's 2 x 2 images, a little larger
         Image.new("RGB", (56, 56), (hash(image.name) % 255, 90, 160)).save(image)
     directory = tmp_path / "exp"
-    argv = [
-        "--model_name", str(tiny_qwen), "--dataset_name", "fashioniq", "--dataset_path", str(data),
-        "--experiment_dir", str(directory), "--num_iterations", "1", "--max_steps", "2",
-        "--batch_size", "2", "--dataloader_num_workers", "0", "--foundation_model_backbone", "none",
-    ]  # fmt: skip
+    argv = job_argv(directory, "--dataset_name", "fashioniq", "--batch_size", "2",
+                    "--foundation_model_backbone", "none", dataset=data)  # fmt: skip
     assert train_main(argv) == 0
     index = build_report(directory, queries=4)
     page = parse(index)

@@ -12,6 +12,7 @@ import shutil
 import pytest
 
 import src.experiment_io as experiment_io
+from src.artifacts import CheckpointRecord, HardNegatives
 from src.cli import eval_main, train_main
 from src.experiment import Experiment
 from src.experiment_io import read_json, write_json_atomic
@@ -21,31 +22,19 @@ from src.training import CHECKPOINT_FILES_NAME, last_complete_checkpoint
 pytestmark = pytest.mark.slow
 
 
-def job_args(tiny_qwen, small_benchmark, experiment_dir, *extra):
-    return [
-        "--model_name", str(tiny_qwen),
-        "--dataset_path", str(small_benchmark),
-        "--experiment_dir", str(experiment_dir),
-        "--num_iterations", "1",
-        "--max_steps", "4",
-        "--save_steps", "2",
-        "--batch_size", "8",
-        "--dataloader_num_workers", "0",
-        "--encode_batch_size", "32",
-        *extra,
-    ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def finished(tiny_qwen, small_benchmark, tmp_path_factory) -> Experiment:
-    experiment = Experiment(tmp_path_factory.mktemp("integrity") / "exp")
-    assert train_main(job_args(tiny_qwen, small_benchmark, experiment.dir)) == 0
-    return experiment
+@pytest.fixture()
+def finished(two_round_experiment) -> Experiment:
+    return two_round_experiment
 
 
 @pytest.fixture()
-def copy(finished, tmp_path) -> Experiment:
-    return Experiment(shutil.copytree(finished.dir, tmp_path / "exp"))
+def copy(copied) -> Experiment:
+    return copied
+
+
+@pytest.fixture()
+def resume(job_argv, two_round_flags, copy) -> list[str]:
+    return job_argv(copy.dir, *two_round_flags, "--auto_resume")
 
 
 def test_round_0_weights_copied_over_round_1_never_give_round_1s_old_metrics(copy, capsys):
@@ -58,28 +47,25 @@ def test_round_0_weights_copied_over_round_1_never_give_round_1s_old_metrics(cop
     assert "Traceback" not in error
 
 
-def test_a_truncated_checkpoint_is_retrained_on_auto_resume(
-    copy, finished, tiny_qwen, small_benchmark, capsys
-):
+def test_a_truncated_checkpoint_is_retrained_on_auto_resume(copy, finished, resume, capsys):
     weights = copy.checkpoint(1) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    assert train_main(job_args(tiny_qwen, small_benchmark, copy.dir, "--auto_resume")) == 0
+    assert train_main(resume) == 0
     log = capsys.readouterr().out
     assert f"{weights} has 1000 bytes" in log and "redoing it" in log
     assert [s["stage"] for s in copy.log.entries()][-2:] == ["train", "evaluate"]
-    assert read_json(copy.checkpoint(1) / "stage.json")["fingerprint"] == read_json(
-        finished.checkpoint(1) / "stage.json"
-    )["fingerprint"]
+    fingerprint = CheckpointRecord.read(copy.checkpoint_record(1)).fingerprint
+    assert fingerprint == CheckpointRecord.read(finished.checkpoint_record(1)).fingerprint
     assert any(copy.dir.glob("moved_aside_*/checkpoint_iter_1"))  # kept, not deleted
 
 
-def test_a_truncated_mined_file_is_mined_again(copy, finished, tiny_qwen, small_benchmark, capsys):
+def test_a_truncated_mined_file_is_mined_again(copy, finished, resume, capsys):
     mined = copy.hard_negatives(0)
     mined.write_text(mined.read_text()[:200])
-    assert train_main(job_args(tiny_qwen, small_benchmark, copy.dir, "--auto_resume")) == 0
+    assert train_main(resume) == 0
     log = capsys.readouterr().out
     assert f"{mined} has 200 bytes" in log and "redoing it" in log
-    assert read_json(mined)["queries"] == read_json(finished.hard_negatives(0))["queries"]
+    assert HardNegatives.read(mined).queries == HardNegatives.read(finished.hard_negatives(0)).queries
     assert read_json(copy.evaluation_results) == read_json(finished.evaluation_results)
     assert [s["stage"] for s in copy.log.entries()][-1] == "mine", log  # same data: nothing retrained
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from src.artifacts import AugmentedSamples, CheckpointRecord, HardNegatives, PartialGenerations
 from src.cli import train_main
 from src.experiment import Experiment
 from src.experiment_io import read_json
@@ -18,21 +19,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def job_args(tiny_qwen, small_benchmark, experiment_dir):
-    return [
-        "--model_name", str(tiny_qwen),
-        "--dataset_path", str(small_benchmark),
-        "--experiment_dir", str(experiment_dir),
-        "--num_iterations", "1",
-        "--max_steps", "6",
-        "--save_steps", "2",
-        "--batch_size", "8",
-        "--num_hard_negatives", "2",
-        "--dataloader_num_workers", "0",
-        "--encode_batch_size", "16",
-        "--augment_flush_every", "4",
-        "--foundation_batch_size", "2",
-    ]  # fmt: skip
+KILLABLE = ("--max_steps", "6", "--save_steps", "2", "--num_hard_negatives", "2",
+            "--encode_batch_size", "16", "--augment_flush_every", "4", "--foundation_batch_size", "2")  # fmt: skip
 
 
 def run_with_fault(args: list[str], fault: str) -> subprocess.CompletedProcess:
@@ -51,25 +39,21 @@ def run_with_fault(args: list[str], fault: str) -> subprocess.CompletedProcess:
 
 def artifacts(experiment: Experiment) -> dict:
     """Everything a run produces that must not depend on where it was interrupted."""
-    augmented = read_json(experiment.augmented(1))
+    augmented = AugmentedSamples.read(experiment.augmented(1))
     return {
-        "mined": read_json(experiment.hard_negatives(0))["queries"],
-        "augmented": [augmented["samples"], augmented["rejected"]],
-        "fingerprints": [
-            read_json(experiment.checkpoint(i) / "stage.json")["fingerprint"] for i in (0, 1)
-        ],
+        "mined": HardNegatives.read(experiment.hard_negatives(0)).queries,
+        "augmented": [augmented.samples, augmented.rejected],
+        "fingerprints": [CheckpointRecord.read(experiment.checkpoint_record(i)).fingerprint for i in (0, 1)],
         "results": read_json(experiment.evaluation_results),
     }
 
 
-def test_killed_at_every_named_point_resumes_to_the_same_artifacts(
-    tiny_qwen, small_benchmark, tmp_path
-):
+def test_killed_at_every_named_point_resumes_to_the_same_artifacts(job_argv, tmp_path):
     baseline = Experiment(tmp_path / "baseline")
-    assert train_main(job_args(tiny_qwen, small_benchmark, baseline.dir)) == 0
+    assert train_main(job_argv(baseline.dir, *KILLABLE)) == 0
 
     killed = Experiment(tmp_path / "killed")
-    args = job_args(tiny_qwen, small_benchmark, killed.dir)
+    args = job_argv(killed.dir, *KILLABLE)
     run_with_fault(args, "mining:10")
     assert killed.checkpoint(0).is_dir() and not killed.hard_negatives(0).exists()
 
@@ -77,7 +61,7 @@ def test_killed_at_every_named_point_resumes_to_the_same_artifacts(
     run_with_fault(resume, "augmentation:4")
     assert not killed.augmented(1).exists()
     (partial,) = killed.partial_augmented_files(1)
-    assert len(read_json(partial)["generations"]) == 4
+    assert len(PartialGenerations.read(partial).generations) == 4
 
     run_with_fault(resume, "training@1:4")
     trainer_checkpoints = sorted(p.name for p in killed.train_dir(1).glob("checkpoint-*"))
@@ -97,14 +81,11 @@ def test_killed_at_every_named_point_resumes_to_the_same_artifacts(
     assert augment_1["meta"]["pairs_resumed"] == 4
 
 
-def test_resume_from_iteration_reruns_and_keeps_the_old_artifacts(
-    tiny_qwen, small_benchmark, tmp_path
-):
-    experiment = Experiment(tmp_path / "exp")
-    args = job_args(tiny_qwen, small_benchmark, experiment.dir)
-    assert train_main(args) == 0
+def test_resume_from_iteration_reruns_and_keeps_the_old_artifacts(copied, job_argv, two_round_flags):
+    experiment = copied
     old = json.loads(experiment.hard_negatives(0).read_text())
-    assert train_main([*args, "--auto_resume", "--resume_from_iteration", "1"]) == 0
+    args = job_argv(experiment.dir, *two_round_flags, "--auto_resume", "--resume_from_iteration", "1")
+    assert train_main(args) == 0
     moved = sorted(experiment.dir.glob("moved_aside_*"))
     assert len(moved) == 1
     assert {p.name for p in moved[0].iterdir()} >= {

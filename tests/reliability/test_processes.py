@@ -25,25 +25,12 @@ REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
-def small_job(tiny_qwen, small_benchmark, experiment_dir, *extra) -> list[str]:
-    return [
-        "--model_name", str(tiny_qwen),
-        "--dataset_path", str(small_benchmark),
-        "--experiment_dir", str(experiment_dir),
-        "--dataloader_num_workers", "0",
-        "--encode_batch_size", "32",
-        *extra,
-    ]  # fmt: skip
-
-
-def test_sigterm_during_training_saves_a_checkpoint_and_exits_cleanly(
-    tiny_qwen, small_benchmark, tmp_path
-):
+def test_sigterm_during_training_saves_a_checkpoint_and_exits_cleanly(job_argv, tmp_path):
     flags = ["--num_iterations", "0", "--max_steps", "40", "--save_steps", "1000",
              "--logging_steps", "1", "--batch_size", "4"]  # fmt: skip
     experiment = Experiment(tmp_path / "exp")
     child = subprocess.Popen(
-        [sys.executable, "train_iterative.py", *small_job(tiny_qwen, small_benchmark, experiment.dir, *flags)],
+        [sys.executable, "train_iterative.py", *job_argv(experiment.dir, *flags)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -61,30 +48,30 @@ def test_sigterm_during_training_saves_a_checkpoint_and_exits_cleanly(
     assert (saved / CHECKPOINT_FILES_NAME).is_file()
     assert not experiment.checkpoint(0).exists()
 
-    argv = small_job(tiny_qwen, small_benchmark, experiment.dir, *flags, "--auto_resume")
+    argv = job_argv(experiment.dir, *flags, "--auto_resume")
     assert train_main(argv) == 0
     train = [s for s in experiment.log.entries() if s["stage"] == "train"][0]
     assert train["meta"]["resumed_from"] == str(saved) and train["meta"]["steps"] == 40
     straight = Experiment(tmp_path / "straight")
-    assert train_main(small_job(tiny_qwen, small_benchmark, straight.dir, *flags)) == 0
+    assert train_main(job_argv(straight.dir, *flags)) == 0
     fingerprint = read_json(experiment.checkpoint(0) / "stage.json")["fingerprint"]
     assert fingerprint == read_json(straight.checkpoint(0) / "stage.json")["fingerprint"]
 
 
-def two_process_job(tiny_qwen, small_benchmark, experiment_dir, rounds: int = 1) -> list[str]:
+def two_process_job(job_argv, experiment_dir, rounds: int = 1) -> list[str]:
     """The whole job on two processes, as small as it gets (the exits are what is tested)."""
-    return [*TORCHRUN, "train_iterative.py", *small_job(
-        tiny_qwen, small_benchmark, experiment_dir,
-        "--num_iterations", str(rounds), "--max_steps", "1", "--batch_size", "4",
+    return [*TORCHRUN, "train_iterative.py", *job_argv(
+        experiment_dir, "--num_iterations", str(rounds), "--max_steps", "1", "--batch_size", "4",
         "--max_train_samples", "16", "--max_eval_samples", "8",
     )]  # fmt: skip
 
 
-def test_the_two_process_job_exits_cleanly_ten_times_in_a_row(tiny_qwen, small_benchmark, tmp_path):
+@pytest.mark.stress
+def test_the_two_process_job_exits_cleanly_ten_times_in_a_row(job_argv, tmp_path):
     environment = os.environ | {"OMP_NUM_THREADS": "1"}
     for run in range(10):
         completed = subprocess.run(
-            two_process_job(tiny_qwen, small_benchmark, tmp_path / f"exp{run}", rounds=0),
+            two_process_job(job_argv, tmp_path / f"exp{run}", rounds=0),
             cwd=REPO,
             env=environment,
             capture_output=True,
@@ -96,13 +83,11 @@ def test_the_two_process_job_exits_cleanly_ten_times_in_a_row(tiny_qwen, small_b
         assert "terminate called" not in output and "SIGABRT" not in output, f"run {run}"
 
 
-def test_a_failing_rank_takes_the_others_down_within_the_grace_period(
-    tiny_qwen, small_benchmark, tmp_path
-):
+def test_a_failing_rank_takes_the_others_down_within_the_grace_period(job_argv, tmp_path):
     environment = os.environ | {FAULT_ENV: "mining:0", FAULT_RANK_ENV: "1", "OMP_NUM_THREADS": "1"}
     start = time.monotonic()
     completed = subprocess.run(
-        two_process_job(tiny_qwen, small_benchmark, tmp_path / "exp"),
+        two_process_job(job_argv, tmp_path / "exp"),
         cwd=REPO,
         env=environment,
         capture_output=True,
