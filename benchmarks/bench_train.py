@@ -41,6 +41,12 @@ from src.trainer_iterative import IterativeTrainer
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def synchronize() -> None:
+    """Wait for the GPU's queued work: every timer reads the clock after this, at both ends."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def features(batch_size: int, num_negatives: int, image_size: int) -> list[dict]:
     """Distinct synthetic images: one reference, one target and the negatives per query."""
 
@@ -71,9 +77,11 @@ class _StepTimer(TrainerCallback):
         self.times: list[float] = []
 
     def on_step_begin(self, args, state, control, **kwargs):
+        synchronize()
         self.start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
+        synchronize()
         self.times.append(time.perf_counter() - self.start)
 
 
@@ -88,6 +96,7 @@ def bare_loop_step_times(model_dir: Path, batch: dict, steps: int, lr: float) ->
     }
     times = []
     for _ in range(steps):
+        synchronize()
         start = time.perf_counter()
         queries = torch.cat([encoder(**c) for c in inputs["query_chunks"]])
         candidates = torch.cat([encoder(**c) for c in inputs["candidate_chunks"]])
@@ -107,8 +116,7 @@ def bare_loop_step_times(model_dir: Path, batch: dict, steps: int, lr: float) ->
         torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad()
-        if DEVICE.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize()
         times.append(time.perf_counter() - start)
     return times
 

@@ -22,7 +22,9 @@ finish in ten minutes there.
 
 It asserts that every --lora_target_modules name matched linear layers of the
 architecture and that the vision tower is frozen or trainable as configured, and writes
-JSON to benchmarks/results/real_shape_{arch}.json (GPU: benchmarks/results/gpu/).
+JSON to benchmarks/results/real_shape_{arch}.json (GPU: benchmarks/results/gpu/). A real
+architecture's rates (not `--arch tiny`'s) are filed in src/throughput.json under the
+device (src/devices.py) for --plan, unless the GPU check's steady-state rates are there.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from src.augment.pairs import CaptionPair
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.data.images import load_image
 from src.data.records import Split, Triplet
+from src.devices import measured_throughput, record_throughput
 from src.model.architectures import architecture_signature, count_parameters
 from src.model.encoder import build_encoder, is_vision_module, lora_target_counts
 from src.model.prompts import candidate_text
@@ -258,6 +261,26 @@ def main() -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2))
     print(f"wrote {output}")
+    if args.arch != "tiny":
+        file_rates(report, output, args.arch, device)
+
+
+def file_rates(report: dict, output: Path, arch: str, device: torch.device) -> None:
+    """File the rates in src/throughput.json for --plan (not over the GPU check's)."""
+    throughput = report["throughput"]
+    filed = measured_throughput(throughput["signature"], throughput["device"])
+    if "gpu_check" in str(filed.get("source", "")):
+        print("src/throughput.json keeps the GPU check's steady-state rates for this device")
+        return
+    repo = Path(__file__).resolve().parents[1]
+    output = output.resolve()
+    where = output.relative_to(repo) if output.is_relative_to(repo) else output
+    machine = report["device"] if device.type == "cuda" else f"{report['cpu_count']}-core CPU"
+    rates = {k: v for k, v in throughput.items() if k.endswith("_per_s")}
+    record_throughput(throughput["signature"], throughput["device"], rates,
+                      source=f"{where} (python -m benchmarks.real_shape_check --arch {arch}, "
+                             f"{machine}, {report['dtype']})")  # fmt: skip
+    print(f"filed {sorted(rates)} in src/throughput.json")
 
 
 if __name__ == "__main__":

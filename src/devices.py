@@ -26,9 +26,11 @@ _KEYS = (
     (r"H100.*NVL", "H100 NVL"),
     (r"H100.*PCIE", "H100 PCIe"),
     (r"H100", "H100 SXM"),  # "NVIDIA H100 80GB HBM3" is the SXM card
-    (r"H200", "H200"),
+    (r"GH200", "GH200"),  # before H200, which its name contains
+    (r"H200.*NVL", "H200 NVL"),
+    (r"H200", "H200"),  # "NVIDIA H200" is the SXM card
+    (r"H800.*PCIE", "H800 PCIe"),
     (r"H800", "H800 SXM"),
-    (r"GH200", "GH200"),
     (r"A100", "A100"),
     (r"A800", "A800"),
     (r"L40S", "L40S"),
@@ -44,8 +46,10 @@ PEAK_BF16_TFLOPS = {
     "H100 PCIe": 756.5,
     "H100 NVL": 835.5,
     "H200": 989.4,
+    "H200 NVL": 835.5,
     "GH200": 989.4,
     "H800 SXM": 989.4,
+    "H800 PCIe": 756.5,
     "A100": 312.0,
     "A800": 312.0,
     "L40S": 362.1,
