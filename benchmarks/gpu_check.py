@@ -207,15 +207,18 @@ class Setup:
             note = f"{name}: no bf16 peak on file (src/devices.py), no MFU"
         return {"device_key": device_key(name), "peak_bf16_tflops": peak, "peak": note}
 
-    def model(self, arch: str):
+    def model(self, arch: str, dtype: torch.dtype | None = None):
         """(model, processor) of the architecture with random weights, on the device."""
+        dtype = dtype or self.dtype
         if arch == "tiny":
-            model = AutoModelForImageTextToText.from_pretrained(self.tiny, dtype=self.dtype)
+            model = AutoModelForImageTextToText.from_pretrained(self.tiny, dtype=dtype)
             return model.to(self.device), AutoProcessor.from_pretrained(self.tiny)
-        return build_real_shape(arch, self.dtype, str(self.device))
+        return build_real_shape(arch, dtype, str(self.device))
 
     def encoder(self, lora: bool) -> VLM2VecEncoder:
-        model, processor = self.model(self.sizes["arch"])
+        """As the product builds it: a bfloat16 base under LoRA, float32 weights (with bf16
+        autocast) for full fine-tuning (src/model/encoder.py resolve_dtype)."""
+        model, processor = self.model(self.sizes["arch"], None if lora else torch.float32)
         backbone = get_backbone(model.config.model_type)
         backbone.apply_pixel_budget(processor, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
         config = EmbedderConfig.of(

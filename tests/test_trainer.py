@@ -146,9 +146,15 @@ def test_gradient_checkpointing_gives_the_same_step(tiny_qwen, small_train_split
             train_dataset=hard_negative_dataset(small_train_split),
             data_collator=ContrastiveCollator(encoder.processor, encoder.backbone),
         )
-        losses.append(trainer.train().training_loss)
         hf_model = encoder.model.get_base_model() if lora else encoder.model
+        backward_calls = []
+        hf_model.model.visual.patch_embed.register_full_backward_hook(
+            lambda *args: backward_calls.append(1)
+        )
+        losses.append(trainer.train().training_loss)
         assert hf_model.is_gradient_checkpointing == checkpointing
+        # Under LoRA Qwen2-VL's vision tower is frozen: no gradient runs through it.
+        assert bool(backward_calls) == (not lora), (lora, checkpointing, len(backward_calls))
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
 
 

@@ -25,7 +25,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
 from torch import nn
-from transformers import ProcessorMixin
+from transformers import PreTrainedModel, ProcessorMixin
 
 from src.arguments import ModelArguments, check_attn_implementation
 from src.errors import ArgumentError
@@ -83,6 +83,10 @@ class EmbedderConfig:
         return json.dumps(asdict(self), indent=2)
 
 
+def _output_requires_grad(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+    output.requires_grad_(True)
+
+
 def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The hidden state of each row's last non-pad token, for left or right padding alike."""
     seq_len = attention_mask.shape[1]
@@ -116,13 +120,27 @@ class VLM2VecEncoder(nn.Module):
         every_n_layers: int = 1,
         offload: bool = False,
     ) -> None:
-        """What the Trainer calls for --gradient_checkpointing: delegated to the wrapped model."""
+        """What the Trainer calls for --gradient_checkpointing: delegated to the wrapped model.
+
+        Under LoRA, reentrant checkpointing needs the blocks' input to require a gradient;
+        transformers makes every input embedding's output require one, the vision tower's
+        patch embedding included, so a frozen tower would run its backward (and its
+        recomputation) for nothing. Here the token embeddings' output requires one, and a
+        vision tower's only where something in the tower trains.
+        """
         hf_model = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
         hf_model.activation_checkpointing_enable(
             activation_checkpointing_kwargs, every_n_layers=every_n_layers, offload=offload
         )
         if isinstance(self.model, PeftModel):
-            hf_model.enable_input_require_grads()
+            hf_model.disable_input_require_grads()
+            embeddings = [hf_model.get_input_embeddings()]
+            for name, tower in hf_model.named_modules():
+                trains = any(p.requires_grad for p in tower.parameters())
+                if is_vision_module(name) and isinstance(tower, PreTrainedModel) and trains:
+                    embeddings.append(tower.get_input_embeddings())
+            for module in embeddings:
+                module.register_forward_hook(_output_requires_grad)
 
     def save(self, output_dir: str | Path) -> None:
         """Weights (full model or adapter), processor and embedder_config.json."""
