@@ -105,8 +105,8 @@ FLOPS_NOTE = (
     "src/model/flops.py: model FLOPs (MFU) count each forward once over real tokens and only "
     "the backward products gradients need (frozen vision tower with nothing trainable before "
     "it: forward only; no embedding lookup, no LM head); hardware FLOPs (HFU) add padding, "
-    "GradCache's no-grad forward, checkpointing's recomputation and the backward that "
-    "enable_input_require_grads forces through a frozen vision tower"
+    "GradCache's no-grad forward, checkpointing's recomputation and, under checkpointing, "
+    "the input gradients through the language model before its first adapted layer"
 )
 
 

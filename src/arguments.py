@@ -750,5 +750,21 @@ def flag_table() -> str:
     return "\n".join(lines)
 
 
+FLAG_TABLE_START = "<!-- flag table: python -m src.arguments -->\n"
+FLAG_TABLE_END = "\n<!-- end of flag table -->"
+
+
+def with_flag_table(readme: str) -> str:
+    """`readme` with the text between the flag-table markers replaced by flag_table()."""
+    before, rest = readme.split(FLAG_TABLE_START)
+    return before + FLAG_TABLE_START + flag_table() + FLAG_TABLE_END + rest.split(FLAG_TABLE_END)[1]
+
+
 if __name__ == "__main__":
-    print(flag_table())
+    # python -m src.arguments            print the table
+    # python -m src.arguments README.md  rewrite the table in that file
+    if len(sys.argv) > 1:
+        readme_path = Path(sys.argv[1])
+        readme_path.write_text(with_flag_table(readme_path.read_text()))
+    else:
+        print(flag_table())

@@ -159,12 +159,12 @@ def test_result_keys_come_from_the_flags_declarations():
 
 def test_the_readme_flag_table_is_the_flags_declarations():
     """README.md's table between the markers is `python -m src.arguments` (regenerate it
-    with that command when a flag changes)."""
+    with `python -m src.arguments README.md` when a flag changes)."""
     from pathlib import Path
 
-    from src.arguments import flag_table
+    from src.arguments import FLAG_TABLE_END, FLAG_TABLE_START, flag_table, with_flag_table
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start, end = "<!-- flag table: python -m src.arguments -->\n", "\n<!-- end of flag table -->"
-    assert start in readme and end in readme
-    assert readme.split(start)[1].split(end)[0] == flag_table()
+    assert FLAG_TABLE_START in readme and FLAG_TABLE_END in readme
+    assert readme.split(FLAG_TABLE_START)[1].split(FLAG_TABLE_END)[0] == flag_table()
+    assert with_flag_table(readme) == readme

@@ -60,10 +60,16 @@ def test_save_load_round_trip_gives_identical_embeddings(tiny_qwen, tmp_path, lo
     encoder.save(tmp_path / "ckpt")
     expected = {"adapter_config.json"} if lora else {"config.json", "model.safetensors"}
     assert expected <= {p.name for p in (tmp_path / "ckpt").iterdir()}
-    reloaded = load_encoder(tmp_path / "ckpt", dtype="float32").eval()
+    # trainable: a LoRA adapter stays unmerged (merging changes float order; test_loading)
+    reloaded = load_encoder(tmp_path / "ckpt", dtype="float32", trainable=True).eval()
     with torch.no_grad():
         after = reloaded(**inputs)
     assert torch.equal(before, after)
+    # The next round trains exactly what round 0 trained: an untied LM head left trainable
+    # gets no gradient (DDP stops on it) and would cost optimizer memory for nothing.
+    trains = {n for n, p in encoder.named_parameters() if p.requires_grad}
+    assert trains == {n for n, p in reloaded.named_parameters() if p.requires_grad}
+    assert not any("lm_head" in name for name in trains)
 
 
 def test_a_released_lora_adapter_checkpoint_loads_with_its_intended_embeddings(tiny_qwen, tmp_path):

@@ -395,6 +395,7 @@ def load_encoder(
         model = model if trainable else model.merge_and_unload()
     else:
         model = _load_hf_model(checkpoint_dir, backbone, torch_dtype, config.attn_implementation)
+        freeze_unused_head(model)
     processor = load_processor(checkpoint_dir)
     backbone.apply_pixel_budget(processor, min_pixels, max_pixels)
     if min_pixels is not None or max_pixels is not None:

@@ -29,13 +29,13 @@ convention): the forward and the backward above over the real tokens (padding ex
 each forward once. **Hardware FLOPs**: what the GPU is made to run: padded tokens (each
 chunk runs rows x its padded length in the language model), GradCache's extra forward
 without gradients, gradient checkpointing's recomputation (one more forward of every
-checkpointed block the backward passes through, less the block's last projection when
+checkpointed block the backward runs through, less the block's last projection when
 that is frozen: PyTorch's non-reentrant checkpoint stops recomputing once it has what the
-backward needs), and the backward autograd really runs: with gradient checkpointing,
-transformers' `enable_input_require_grads` makes the output of every input embedding
-require gradients, the vision tower's patch embedding included, so under LoRA the
-backward then runs through the whole frozen vision tower too (input gradients and
-recomputation: work the model FLOPs do not count). Elementwise work (norms, activations,
+backward needs), and the backward autograd really runs: with gradient checkpointing the
+token embeddings' output requires gradients (the embedder's
+`activation_checkpointing_enable`), so under LoRA the backward computes input gradients
+through the whole language model, where the model FLOPs count them only after the first
+adapted layer; a frozen vision tower runs no backward. Elementwise work (norms, activations,
 softmax, rotary embeddings), the pooling and the contrastive loss's small products are
 not counted.
 
@@ -220,8 +220,8 @@ def embedder_flops(
         """Whether the input at (block, position) needs (model) or gets (hardware) a gradient."""
         if block[0] == "patch_embed":
             return False  # pixel values
-        if hardware and gradient_checkpointing and block[0] in ("vision", "merger", "text"):
-            return True  # enable_input_require_grads: the input embeddings' outputs require grad
+        if hardware and gradient_checkpointing and block[0] == "text":
+            return True  # the token embeddings' output requires grad (activation_checkpointing_enable)
         return any(_order(b) < _order(block) or (b == block and p < position) for b, p in trainable)
 
     totals = dict.fromkeys(("forward", "backward", "hardware_forward", "hardware_backward",
@@ -234,12 +234,15 @@ def embedder_flops(
                     "text": len(shape.lengths) * shape.padded_length if hardware else sum(shape.lengths)}  # fmt: skip
             forward_of = dict.fromkeys(blocks, 0.0)
             last_of: dict[Block, tuple[float, float]] = {}  # (position, FLOPs) of the last product
+            backward_through: set[Block] = set()  # blocks the backward runs through
             back = 0.0
             for layer in layers:
                 flops = 2.0 * layer.weights * rows[layer.block[0]]
                 grads = layer.trainable + gets_gradient(layer.block, layer.position, hardware)
                 forward_of[layer.block] += flops
                 back += grads * flops
+                if grads:
+                    backward_through.add(layer.block)
                 if layer.position >= last_of.get(layer.block, (-1.0, 0.0))[0]:
                     last_of[layer.block] = (layer.position, flops)
                 if not hardware:
@@ -270,6 +273,8 @@ def embedder_flops(
                 totals["hardware_backward"] += back
                 if gradient_checkpointing:
                     totals["recomputation"] += sum(
-                        forward_of[b] - last_of[b][1] for b in blocks if b[0] in _CHECKPOINTED
+                        forward_of[b] - last_of[b][1]
+                        for b in backward_through
+                        if b[0] in _CHECKPOINTED
                     )
     return StepFlops(**totals, parts=parts)
