@@ -147,9 +147,9 @@ def test_gradient_checkpointing_gives_the_same_step(tiny_qwen, small_train_split
             data_collator=ContrastiveCollator(encoder.processor, encoder.backbone),
         )
         hf_model = encoder.model.get_base_model() if lora else encoder.model
-        backward_calls = []
+        backward_calls: list[int] = []
         hf_model.model.visual.patch_embed.register_full_backward_hook(
-            lambda *args: backward_calls.append(1)
+            lambda *args, calls=backward_calls: calls.append(1)
         )
         losses.append(trainer.train().training_loss)
         assert hf_model.is_gradient_checkpointing == checkpointing
