@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -68,9 +69,23 @@ IMAGE_SIZES = ((640, 480), (1024, 768), (500, 900), (256, 256))
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def release_free_heap() -> None:
+    """Hand the heap that glibc malloc keeps after frees back to the kernel (malloc_trim(0)
+    returns every free page of every arena), so that a stage does not start with the
+    previous stage's freed memory still resident; a no-op without glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class PeakMemory:
     """Peak memory of a stage: torch.cuda.max_memory_allocated on a GPU, else the process's
-    peak resident set (VmHWM, reset through /proc/self/clear_refs where Linux allows)."""
+    peak resident set (VmHWM, reset through /proc/self/clear_refs where Linux allows).
+
+    The reset sets the peak to what the process holds at the stage's start. On a CPU that
+    included heap an earlier stage had freed but glibc kept (about 2.9 GiB after the 2B
+    LoRA step, in the captioner stages' peaks of the committed results; docs/memory.md):
+    the reset now trims it first (`release_free_heap`), and each stage also reports what
+    it started from (`start_memory_bytes`) and its peak above that."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -79,14 +94,25 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            release_free_heap()
             with contextlib.suppress(OSError):
                 Path("/proc/self/clear_refs").write_text("5")
 
     def read(self) -> int:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device)
+        return self._status("VmHWM")
+
+    def start(self) -> int:
+        """What the process holds now: allocated bytes on a GPU, the resident set on a CPU."""
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device)
+        return self._status("VmRSS")
+
+    @staticmethod
+    def _status(key: str) -> int:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
         return 0
 
@@ -95,12 +121,20 @@ class PeakMemory:
 def stage(name: str, report: dict, memory: PeakMemory) -> Iterator[dict]:
     gc.collect()
     memory.reset()
+    held = memory.start()
     start = time.perf_counter()
     details: dict = {}
     print(f"-- {name} ...", flush=True)
     yield details
     seconds = time.perf_counter() - start
-    report["stages"][name] = {"seconds": round(seconds, 2), "peak_memory_bytes": memory.read(), **details}
+    peak = memory.read()
+    report["stages"][name] = {
+        "seconds": round(seconds, 2),
+        "peak_memory_bytes": peak,
+        "start_memory_bytes": held,
+        "peak_above_start_bytes": peak - held,
+        **details,
+    }
     print(f"-- {name}: {seconds:.1f} s, peak {memory.read() / 2**30:.2f} GiB {details}", flush=True)
 
 

@@ -9,13 +9,10 @@ image sizes, and a memory estimate per process. Where a throughput was measured 
 architecture and device (src/devices.py), each step gets an estimated time: sharded work
 (encoding, captioning, training's global batch) divided over the processes.
 
-Memory estimate (bytes per process; an estimate, not a measurement): weights = parameters
-x dtype size; gradients = trainable x dtype size; AdamW states = 2 x trainable x dtype
-size; activations of one forward chunk (the contrastive batch, or one GradCache
-mini-batch) per layer ~ 34 x width x tokens x dtype size / 2 (Korthikanti et al. 2022,
-without the attention-score term, which SDPA does not store), or ~ 2 x width x tokens
-per layer plus one full layer with gradient checkpointing; the vision tower likewise over
-its patches (4 per image token).
+Memory per process and stage (src/memory.py, docs/memory.md): training, encoding, captioning
+with the foundation model and its consistency check, each with its parts (weights per
+dtype, what trains, activations per layer, DDP buckets, runtime, on a CPU the allocator's
+held heap); the largest is the process's peak.
 """
 
 from __future__ import annotations
@@ -25,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from src import memory
+from src.arguments import FOUNDATION_MODEL_BACKBONES
 from src.devices import device_name, measured_throughput
 from src.distributed import world_size
 from src.errors import IntegrityError
@@ -36,6 +35,7 @@ from src.model.architectures import (
     vision_parameters,
 )
 from src.model.encoder import (
+    is_vision_module,
     load_embedder_config,
     lora_target_counts,
     new_embedder_processor,
@@ -95,24 +95,50 @@ class ModelFacts:
     text_layers: int
     vision_width: int
     vision_layers: int
+    shape: memory.ModelShape | None = None
+    lora_inputs: tuple[int, ...] = ()  # input features of the adapted linears of one text layer
+    vision_trains: bool = False
+
+
+def lora_layer_inputs(
+    model: torch.nn.Module, matches: dict[str, int]
+) -> tuple[tuple[int, ...], bool]:
+    """The input features of the adapted linear layers in the language model's first layer,
+    and whether any adapter lands in the vision tower."""
+    inputs, vision = [], False
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] not in matches or not isinstance(module, torch.nn.Linear):
+            continue
+        if is_vision_module(name):
+            vision = True
+        elif ".layers.0." in name:
+            inputs.append(module.in_features)
+    return tuple(sorted(inputs)), vision
 
 
 def model_facts(job: Job) -> ModelFacts:
     options, model_path = job.model, job.model_path
     embedder = load_embedder_config(model_path)
-    backbone = embedder.backbone if embedder else options.model_backbone or detect_backbone(model_path)
+    backbone = (
+        embedder.backbone if embedder else options.model_backbone or detect_backbone(model_path)
+    )
     base = embedder.base_model if embedder and embedder.lora else model_path
     config = checkpoint_config(base)
     dtype = resolve_dtype(options.torch_dtype, trains_all_weights=not options.lora)
     model = build_from_path(base, dtype)
     total, vision = count_parameters(model), vision_parameters(model)
     matches: dict[str, int] = {}
+    lora_inputs, vision_trains = (), not options.freeze_vision_tower
     if options.lora:
         matches = lora_target_counts(model, options.lora_targets, options.freeze_vision_tower)
         trainable = 0
         for name, module in model.named_modules():
+            if options.freeze_vision_tower and is_vision_module(name):
+                continue
             if name.rsplit(".", 1)[-1] in matches and isinstance(module, torch.nn.Linear):
                 trainable += options.lora_r * (module.in_features + module.out_features)
+        lora_inputs, vision_trains = lora_layer_inputs(model, matches)
+        vision_trains = vision_trains and not options.freeze_vision_tower
     else:
         head = model.get_output_embeddings()
         tied = head is not None and head.weight is model.get_input_embeddings().weight
@@ -132,6 +158,9 @@ def model_facts(job: Job) -> ModelFacts:
         text_layers=text.num_hidden_layers,
         vision_width=getattr(vision_config, "embed_dim", None) or vision_config.hidden_size,
         vision_layers=getattr(vision_config, "depth", None) or vision_config.num_hidden_layers,
+        shape=memory.model_shape(config, total, vision),
+        lora_inputs=lora_inputs,
+        vision_trains=vision_trains,
     )
 
 
@@ -140,7 +169,9 @@ def token_facts(job: Job, backbone: str, image_sizes: dict[str, tuple[int, int]]
     embedder = load_embedder_config(job.model_path)
     if embedder is not None:
         processor = load_processor(job.model_path)
-        get_backbone(backbone).apply_pixel_budget(processor, job.model.min_pixels, job.model.max_pixels)
+        get_backbone(backbone).apply_pixel_budget(
+            processor, job.model.min_pixels, job.model.max_pixels
+        )
     else:
         processor, _, _ = new_embedder_processor(
             job.model_path, backbone, job.model.min_pixels, job.model.max_pixels
@@ -174,32 +205,112 @@ def token_facts(job: Job, backbone: str, image_sizes: dict[str, tuple[int, int]]
     }
 
 
-def memory_estimate(job: Job, model: ModelFacts, tokens: dict) -> dict[str, float]:
-    """Bytes per process (see the module docstring for the rules)."""
-    size = torch.finfo(model.dtype).bits // 8
-    args = job.training
-    rows = args.per_device_train_batch_size * (2 + args.num_hard_negatives)
-    if args.grad_cache:
-        rows = min(rows, args.gc_mini_batch_size)
+# The captioning prompt's text besides the images: chat template, instruction and the
+# original caption (an allowance; the images' tokens dominate).
+CAPTION_PROMPT_TEXT_TOKENS = 128
+
+
+def _dtype_bytes(dtype: torch.dtype) -> int:
+    return torch.finfo(dtype).bits // 8
+
+
+def foundation_shape(path: str) -> tuple[memory.ModelShape, int]:
+    """The foundation model's numbers from its config (meta device) and its vocabulary."""
+    config = checkpoint_config(path)
+    model = build_from_path(path, torch.bfloat16)
+    text = getattr(config, "text_config", config)
+    return memory.model_shape(
+        config, count_parameters(model), vision_parameters(model)
+    ), text.vocab_size
+
+
+def memory_estimate(
+    job: Job, model: ModelFacts, tokens: dict, device: str | None = None
+) -> list[memory.StageMemory]:
+    """Bytes per process of each stage of the job (src/memory.py has the rules), on this
+    machine's device unless `device` ("cpu" or "cuda") says otherwise."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    process = memory.Process(device, world_size())
+    args, shape = job.training, model.shape
+    weight_bytes = _dtype_bytes(model.dtype)
+    if device == "cuda" and job.model.lora and job.model.torch_dtype == "auto":
+        weight_bytes = 2  # a LoRA base in bfloat16 where the GPU supports it (resolve_dtype)
+    autocast = args.bf16 or args.fp16
+    compute_bytes = min(2, weight_bytes) if autocast else weight_bytes
     image_tokens = tokens["image_tokens_mean"]
-    row_tokens = image_tokens + max(
-        tokens["query_text_tokens_mean"], tokens["candidate_text_tokens"]
+    patches_per_row = image_tokens * shape.patches_per_token
+    text_tokens = max(tokens["query_text_tokens_mean"], tokens["candidate_text_tokens"])
+    sequence = tokens["image_tokens_max"] + text_tokens  # rows are padded to the longest
+    rows = args.per_device_train_batch_size * (2 + args.num_hard_negatives)
+    chunk_rows = min(rows, args.gc_mini_batch_size) if args.grad_cache else rows
+    training = memory.training_memory(
+        shape,
+        process,
+        weight_bytes=weight_bytes,
+        compute_bytes=compute_bytes,
+        lora=job.model.lora,
+        trainable=model.trainable,
+        vision_trains=model.vision_trains,
+        lora_inputs=model.lora_inputs,
+        lora_dropout=job.model.lora_dropout,
+        gradient_checkpointing=args.gradient_checkpointing,
+        chunk=memory.Chunk(chunk_rows, sequence, chunk_rows * patches_per_row),
+        batch_rows=rows,
+        batch_patches=rows * patches_per_row,
+        grad_cache=args.grad_cache,
     )
-    text_tokens, patches = rows * row_tokens, rows * 4 * image_tokens
-    factor = size / 2
-
-    def layers(width: int, depth: int, count: float) -> float:
-        if args.gradient_checkpointing:
-            return (2 * depth + 34) * width * count * factor
-        return 34 * depth * width * count * factor
-
-    return {
-        "weights": model.parameters * size,
-        "gradients": model.trainable * size,
-        "optimizer (AdamW)": 2 * model.trainable * size,
-        "activations": layers(model.text_width, model.text_layers, text_tokens)
-        + layers(model.vision_width, model.vision_layers, patches),
-    }
+    training.describes = (
+        f"{'LoRA' if job.model.lora else 'full fine-tuning'}, batch {args.per_device_train_batch_size}"
+        f" x {2 + args.num_hard_negatives} rows"
+        + (f", GradCache chunks of {args.gc_mini_batch_size}" if args.grad_cache else "")
+        + (", gradient checkpointing" if args.gradient_checkpointing else "")
+        + (", bf16 autocast" if autocast and compute_bytes < weight_bytes else "")
+    )
+    inference_bytes = _dtype_bytes(resolve_dtype(job.model.torch_dtype))
+    if device == "cuda" and job.model.torch_dtype == "auto":
+        inference_bytes = 2  # bfloat16 where the GPU supports it (resolve_dtype)
+    batch = job.run.encode_batch_size
+    encoding = memory.forward_memory(
+        shape,
+        process,
+        weight_bytes=inference_bytes,
+        compute_bytes=inference_bytes,
+        chunk=memory.Chunk(batch, sequence, batch * patches_per_row),
+        heap_held=training.heap_left,
+    )
+    encoding.describes = f"mining and evaluation, batch {batch}, LoRA merged"
+    stages = [training, encoding]
+    options = job.augment
+    if job.captioner in FOUNDATION_MODEL_BACKBONES and options.foundation_model_path:
+        foundation, vocab = foundation_shape(options.foundation_model_path)
+        foundation_bytes = 2 if device == "cuda" else _dtype_bytes(resolve_dtype("auto"))
+        pixel_scale = min(
+            1.0,
+            options.foundation_max_pixels / (tokens["max_pixels"] or options.foundation_max_pixels),
+        )
+        image = image_tokens * pixel_scale
+        prompt = 2 * image + CAPTION_PROMPT_TEXT_TOKENS
+        patches = 2 * image * foundation.patches_per_token
+        pairs = options.foundation_batch_size
+        common = {"weight_bytes": foundation_bytes, "patches_per_prompt": patches, "vocab": vocab,
+                  "heap_held": training.heap_left}  # fmt: skip
+        captioning = memory.generation_memory(
+            foundation, process, pairs=pairs, prompt_tokens=prompt,
+            new_tokens=options.max_new_tokens, **common,
+        )  # fmt: skip
+        captioning.describes = (
+            f"{job.captioner} {foundation.parameters / 1e9:.1f} B, {pairs} pairs, "
+            f"{options.max_new_tokens} new tokens"
+        )
+        stages.append(captioning)
+        if options.consistency_filter:
+            consistency = memory.generation_memory(
+                foundation, process, pairs=2 * pairs, prompt_tokens=prompt + options.max_new_tokens,
+                new_tokens=0, cache=False, name="consistency check", **common,
+            )  # fmt: skip
+            consistency.describes = f"{2 * pairs} prompts, one forward"
+            stages.append(consistency)
+    return stages
 
 
 def step_seconds(step: Step, rates: dict[str, float], job: Job) -> float | None:
@@ -226,15 +337,26 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
+def memory_lines(stages: list[memory.StageMemory], dtype: torch.dtype) -> list[str]:
+    peak = memory.job_peak(stages)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    what = "allocated + CUDA context" if device == "cuda" else "resident set"
+    return [
+        f"memory per process ({device}, {what}; embedder weights "
+        f"{str(dtype).removeprefix('torch.')}; formulas in docs/memory.md): peak "
+        f"{peak.total / GIB:.2f} GiB ({peak.name})",
+        *(f"  {stage.line()}" for stage in stages),
+    ]
+
+
 def format_plan(job: Job, image_sizes: dict[str, tuple[int, int]]) -> str:
     model = model_facts(job)
     tokens = token_facts(job, model.backbone, image_sizes)
-    memory = memory_estimate(job, model, tokens)
+    memory_stages = memory_estimate(job, model, tokens)
     steps = job_steps(job)
     statuses = step_statuses(job, steps)
     device = device_name()
     rates = measured_throughput(model.signature, device)
-    training = job.training
     lines = [
         f"Plan of {job.experiment.dir} (nothing is trained or loaded)",
         f"model: {job.model_path} ({model.backbone}, {model.signature})",
@@ -248,13 +370,7 @@ def format_plan(job: Job, image_sizes: dict[str, tuple[int, int]]) -> str:
         f"{tokens['image_tokens_max']} (pixel budget {tokens['min_pixels']} - {tokens['max_pixels']}); "
         f"text tokens: query {tokens['query_text_tokens_mean']:.1f} on average, candidate "
         f"{tokens['candidate_text_tokens']}",
-        f"memory per process, rough ({str(model.dtype).removeprefix('torch.')}, batch "
-        f"{training.per_device_train_batch_size}"
-        + (f", GradCache chunks of {training.gc_mini_batch_size}" if training.grad_cache else "")
-        + (", gradient checkpointing" if training.gradient_checkpointing else "")
-        + "): "
-        + ", ".join(f"{name} {value / GIB:.2f} GiB" for name, value in memory.items())
-        + f"; total {sum(memory.values()) / GIB:.2f} GiB",
+        *memory_lines(memory_stages, model.dtype),
         "time: "
         + (
             f"from the throughput measured on {device} (src/throughput.json), over "

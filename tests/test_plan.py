@@ -52,5 +52,11 @@ def test_plan_of_the_cirr_2b_preset(tmp_path, small_benchmark, capsys):
     assert "parameters: 2,208,985,600 (vision tower 665,271,296)" in out
     assert "trainable: 18,464,768 (LoRA r=16" in out
     assert "GradCache chunks of 16, gradient checkpointing" in out
+    # memory per stage, the largest as the process's peak (src/memory.py, docs/memory.md)
+    assert "memory per process (cpu, resident set; embedder weights float32" in out
+    assert re.search(r"\n  training \(LoRA, batch 32 x 3 rows, .*: [\d.]+ GiB = weights 7\.36, ", out)
+    assert re.search(r"\n  encoding \(mining and evaluation, batch 64, LoRA merged\): [\d.]+ GiB", out)
+    assert re.search(r"\n  captioning \(qwen2_vl 8\.3 B, 8 pairs, 48 new tokens\): [\d.]+ GiB = weights 30\.89", out)
+    assert re.search(r"\): peak [\d.]+ GiB \((training|captioning)\)", out)
     assert "qwen2_vl: caption up to" in out
     assert not (tmp_path / "exp").exists()
