@@ -26,10 +26,12 @@ depend on the arm: it is trained once per seed and copied into each arm's experi
 then resumes from it (its config records the arm's flags as a change). The arms of a seed
 share one embedding cache, so round 1's mining encodes once per seed.
 
-Replicates differ in the seed and, with `--threads alternate` (the default), in the number
-of torch threads (1 for even seeds, 2 for odd ones): float order changes with the thread
-count, and it moves results about as much as the seed does (docs/results.md), so the
-intervals cover what a user on another machine of the same kind sees.
+Replicates differ in the seed and, with `--float_order alternate` (the default), in the
+matrix-product kernels: odd seeds run MKL's AVX2 code path (`MKL_CBWR=AVX2`, what MKL runs
+on a CPU without AVX-512), even seeds the one MKL picks for this CPU. Float order moves
+results about as much as the seed does (docs/results.md), so the intervals cover what a
+user on another machine sees, not only seed noise on this one. Each seed runs in a fresh
+process (MKL reads the setting once per process), with the cores split over `--jobs`.
 
 Writes `ablation.json` (every metric of every arm, seed and round; the optimizer steps and
 the new texts' counts and filter diagnostics of every arm, seed and round; per arm and
@@ -244,7 +246,8 @@ def share_round0(round0: Experiment, arm: Experiment, shared_cache: Path) -> Non
 def run_seed(
     seed: int, arms: list[str], flags: list[str], output: Path, threads: int, round0_flags: list[str]
 ) -> dict:
-    """Round 0 once, then every arm from it: {arm: {"results", "steps", "texts"}} of this seed."""
+    """Round 0 once, then every arm from it: {arm: {"results", "steps", "texts"}} of this
+    seed. Runs in a fresh process whose MKL_CBWR the caller set (float_order_env)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -285,10 +288,19 @@ def arm_record(experiment: Experiment) -> dict:
     return {"results": json.loads(experiment.evaluation_results.read_text()), "steps": steps, "texts": texts}
 
 
-def _threads(seed: int, policy: str, jobs: int) -> int:
-    if policy == "alternate":
-        return 1 + seed % 2
-    return max(1, (os.cpu_count() or 1) // jobs)
+def kernels(seed: int, float_order: str) -> str | None:
+    """The MKL_CBWR code path of a seed's process (None: MKL's own choice for this CPU)."""
+    return "AVX2" if float_order == "alternate" and seed % 2 else None
+
+
+def _seed_process(kernel: str | None, runner, job: tuple) -> dict:
+    """Run one seed in this (fresh, spawned) process, with MKL's code path set before the
+    first matrix product."""
+    if kernel:
+        os.environ["MKL_CBWR"] = kernel
+    else:
+        os.environ.pop("MKL_CBWR", None)
+    return runner(*job)
 
 
 def add_earlier_results(
@@ -314,22 +326,23 @@ def run_seeds(
 ) -> tuple[dict[int, dict], dict[int, str]]:
     """Every seed's runs ({seed: run_seed's dict}) and the failures ({seed: why})."""
     round0_flags = ["--max_steps", str(args.round0_max_steps)] if args.round0_max_steps else []
-    jobs = [(s, arms, flags, output, _threads(s, args.threads, args.jobs), round0_flags) for s in seeds]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
     finished, failed = {}, {}
-    if args.jobs > 1:
-        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            pending = {job[0]: pool.apply_async(run_seed, job) for job in jobs}
-            for seed, result in pending.items():
-                try:
-                    finished[seed] = result.get()
-                except Exception as error:  # one seed's failure must not lose the others
-                    failed[seed] = f"{type(error).__name__}: {error}"
-    else:
-        for job in jobs:
+    # one fresh process per seed (maxtasksperchild=1): MKL reads MKL_CBWR once per process
+    with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
+        pending = {
+            seed: pool.apply_async(
+                _seed_process,
+                (kernels(seed, args.float_order), run_seed,
+                 (seed, arms, flags, output, threads, round0_flags)),
+            )  # fmt: skip
+            for seed in seeds
+        }
+        for seed, result in pending.items():
             try:
-                finished[job[0]] = run_seed(*job)
-            except Exception as error:
-                failed[job[0]] = f"{type(error).__name__}: {error}"
+                finished[seed] = result.get()
+            except Exception as error:  # one seed's failure must not lose the others
+                failed[seed] = f"{type(error).__name__}: {error}"
     return finished, failed
 
 
@@ -345,9 +358,9 @@ def main(argv: list[str] | None = None) -> Path:
         "--jobs", type=int, default=1, help="seeds run at once, in separate processes"
     )
     parser.add_argument(
-        "--threads", choices=("alternate", "split"), default="alternate",
-        help="alternate: 1 torch thread for even seeds, 2 for odd ones (float order varies "
-        "across replicates); split: the cores divided over the jobs",
+        "--float_order", choices=("alternate", "fixed"), default="alternate",
+        help="alternate: odd seeds run MKL's AVX2 kernels (MKL_CBWR=AVX2), so float order "
+        "varies across replicates as across machines; fixed: MKL's choice for every seed",
     )  # fmt: skip
     parser.add_argument(
         "--round0_max_steps", type=int, default=None,
@@ -382,7 +395,7 @@ def main(argv: list[str] | None = None) -> Path:
         ),
         "flags": flags,
         "seeds": done,
-        "threads": {s: _threads(s, args.threads, args.jobs) for s in seeds},
+        "mkl_cbwr": {s: kernels(s, args.float_order) for s in seeds},
         "failed": failed,
         "arms": descriptions,
         # arms finished by an earlier invocation are skipped, not counted
