@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import time
 
+from src.arguments import result_config
 from src.artifacts import HardNegatives, MinedQuery
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.experiment import StageOutput
@@ -28,7 +29,7 @@ def mine_meta(job: Job, checkpoint_iteration: int) -> dict:
     been made from to count as done (`mining_checkpoint` says which file a round reads,
     not what is in one)."""
     checkpoint = job.experiment.verified_checkpoint(checkpoint_iteration)
-    options = dataclasses.asdict(job.mining)
+    options = result_config(dataclasses.asdict(job.mining), type(job.mining))
     options.pop("mining_checkpoint")
     return {"checkpoint_fingerprint": checkpoint.fingerprint, "options": options, "seed": job.seed}
 
