@@ -272,8 +272,21 @@ class DataArguments:
     )
     cache_dir: str = flag(
         ".cache/offline",
-        "Where the offline default model and benchmark are built once, and image checks are "
-        "remembered.",
+        "Where the offline default model and benchmark are built once, image checks are "
+        "remembered and, by default, the image store lives.",
+        results=False,
+    )
+    image_store: bool = flag(
+        True,
+        "Keep each image once, decoded and resized to the embedder's pixel budget (Qwen2-VL, "
+        "Qwen2.5-VL), so later epochs, rounds and stages skip decoding and resizing; pixel "
+        "values, and so results, are identical. --no_image_store decodes every image each time.",
+        results=False,
+    )
+    image_store_dir: str | None = flag(
+        None,
+        "Where the image store lives (about 0.55 MB per image at 448 x 448; keyed by file and "
+        "budget, so runs on the same images share it). Default: --cache_dir/image_store.",
         results=False,
     )
     synthetic_train_images: int = flag(

@@ -32,7 +32,7 @@ from src.errors import (
 )
 from src.experiment import Experiment
 from src.experiment_io import read_json, write_json_atomic
-from src.job import resolve_job
+from src.job import image_store_dir, resolve_job
 from src.offline import OFFLINE_DEFAULTS
 from src.plan import format_plan
 from src.preflight import preflight
@@ -213,7 +213,12 @@ def _evaluate(argv: list[str]) -> int:
         allow_external_images=saved.get("allow_external_images", False),
     )
     settings = EncodeSettings(
-        args.batch_size, 0, saved.get("torch_dtype", "auto"), args.min_pixels, args.max_pixels
+        args.batch_size,
+        0,
+        saved.get("torch_dtype", "auto"),
+        args.min_pixels,
+        args.max_pixels,
+        image_store_dir(saved),  # the run's own store (same pixel values, decoded once)
     )
     evaluations = {i: evaluate_stage(experiment, i, split, dataset_name, settings) for i in iterations}
     if not is_main():

@@ -94,9 +94,17 @@ class Job:
         return self.training.seed
 
     @property
+    def image_store(self) -> str | None:
+        """The image store's directory (None: --no_image_store)."""
+        return image_store_dir(self.data)
+
+    @property
     def encoding(self) -> EncodeSettings:
         return EncodeSettings(
-            self.run.encode_batch_size, self.training.dataloader_num_workers, self.model.torch_dtype
+            self.run.encode_batch_size,
+            self.training.dataloader_num_workers,
+            self.model.torch_dtype,
+            image_store=self.image_store,
         )
 
     @property
@@ -110,6 +118,19 @@ class Job:
             "model_name": str(Path(self.model_path).resolve()),
             "dataset_path": str(Path(self.dataset_path).resolve()),
         }
+
+
+def image_store_dir(data: DataArguments | Mapping) -> str | None:
+    """Where the image store lives: --image_store_dir, else --cache_dir/image_store; None
+    with --no_image_store. Under --cache_dir, not the experiment, because an entry depends
+    only on the image file and the pixel budget: every experiment, ablation arm and seed on
+    the same images shares one store, and experiment directories stay small. (`data`: the
+    flags, or an experiment's recorded arguments, where older experiments lack them.)"""
+    get = data.get if isinstance(data, Mapping) else lambda name, default: getattr(data, name)
+    if not get("image_store", True):
+        return None
+    default = Path(get("cache_dir", ".cache/offline")) / "image_store"
+    return get("image_store_dir", None) or str(default)
 
 
 def subset(triplets: list[Triplet], limit: int | None) -> list[Triplet]:

@@ -24,6 +24,7 @@ from transformers.integrations import TensorBoardCallback
 from src.arguments import IterativeTrainingArguments
 from src.data.collator import ContrastiveCollator
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
+from src.data.image_store import ModelImages
 from src.distributed import any_process, decided_by_main
 from src.errors import TrainingInterrupted
 from src.experiment_io import read_json, write_json_atomic
@@ -91,10 +92,14 @@ def train_round(
     output_dir: Path,
     iteration: int = 0,
     tensorboard_dir: Path | None = None,
+    image_store: str | Path | None = None,
 ) -> dict:
     """Train `encoder` in place; resumes from the last complete `checkpoint-N` in `output_dir`.
-    With `--report_to tensorboard`, the round's logs go to `tensorboard_dir`."""
+    With `--report_to tensorboard`, the round's logs go to `tensorboard_dir`; with
+    `image_store` (a directory), the dataset's images come from the image store at the
+    encoder's pixel budget (src/data/image_store.py: the same pixel values)."""
     args = dataclasses.replace(training_args, output_dir=str(output_dir))
+    dataset.use_images(ModelImages(encoder.processor, image_store))
     collator = ContrastiveCollator(
         encoder.processor,
         encoder.backbone,

@@ -35,14 +35,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EncodeSettings:
-    """How to run an encoder: batch size, DataLoader workers, dtype, and a pixel budget that
-    overrides the checkpoint's own (None: the budget it was trained with)."""
+    """How to run an encoder: batch size, DataLoader workers, dtype, a pixel budget that
+    overrides the checkpoint's own (None: the budget it was trained with), and the image
+    store's directory (None: decode every image each time; the embeddings are the same)."""
 
     batch_size: int = 64
     num_workers: int = 0
     dtype: str = "auto"
     min_pixels: int | None = None
     max_pixels: int | None = None
+    image_store: str | None = None
 
 
 class CheckpointEncoder:
@@ -116,6 +118,7 @@ class CheckpointEncoder:
             settings.batch_size,
             settings.num_workers,
             f"encode {split_name} {rows.kind}",
+            settings.image_store,
         )
         if cache is not None and is_main():
             cache.save(key, rows.names, matrix)

@@ -129,6 +129,7 @@ def train_stage(job: Job, iteration: int) -> CheckpointRecord:
                 experiment.train_dir(iteration),
                 iteration,
                 experiment.tensorboard_dir(iteration),
+                job.image_store,
             )
         state["encoder"] = encoder
         summary = summary | {"num_samples": len(dataset)}

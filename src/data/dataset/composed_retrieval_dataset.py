@@ -12,6 +12,10 @@ Each item is a query (reference image + modification text), its positive (target
 and `num_hard_negatives` images drawn from the query's mined list. The draw is a seeded
 permutation of the list per query, read as a window that moves every epoch, so each
 epoch shows the next negatives of the list rather than the same ones again.
+
+Images are read through `self.images` (`ModelImages.load_for_model`): the decoded
+originals by default; `use_images` (train_round does) serves them from the image store at
+the embedder's pixel budget (src/data/image_store.py), with identical pixel values.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from torch.utils.data import Dataset
 
-from src.data.images import load_image
+from src.data.image_store import ModelImages
 from src.data.records import Split, Triplet
 from src.retrieval import mining
 
@@ -53,6 +57,7 @@ class ComposedRetrievalDataset(Dataset):
         self.num_hard_negatives = num_hard_negatives
         self.image_ids = {name: i for i, name in enumerate(sorted(split.images))}
         self.epoch = 0
+        self.images = ModelImages()
         self._negative_orders = {
             t.pairid: random.Random(f"{seed}:{t.pairid}").sample(
                 self.hard_negatives.get(t.pairid, []), len(self.hard_negatives.get(t.pairid, []))
@@ -112,6 +117,10 @@ class ComposedRetrievalDataset(Dataset):
             encoded.queries, encoded.gallery, encoded.gallery_names, encoded.triplets, options, seed
         )
 
+    def use_images(self, images: ModelImages) -> None:
+        """Read images through `images` (e.g. from the image store at the model's budget)."""
+        self.images = images
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
@@ -142,13 +151,13 @@ class ComposedRetrievalDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         triplet = self.triplets[index]
         negatives = self.negatives_of(index)
-        images = self.split.images
+        images, load = self.split.images, self.images.load_for_model
         return {
             "pairid": triplet.pairid,
             "caption": triplet.caption,
-            "reference": load_image(images[triplet.reference]),
-            "target": load_image(images[triplet.target]),
-            "negatives": [load_image(images[name]) for name in negatives],
+            "reference": load(images[triplet.reference]),
+            "target": load(images[triplet.target]),
+            "negatives": [load(images[name]) for name in negatives],
             "target_id": self.image_ids[triplet.target],
             "negative_ids": [self.image_ids[name] for name in negatives],
             "group_id": self.group_of(index),
