@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from src import memory
+import src.memory as memory
 from src.arguments import FOUNDATION_MODEL_BACKBONES
 from src.devices import device_name, measured_throughput
 from src.distributed import world_size

@@ -1,0 +1,146 @@
+"""What do the new texts teach? An analysis of an ablation's kept experiments.
+
+    python -m benchmarks.analyse_texts benchmarks/results/ablation_texts --arms C,Dsim,D --round 3
+
+Reads the arms' experiments under `{ablation}/experiments/seed*/` (run the ablation with
+`--keep_experiments`) on a synthetic benchmark, and writes `{ablation}/texts_analysis.json`
+and `.md`:
+
+1. By edit kind (add, remove, recolour, reshape, resize, move; two-step captions count for
+   both their kinds): the share of each arm's new training pairs whose reference -> target
+   difference involves that kind (its most salient change: what a text names first), and
+   the validation R@1 of each arm on the queries of that kind, paired by seed against the
+   first arm. If new texts teach what they cover, an arm should gain most where its texts
+   concentrate.
+2. The training triplets each arm saw per round (optimizer steps x batch) split into
+   original and new ones: at equal steps, new triplets take the place of original ones.
+3. The new texts' quality over rounds (right / wrong, where the captioner is a simulation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import Counter
+from pathlib import Path
+
+from src.artifacts import AugmentedSamples, Evaluation
+from src.data.loading import load_split
+from src.experiment import Experiment
+from src.offline.domains import require_domain
+
+KINDS = ("add", "remove", "recolour", "reshape", "resize", "move")
+
+
+def change_kinds(domain, descriptions: dict, reference: str, target: str) -> list[str]:
+    """The kinds of the differences between two images (their domain's names)."""
+    return [change.kind for change in domain.differences(descriptions[reference], descriptions[target])]
+
+
+def analyse(ablation: Path, arms: list[str], round_: int) -> dict:
+    seeds = sorted(int(p.name.removeprefix("seed")) for p in (ablation / "experiments").glob("seed*"))
+    first = Experiment(ablation / "experiments" / f"seed{seeds[0]}" / arms[0])
+    arguments = first.config.arguments()
+    dataset = Path(arguments["dataset_path"])
+    domain = require_domain(dataset)
+    descriptions = domain.load_descriptions(dataset)
+    val = load_split(arguments["dataset_name"], dataset, "val")
+    query_kinds = {
+        t.pairid: set(change_kinds(domain, descriptions, t.reference, t.target)) for t in val.triplets
+    }
+    batch = arguments["per_device_train_batch_size"]
+    originals = _train_size(dataset, arguments)
+    report: dict = {"seeds": seeds, "arms": arms, "round": round_, "texts": {}, "recall_by_kind": {},
+                    "triplets_seen": {}, "quality": {}}  # fmt: skip
+    for arm in arms:
+        covered, seen, quality = Counter(), {}, {}
+        hits: dict[str, list[float]] = {kind: [] for kind in KINDS}
+        for seed in seeds:
+            experiment = Experiment(ablation / "experiments" / f"seed{seed}" / arm)
+            steps = {e["iteration"]: e["meta"].get("steps") for e in experiment.log.entries() if e["stage"] == "train"}
+            for i in range(1, round_ + 1):
+                new = []
+                if experiment.augmented(i).is_file():
+                    new = AugmentedSamples.read(experiment.augmented(i)).samples
+                for sample in new:
+                    kinds = change_kinds(domain, descriptions, sample.reference, sample.target)
+                    covered[kinds[0] if kinds else "none"] += 1
+                total, pool = (steps.get(i) or 0) * batch, originals + len(new)
+                seen.setdefault(i, []).append(
+                    {"original": total * originals / pool, "new": total * len(new) / pool}
+                )
+                right = [s.simulation["correct"] for s in new if s.simulation]
+                if right:
+                    quality.setdefault(i, []).append(sum(right) / len(right))
+            ranks = Evaluation.read(experiment.evaluation("val", round_)).queries
+            for kind in KINDS:
+                queries = [p for p in ranks if kind in query_kinds[p]]
+                hits[kind].append(100 * sum(ranks[p].target_rank == 1 for p in queries) / max(1, len(queries)))
+        total_new = sum(covered.values())
+        report["texts"][arm] = {kind: covered[kind] / total_new if total_new else 0.0 for kind in KINDS}
+        report["recall_by_kind"][arm] = hits
+        report["triplets_seen"][arm] = {
+            str(i): {key: statistics.fmean(row[key] for row in rows) for key in ("original", "new")}
+            for i, rows in seen.items()
+        }
+        report["quality"][arm] = {str(i): statistics.fmean(v) for i, v in quality.items()}
+    base = arms[0]
+    report["gain_by_kind"] = {
+        arm: {
+            kind: statistics.fmean(
+                a - b for a, b in zip(report["recall_by_kind"][arm][kind], report["recall_by_kind"][base][kind], strict=True)
+            )
+            for kind in KINDS
+        }
+        for arm in arms[1:]
+    }
+    return report
+
+
+def _train_size(dataset: Path, arguments: dict) -> int:
+    split = load_split(arguments["dataset_name"], dataset, "train")
+    limit = arguments.get("max_train_samples")
+    return min(len(split.triplets), limit) if limit else len(split.triplets)
+
+
+def markdown(report: dict) -> str:
+    arms, base, round_ = report["arms"], report["arms"][0], report["round"]
+    lines = [f"New texts by edit kind (share of each arm's new pairs, rounds 1-{round_}), and round-{round_} "
+             f"validation R@1 by the query's edit kind, minus {base}'s (mean over {len(report['seeds'])} seeds):\n",
+             "| edit kind | " + " | ".join(f"{a}: share of texts" for a in arms[1:]) + " | "
+             + " | ".join(f"{a} - {base}: R@1" for a in arms[1:]) + " |",
+             "|---|" + "---|" * (2 * (len(arms) - 1))]  # fmt: skip
+    for kind in KINDS:
+        shares = [f"{100 * report['texts'][a][kind]:.1f}%" for a in arms[1:]]
+        gains = [f"{report['gain_by_kind'][a][kind]:+.2f}" for a in arms[1:]]
+        lines.append(f"| {kind} | " + " | ".join(shares + gains) + " |")
+    lines.append("\nTraining triplets seen per round (steps x batch, split by the round's pool), mean over seeds:\n")
+    lines.append("| arm | " + " | ".join(f"round {i}: original / new" for i in sorted(report["triplets_seen"][base])) + " |")
+    lines.append("|---|" + "---|" * len(report["triplets_seen"][base]))
+    for arm in arms:
+        cells = [f"{v['original']:.0f} / {v['new']:.0f}" for _, v in sorted(report["triplets_seen"][arm].items())]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    quality = {a: q for a, q in report["quality"].items() if q}
+    if quality:
+        lines.append("\nShare of the kept new texts that are right (simulated captioner's records):\n")
+        for arm, rounds in quality.items():
+            lines.append(f"- {arm}: " + ", ".join(f"round {i} {100 * v:.1f}%" for i, v in sorted(rounds.items())))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("ablation", help="an ablation's output folder, run with --keep_experiments")
+    parser.add_argument("--arms", default="C,Dsim,D", help="the first is the baseline")
+    parser.add_argument("--round", type=int, default=3)
+    args = parser.parse_args(argv)
+    folder = Path(args.ablation)
+    report = analyse(folder, args.arms.split(","), args.round)
+    (folder / "texts_analysis.json").write_text(json.dumps(report, indent=1))
+    (folder / "texts_analysis.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
