@@ -6,8 +6,8 @@ Reads the arms' experiments under `{ablation}/experiments/seed*/` (run the ablat
 `--keep_experiments`) on a synthetic benchmark, and writes `{ablation}/texts_analysis.json`
 and `.md`:
 
-1. By edit kind (add, remove, recolour, reshape, resize, move; two-step captions count for
-   both their kinds): the share of each arm's new training pairs whose reference -> target
+1. By edit kind (the domain's: add, remove, recolour, ... for shapes; colour, sleeve,
+   neckline, ... for garments; two-step captions count for both their kinds): the share of each arm's new training pairs whose reference -> target
    difference involves that kind (its most salient change: what a text names first), and
    the validation R@1 of each arm on the queries of that kind, paired by seed against the
    first arm. If new texts teach what they cover, an arm should gain most where its texts
@@ -30,8 +30,6 @@ from src.data.loading import load_split
 from src.experiment import Experiment
 from src.offline.domains import require_domain
 
-KINDS = ("add", "remove", "recolour", "reshape", "resize", "move")
-
 
 def change_kinds(domain, descriptions: dict, reference: str, target: str) -> list[str]:
     """The kinds of the differences between two images (their domain's names)."""
@@ -49,13 +47,14 @@ def analyse(ablation: Path, arms: list[str], round_: int) -> dict:
     query_kinds = {
         t.pairid: set(change_kinds(domain, descriptions, t.reference, t.target)) for t in val.triplets
     }
+    kinds = sorted(set().union(*query_kinds.values()))
     batch = arguments["per_device_train_batch_size"]
     originals = _train_size(dataset, arguments)
-    report: dict = {"seeds": seeds, "arms": arms, "round": round_, "texts": {}, "recall_by_kind": {},
+    report: dict = {"seeds": seeds, "arms": arms, "round": round_, "kinds": kinds, "texts": {}, "recall_by_kind": {},
                     "triplets_seen": {}, "quality": {}}  # fmt: skip
     for arm in arms:
         covered, seen, quality = Counter(), {}, {}
-        hits: dict[str, list[float]] = {kind: [] for kind in KINDS}
+        hits: dict[str, list[float]] = {kind: [] for kind in kinds}
         for seed in seeds:
             experiment = Experiment(ablation / "experiments" / f"seed{seed}" / arm)
             steps = {e["iteration"]: e["meta"].get("steps") for e in experiment.log.entries() if e["stage"] == "train"}
@@ -64,8 +63,8 @@ def analyse(ablation: Path, arms: list[str], round_: int) -> dict:
                 if experiment.augmented(i).is_file():
                     new = AugmentedSamples.read(experiment.augmented(i)).samples
                 for sample in new:
-                    kinds = change_kinds(domain, descriptions, sample.reference, sample.target)
-                    covered[kinds[0] if kinds else "none"] += 1
+                    pair_kinds = change_kinds(domain, descriptions, sample.reference, sample.target)
+                    covered[pair_kinds[0] if pair_kinds else "none"] += 1
                 total, pool = (steps.get(i) or 0) * batch, originals + len(new)
                 seen.setdefault(i, []).append(
                     {"original": total * originals / pool, "new": total * len(new) / pool}
@@ -74,11 +73,13 @@ def analyse(ablation: Path, arms: list[str], round_: int) -> dict:
                 if right:
                     quality.setdefault(i, []).append(sum(right) / len(right))
             ranks = Evaluation.read(experiment.evaluation("val", round_)).queries
-            for kind in KINDS:
+            for kind in kinds:
                 queries = [p for p in ranks if kind in query_kinds[p]]
                 hits[kind].append(100 * sum(ranks[p].target_rank == 1 for p in queries) / max(1, len(queries)))
         total_new = sum(covered.values())
-        report["texts"][arm] = {kind: covered[kind] / total_new if total_new else 0.0 for kind in KINDS}
+        report["texts"][arm] = {
+            kind: covered[kind] / total_new if total_new else 0.0 for kind in sorted({*kinds, *covered})
+        }
         report["recall_by_kind"][arm] = hits
         report["triplets_seen"][arm] = {
             str(i): {key: statistics.fmean(row[key] for row in rows) for key in ("original", "new")}
@@ -91,7 +92,7 @@ def analyse(ablation: Path, arms: list[str], round_: int) -> dict:
             kind: statistics.fmean(
                 a - b for a, b in zip(report["recall_by_kind"][arm][kind], report["recall_by_kind"][base][kind], strict=True)
             )
-            for kind in KINDS
+            for kind in kinds
         }
         for arm in arms[1:]
     }
@@ -111,7 +112,7 @@ def markdown(report: dict) -> str:
              "| edit kind | " + " | ".join(f"{a}: share of texts" for a in arms[1:]) + " | "
              + " | ".join(f"{a} - {base}: R@1" for a in arms[1:]) + " |",
              "|---|" + "---|" * (2 * (len(arms) - 1))]  # fmt: skip
-    for kind in KINDS:
+    for kind in report["kinds"]:
         shares = [f"{100 * report['texts'][a][kind]:.1f}%" for a in arms[1:]]
         gains = [f"{report['gain_by_kind'][a][kind]:+.2f}" for a in arms[1:]]
         lines.append(f"| {kind} | " + " | ".join(shares + gains) + " |")

@@ -17,6 +17,8 @@ from benchmarks.ablation import (
     seeds_to_resolve,
     summarise,
 )
+from benchmarks.analyse_texts import analyse
+from src.data.loading import load_split
 from src.experiment_io import read_json
 
 # What each arm may change, beyond round 0's arguments (the flags of ARMS).
@@ -139,3 +141,16 @@ def test_the_arms_differ_only_in_what_they_should(tiny_qwen, small_benchmark, tm
     assert mined["meta"]["checkpoint_fingerprint"] == read_json(
         output / "experiments" / "seed3" / "S" / "checkpoint_iter_0" / "stage.json"
     )["fingerprint"]
+    # What the new texts teach (benchmarks/analyse_texts.py) reads the kept experiments.
+    report = analyse(output, ["C", "Dsim"], 1)
+    assert report["triplets_seen"]["C"]["1"] == {"original": 8.0, "new": 0.0}  # 2 steps x 4
+    new = read_json(output / "experiments" / "seed3" / "Dsim" / "augmented_samples_iter_1.json")["samples"]
+    originals = len(load_split("cirr", small_benchmark, "train").triplets)
+    seen = report["triplets_seen"]["Dsim"]["1"]
+    assert seen["new"] == pytest.approx(8 * len(new) / (originals + len(new)))
+    assert seen["original"] + seen["new"] == pytest.approx(8)
+    assert report["quality"]["Dsim"]["1"] == pytest.approx(
+        sum(sample["simulation"]["correct"] for sample in new) / len(new)
+    )
+    assert sum(report["texts"]["Dsim"].values()) == pytest.approx(1.0)
+    assert set(report["gain_by_kind"]) == {"Dsim"} and "recolour" in report["kinds"]
