@@ -18,10 +18,9 @@ A stage's peak is the sum of its parts:
   float32 dropout outputs feeding each LoRA adapter), the vision block's likewise
   (`vision_block_tensors`). With gradient checkpointing: every layer's input plus one
   layer recomputed and its gradients in flight. The vision tower's activations count only
-  when gradients flow into it: when it trains, or with gradient checkpointing, whose
-  `enable_input_require_grads` (transformers) hooks the input embeddings of every
-  sub-model, the Qwen2-VL vision tower's patch embedding included, so that a frozen tower
-  is differentiated through all the same. With GradCache only one chunk's activations
+  when it trains: a frozen tower runs without a graph, checkpointing included
+  (`VLM2VecEncoder.activation_checkpointing_enable` makes only the token embeddings'
+  output require grad under LoRA). With GradCache only one chunk's activations
   exist at a time, plus the batch's inputs and the cached embeddings. Inference stages
   hold one layer's working set (`FORWARD_WORKING`), not the saved tensors.
 - DDP gradient buckets: with more than one process, torch's DistributedDataParallel keeps
@@ -372,8 +371,7 @@ def training_memory(
     text_tensors = text_layer_tensors(text, compute_bytes, lora_inputs, lora_dropout)
     vision_tensors = vision_block_tensors(vision, compute_bytes)
     text_saved, vision_saved = saved_bytes(text_tensors), saved_bytes(vision_tensors)
-    vision_on_graph = vision_trains or gradient_checkpointing
-    tokens, patches = chunk.tokens, chunk.patches if vision_on_graph else 0.0
+    tokens, patches = chunk.tokens, chunk.patches if vision_trains else 0.0
     if gradient_checkpointing:
         kept = compute_bytes * (
             text.layers * text.width * tokens + vision.layers * vision.width * patches
@@ -383,7 +381,7 @@ def training_memory(
         activations = kept + recompute
     else:
         activations = text.layers * text_saved * tokens + vision.layers * vision_saved * patches
-    if not vision_on_graph:  # the frozen tower still runs: its working set, no graph
+    if not vision_trains:  # the frozen tower still runs: its working set, no graph
         activations = max(activations, forward_working(vision, compute_bytes) * chunk.patches)
     parts["activations"] = activations
     inputs = _inputs(shape, Chunk(batch_rows, chunk.sequence, batch_patches), compute_bytes)
