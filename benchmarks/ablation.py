@@ -204,7 +204,10 @@ def markdown(summary: dict, descriptions: dict[str, str]) -> str:
 
 
 def _difference_cell(value: dict) -> str:
-    cell = f"{value['mean']:+.2f} [{value['ci95'][0]:+.2f}, {value['ci95'][1]:+.2f}]"
+    low, high = value["ci95"]
+    if math.isnan(low):  # one seed: no interval
+        return f"{value['mean']:+.2f} [one seed]"
+    cell = f"{value['mean']:+.2f} [{low:+.2f}, {high:+.2f}]"
     return cell + (f" n={value['seeds_to_resolve']}" if value.get("seeds_to_resolve") else "")
 
 
