@@ -246,33 +246,36 @@ def share_round0(round0: Experiment, arm: Experiment, shared_cache: Path) -> Non
     arm.embeddings_dir.symlink_to(shared_cache.resolve(), target_is_directory=True)
 
 
-def run_seed(
-    seed: int, arms: list[str], flags: list[str], output: Path, threads: int, round0_flags: list[str]
-) -> dict:
-    """Round 0 once, then every arm from it: {arm: {"results", "steps", "texts"}} of this
-    seed. Runs in a fresh process whose MKL_CBWR the caller set (float_order_env)."""
+def run_round0(seed: int, flags: list[str], output: Path, threads: int, round0_flags: list[str]) -> None:
+    """The seed's round 0, which every arm starts from (kept if already there)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    round0 = Experiment(output / "experiments" / f"seed{seed}" / "round0")
+    if not round0.evaluation("val", 0).is_file():
+        argv = [*flags, "--seed", str(seed), "--no_report", *round0_flags,
+                "--num_iterations", "0", "--experiment_dir", str(round0.dir)]  # fmt: skip
+        if train_main(argv) != 0:
+            raise RuntimeError(f"round 0 of seed {seed} failed")
+
+
+def run_arm(seed: int, arm: str, flags: list[str], output: Path, threads: int) -> dict:
+    """One arm of one seed from the seed's round 0 (a finished arm is only read back):
+    {"results", "steps", "texts"}."""
     import torch
 
     torch.set_num_threads(threads)
     seed_dir = output / "experiments" / f"seed{seed}"
-    round0 = Experiment(seed_dir / "round0")
-    common = [*flags, "--seed", str(seed), "--no_report"]
-    if not round0.evaluation("val", 0).is_file():
-        argv = [*common, *round0_flags, "--num_iterations", "0", "--experiment_dir", str(round0.dir)]
-        if train_main(argv) != 0:
-            raise RuntimeError(f"round 0 of seed {seed} failed")
-    runs = {}
-    for arm in arms:
-        experiment = Experiment(seed_dir / arm)
-        if not experiment.dir.exists():
-            share_round0(round0, experiment, round0.embeddings_dir)
-        argv = [*common, *ARMS[arm][1], "--experiment_dir", str(experiment.dir),
-                "--auto_resume", "--allow_config_change"]  # fmt: skip
-        if train_main(argv) != 0:
-            raise RuntimeError(f"arm {arm}, seed {seed} failed")
-        runs[arm] = arm_record(experiment)
-        print(f"seed {seed} arm {arm}: {runs[arm]['results']}", flush=True)
-    return runs
+    round0, experiment = Experiment(seed_dir / "round0"), Experiment(seed_dir / arm)
+    if not experiment.dir.exists():
+        share_round0(round0, experiment, round0.embeddings_dir)
+    argv = [*flags, "--seed", str(seed), "--no_report", *ARMS[arm][1],
+            "--experiment_dir", str(experiment.dir), "--auto_resume", "--allow_config_change"]  # fmt: skip
+    if train_main(argv) != 0:
+        raise RuntimeError(f"arm {arm}, seed {seed} failed")
+    record = arm_record(experiment)
+    print(f"seed {seed} arm {arm}: {record['results']}", flush=True)
+    return record
 
 
 def arm_record(experiment: Experiment) -> dict:
@@ -296,14 +299,14 @@ def kernels(seed: int, float_order: str) -> str | None:
     return "AVX2" if float_order == "alternate" and seed % 2 else None
 
 
-def _seed_process(kernel: str | None, runner, job: tuple) -> dict:
-    """Run one seed in this (fresh, spawned) process, with MKL's code path set before the
-    first matrix product."""
+def _in_fresh_process(kernel: str | None, function, arguments: tuple):
+    """Call `function(*arguments)` in this fresh (spawned) process, with MKL's code path set
+    before its first matrix product."""
     if kernel:
         os.environ["MKL_CBWR"] = kernel
     else:
         os.environ.pop("MKL_CBWR", None)
-    return runner(*job)
+    return function(*arguments)
 
 
 def add_earlier_results(
@@ -327,26 +330,37 @@ def add_earlier_results(
 def run_seeds(
     seeds: list[int], arms: list[str], flags: list[str], output: Path, args: argparse.Namespace
 ) -> tuple[dict[int, dict], dict[int, str]]:
-    """Every seed's runs ({seed: run_seed's dict}) and the failures ({seed: why})."""
+    """Every seed's runs ({seed: {arm: run_arm's record}}) and the failures ({seed: why}).
+
+    Every round 0, then every (seed, arm), each in a fresh process (maxtasksperchild=1: MKL
+    reads MKL_CBWR once per process), `--jobs` at a time: the cores stay busy to the end
+    rather than waiting on the last seed's arms in turn."""
     round0_flags = ["--max_steps", str(args.round0_max_steps)] if args.round0_max_steps else []
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    finished, failed = {}, {}
-    # one fresh process per seed (maxtasksperchild=1): MKL reads MKL_CBWR once per process
+    runs: dict[int, dict] = {}
+    failed: dict[int, str] = {}
+
     with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
-        pending = {
-            seed: pool.apply_async(
-                _seed_process,
-                (kernels(seed, args.float_order), run_seed,
-                 (seed, arms, flags, output, threads, round0_flags)),
-            )  # fmt: skip
-            for seed in seeds
-        }
-        for seed, result in pending.items():
+
+        def start(seed: int, function, arguments: tuple):
+            return pool.apply_async(_in_fresh_process, (kernels(seed, args.float_order), function, arguments))
+
+        starts = {seed: start(seed, run_round0, (seed, flags, output, threads, round0_flags)) for seed in seeds}
+        pending = {}
+        for seed, started in starts.items():
             try:
-                finished[seed] = result.get()
+                started.get()
             except Exception as error:  # one seed's failure must not lose the others
                 failed[seed] = f"{type(error).__name__}: {error}"
-    return finished, failed
+                continue
+            for arm in arms:
+                pending[seed, arm] = start(seed, run_arm, (seed, arm, flags, output, threads))
+        for (seed, arm), result in pending.items():
+            try:
+                runs.setdefault(seed, {})[arm] = result.get()
+            except Exception as error:
+                failed.setdefault(seed, f"{type(error).__name__}: {error}")
+    return {seed: runs[seed] for seed in seeds if seed in runs and seed not in failed}, failed
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -78,28 +78,34 @@ def test_seeds_to_resolve_follow_the_measured_spread():
     assert seeds_to_resolve([1.0, -1.0]) is None  # a zero mean never resolves
 
 
-def fake_run_seed(seed, arms, flags, output, threads, round0_flags):
-    """run_seed's stand-in (module level: the seeds run in spawned processes): seed 1 fails,
-    and every seed reports the MKL code path its process was given."""
+def fake_round0(seed, flags, output, threads, round0_flags):
+    """run_round0's stand-in (module level: it runs in a spawned process): seed 1 fails."""
     if seed == 1:
-        raise RuntimeError("arm C, seed 1 failed")
-    record = {"results": {"iter_0": {m: 50.0 + seed for m in ablation.METRICS}}, "steps": {},
-              "texts": {"mkl_cbwr": os.environ.get("MKL_CBWR")}}  # fmt: skip
-    return {arm: record for arm in arms}
+        raise RuntimeError("round 0 of seed 1 failed")
+
+
+def fake_arm(seed, arm, flags, output, threads):
+    """run_arm's stand-in: reports the MKL code path its process was given; arm C of seed 2
+    fails."""
+    if (seed, arm) == (2, "C"):
+        raise RuntimeError("arm C, seed 2 failed")
+    return {"results": {"iter_0": {m: 50.0 + seed for m in ablation.METRICS}}, "steps": {},
+            "texts": {"mkl_cbwr": os.environ.get("MKL_CBWR")}}  # fmt: skip
 
 
 def test_a_failed_seed_does_not_lose_the_others(tmp_path, monkeypatch):
-    monkeypatch.setattr(ablation, "run_seed", fake_run_seed)
+    monkeypatch.setattr(ablation, "run_round0", fake_round0)
+    monkeypatch.setattr(ablation, "run_arm", fake_arm)
     monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")  # a seed's process never inherits it
     output = tmp_path / "out"
-    with pytest.raises(SystemExit, match="seed 1 failed"):
+    with pytest.raises(SystemExit, match="seed 1 failed.*seed 2 failed"):
         main(["--seeds", "0,1,2,3", "--jobs", "2", "--arms", "B,C", "--output_dir", str(output),
               "--", "--max_steps", "2"])  # fmt: skip
     payload = json.loads((output / "ablation.json").read_text())
-    assert payload["seeds"] == [0, 2, 3] and list(payload["failed"]) == ["1"]
+    assert payload["seeds"] == [0, 3] and list(payload["failed"]) == ["1", "2"]
     # float order varies over replicates: each seed's own process got its MKL code path
     assert payload["mkl_cbwr"] == {"0": None, "1": "AVX2", "2": None, "3": "AVX2"}
-    assert [payload["texts"]["B"][s]["mkl_cbwr"] for s in ("0", "2", "3")] == [None, None, "AVX2"]
+    assert [payload["texts"][arm][s]["mkl_cbwr"] for arm in "BC" for s in ("0", "3")] == [None, "AVX2"] * 2
     assert (output / "ablation.md").is_file()
 
 
