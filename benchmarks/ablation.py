@@ -52,6 +52,7 @@ each ablation there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing
@@ -327,22 +328,43 @@ def add_earlier_results(
     return results, sorted({*seeds, *(int(seed) for seed in earlier["seeds"])})
 
 
+class _Ran:
+    """A call made in this process, answering `get()` as a pool's AsyncResult does."""
+
+    def __init__(self, function, arguments: tuple) -> None:
+        self.result, self.error = None, None
+        try:
+            self.result = function(*arguments)
+        except Exception as error:
+            self.error = error
+
+    def get(self):
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
 def run_seeds(
     seeds: list[int], arms: list[str], flags: list[str], output: Path, args: argparse.Namespace
 ) -> tuple[dict[int, dict], dict[int, str]]:
     """Every seed's runs ({seed: {arm: run_arm's record}}) and the failures ({seed: why}).
 
-    Every round 0, then every (seed, arm), each in a fresh process (maxtasksperchild=1: MKL
-    reads MKL_CBWR once per process), `--jobs` at a time: the cores stay busy to the end
-    rather than waiting on the last seed's arms in turn."""
+    Every round 0, then every (seed, arm), `--jobs` at a time, each in a fresh process
+    (maxtasksperchild=1: MKL reads MKL_CBWR once per process), so the cores stay busy to the
+    end rather than waiting on the last seed's arms in turn. With one job and every seed on
+    this process's own MKL code path, they run here, one after another."""
     round0_flags = ["--max_steps", str(args.round0_max_steps)] if args.round0_max_steps else []
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    here = args.jobs == 1 and all(kernels(s, args.float_order) == os.environ.get("MKL_CBWR") for s in seeds)
     runs: dict[int, dict] = {}
     failed: dict[int, str] = {}
 
-    with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
+    pool_here = contextlib.nullcontext() if here else multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=1)
+    with pool_here as pool:
 
         def start(seed: int, function, arguments: tuple):
+            if here:
+                return _Ran(function, arguments)
             return pool.apply_async(_in_fresh_process, (kernels(seed, args.float_order), function, arguments))
 
         starts = {seed: start(seed, run_round0, (seed, flags, output, threads, round0_flags)) for seed in seeds}

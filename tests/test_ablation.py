@@ -78,41 +78,57 @@ def test_seeds_to_resolve_follow_the_measured_spread():
     assert seeds_to_resolve([1.0, -1.0]) is None  # a zero mean never resolves
 
 
-def fake_round0(seed, flags, output, threads, round0_flags):
-    """run_round0's stand-in (module level: it runs in a spawned process): seed 1 fails."""
-    if seed == 1:
-        raise RuntimeError("round 0 of seed 1 failed")
-
-
-def fake_arm(seed, arm, flags, output, threads):
-    """run_arm's stand-in: reports the MKL code path its process was given; arm C of seed 2
-    fails."""
-    if (seed, arm) == (2, "C"):
-        raise RuntimeError("arm C, seed 2 failed")
-    return {"results": {"iter_0": {m: 50.0 + seed for m in ablation.METRICS}}, "steps": {},
-            "texts": {"mkl_cbwr": os.environ.get("MKL_CBWR")}}  # fmt: skip
-
-
 def test_a_failed_seed_does_not_lose_the_others(tmp_path, monkeypatch):
+    def fake_round0(seed, flags, output, threads, round0_flags):
+        if seed == 1:
+            raise RuntimeError("round 0 of seed 1 failed")
+
+    def fake_arm(seed, arm, flags, output, threads):
+        if (seed, arm) == (2, "C"):
+            raise RuntimeError("arm C, seed 2 failed")
+        return {"results": {"iter_0": {m: 50.0 + seed for m in ablation.METRICS}}, "steps": {}, "texts": {}}
+
     monkeypatch.setattr(ablation, "run_round0", fake_round0)
     monkeypatch.setattr(ablation, "run_arm", fake_arm)
-    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")  # a seed's process never inherits it
+    monkeypatch.delenv("MKL_CBWR", raising=False)
     output = tmp_path / "out"
     with pytest.raises(SystemExit, match="seed 1 failed.*seed 2 failed"):
-        main(["--seeds", "0,1,2,3", "--jobs", "2", "--arms", "B,C", "--output_dir", str(output),
+        main(["--seeds", "0,1,2,3", "--float_order", "fixed", "--arms", "B,C", "--output_dir", str(output),
               "--", "--max_steps", "2"])  # fmt: skip
     payload = json.loads((output / "ablation.json").read_text())
     assert payload["seeds"] == [0, 3] and list(payload["failed"]) == ["1", "2"]
-    # float order varies over replicates: each seed's own process got its MKL code path
-    assert payload["mkl_cbwr"] == {"0": None, "1": "AVX2", "2": None, "3": "AVX2"}
-    assert [payload["texts"][arm][s]["mkl_cbwr"] for arm in "BC" for s in ("0", "3")] == [None, "AVX2"] * 2
+    assert payload["results"]["B"] == {"0": fake_arm(0, "B", [], None, 1)["results"],
+                                       "3": fake_arm(3, "B", [], None, 1)["results"]}  # fmt: skip
     assert (output / "ablation.md").is_file()
+
+
+def kernels_of_this_process(seed, arm, flags, output, threads):
+    """run_arm's stand-in (module level: it runs in a spawned process): the MKL code path
+    its process was given."""
+    return {"results": {"iter_0": {m: 50.0 for m in ablation.METRICS}}, "steps": {},
+            "texts": {"mkl_cbwr": os.environ.get("MKL_CBWR")}}  # fmt: skip
+
+
+def no_round0(seed, flags, output, threads, round0_flags):
+    pass
+
+
+def test_float_order_varies_over_replicates_each_in_its_own_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(ablation, "run_round0", no_round0)
+    monkeypatch.setattr(ablation, "run_arm", kernels_of_this_process)
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")  # never inherited by a seed's process
+    output = tmp_path / "out"
+    main(["--seeds", "0,1", "--jobs", "2", "--arms", "B", "--keep_experiments", "--output_dir", str(output),
+          "--", "--max_steps", "2"])  # fmt: skip
+    payload = json.loads((output / "ablation.json").read_text())
+    assert payload["mkl_cbwr"] == {"0": None, "1": "AVX2"}
+    assert {s: payload["texts"]["B"][s]["mkl_cbwr"] for s in ("0", "1")} == {"0": None, "1": "AVX2"}
 
 
 @pytest.mark.slow
 def test_the_arms_differ_only_in_what_they_should(tiny_qwen, small_benchmark, tmp_path):
     output = main([
-        "--seeds", "3", "--output_dir", str(tmp_path / "ablation"), "--keep_experiments",
+        "--seeds", "3", "--float_order", "fixed", "--output_dir", str(tmp_path / "ablation"), "--keep_experiments",
         "--arms", ",".join(TESTED_ARMS), "--",
         "--model_name", str(tiny_qwen), "--dataset_path", str(small_benchmark),
         "--foundation_model_backbone", "scene_oracle", "--num_iterations", "1", "--max_steps", "2",
