@@ -38,8 +38,22 @@ from src.errors import ArgumentError, ExperimentError
 T = TypeVar("T")
 
 # How long a process waits for the others' files to appear in a shared directory: network
-# filesystems cache directory listings for a few seconds (NFS: acdirmax, 60 s at most).
+# filesystems cache directory listings for a few seconds (NFS: acdirmax, 60 s at most;
+# CIR_SHARED_DIRECTORY_WAIT_S sets it for a filesystem slower than that).
+SHARED_DIRECTORY_WAIT_ENV = "CIR_SHARED_DIRECTORY_WAIT_S"
 SHARED_DIRECTORY_WAIT_S = 20.0
+
+
+def shared_directory_wait_s() -> float:
+    """SHARED_DIRECTORY_WAIT_S, or the seconds CIR_SHARED_DIRECTORY_WAIT_S gives."""
+    value = os.environ.get(SHARED_DIRECTORY_WAIT_ENV)
+    try:
+        seconds = float(value) if value else SHARED_DIRECTORY_WAIT_S
+    except ValueError:
+        raise ArgumentError(f"{SHARED_DIRECTORY_WAIT_ENV}={value!r}: give seconds, e.g. 60") from None
+    if seconds <= 0:
+        raise ArgumentError(f"{SHARED_DIRECTORY_WAIT_ENV}={value!r}: must be > 0")
+    return seconds
 SHARED_CHECK_DIR = ".shared_check"
 
 
@@ -215,7 +229,7 @@ def check_shared_directory(directory: Path, flag: str = "--experiment_dir") -> N
 
     Only rank 0 writes artifacts and every rank reads them back, so a directory local to
     each node fails later on missing files, or hangs. Each process writes a token, and
-    each waits up to SHARED_DIRECTORY_WAIT_S for all of them; if any process misses one,
+    each waits up to shared_directory_wait_s() for all of them; if any process misses one,
     every process stops with the same one-line error.
     """
     if world_size() == 1:
@@ -225,7 +239,8 @@ def check_shared_directory(directory: Path, flag: str = "--experiment_dir") -> N
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{run}.{rank()}").write_text(socket.gethostname())
     expected = {f"{run}.{r}" for r in range(world_size())}
-    deadline = time.monotonic() + SHARED_DIRECTORY_WAIT_S
+    wait = shared_directory_wait_s()
+    deadline = time.monotonic() + wait
     while True:
         missing = expected - {path.name for path in folder.glob(f"{run}.*")}
         if not missing or time.monotonic() > deadline:
@@ -241,6 +256,6 @@ def check_shared_directory(directory: Path, flag: str = "--experiment_dir") -> N
         where = ", ".join(f"rank {r} on {host}" for r, host in blind)
         raise ExperimentError(
             f"{flag} {directory} is not shared by every process ({where} cannot see the "
-            f"files the others write there within {SHARED_DIRECTORY_WAIT_S:.0f} s); put it on "
+            f"files the others write there within {wait:.0f} s); put it on "
             "a filesystem that every node mounts at the same path"
         )

@@ -26,3 +26,19 @@ def test_without_a_process_group_everything_is_local():
     assert distributed.decided_by_main(lambda: 7) == 7
     with pytest.raises(ValueError, match="boom"):
         distributed.decided_by_main(lambda: (_ for _ in ()).throw(ValueError("boom")))
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, 20.0), ("60", 60.0), ("2.5", 2.5)])
+def test_the_shared_directory_wait_can_be_set_for_a_slow_filesystem(monkeypatch, value, expected):
+    if value is None:
+        monkeypatch.delenv(distributed.SHARED_DIRECTORY_WAIT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(distributed.SHARED_DIRECTORY_WAIT_ENV, value)
+    assert distributed.shared_directory_wait_s() == expected
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5"])
+def test_a_bad_shared_directory_wait_is_one_line_naming_the_variable(monkeypatch, value):
+    monkeypatch.setenv(distributed.SHARED_DIRECTORY_WAIT_ENV, value)
+    with pytest.raises(distributed.ArgumentError, match="CIR_SHARED_DIRECTORY_WAIT_S"):
+        distributed.shared_directory_wait_s()
