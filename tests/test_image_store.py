@@ -16,10 +16,10 @@ import pytest
 import torch
 import xxhash
 from PIL import Image
+from test_trainer import trainer_args
 from transformers import LlavaNextImageProcessor, Qwen2VLImageProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from src.arguments import IterativeTrainingArguments
 from src.data.collator import ContrastiveCollator
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.data.image_store import ImageStore, ModelImages, resized_pixels
@@ -298,17 +298,7 @@ def test_a_training_step_through_the_store_is_bit_identical(tiny_qwen, tmp_path)
     for store in (None, tmp_path / "store"):
         encoder = copy.deepcopy(base)
         dataset = ComposedRetrievalDataset(split, triplets, negatives, num_hard_negatives=1)
-        args = IterativeTrainingArguments(
-            output_dir=str(tmp_path / "out"),
-            report_to="none",
-            remove_unused_columns=False,
-            per_device_train_batch_size=4,
-            max_steps=1,
-            save_strategy="no",
-            dataloader_num_workers=0,
-            use_cpu=True,
-            disable_tqdm=True,
-        )
+        args = trainer_args(tmp_path, disable_tqdm=True)
         summary = train_round(
             encoder, dataset, args, "cirr", tmp_path / f"run_{store is None}", image_store=store
         )
