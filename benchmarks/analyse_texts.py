@@ -15,6 +15,9 @@ and `.md`:
 2. The training triplets each arm saw per round (optimizer steps x batch) split into
    original and new ones: at equal steps, new triplets take the place of original ones.
 3. The new texts' quality over rounds (right / wrong, where the captioner is a simulation).
+4. Each filter's record on the simulated captioner's texts, summed over seeds and rounds
+   (wrong and right texts reaching it, how many of each it removed), and the mined
+   negatives dropped as likely false negatives.
 """
 
 from __future__ import annotations
@@ -51,9 +54,9 @@ def analyse(ablation: Path, arms: list[str], round_: int) -> dict:
     batch = arguments["per_device_train_batch_size"]
     originals = _train_size(dataset, arguments)
     report: dict = {"seeds": seeds, "arms": arms, "round": round_, "kinds": kinds, "texts": {}, "recall_by_kind": {},
-                    "triplets_seen": {}, "quality": {}}  # fmt: skip
+                    "triplets_seen": {}, "quality": {}, "filters": {}}  # fmt: skip
     for arm in arms:
-        covered, seen, quality = Counter(), {}, {}
+        covered, seen, quality, filters = Counter(), {}, {}, {}
         hits: dict[str, list[float]] = {kind: [] for kind in kinds}
         for seed in seeds:
             experiment = Experiment(ablation / "experiments" / f"seed{seed}" / arm)
@@ -61,7 +64,9 @@ def analyse(ablation: Path, arms: list[str], round_: int) -> dict:
             for i in range(1, round_ + 1):
                 new = []
                 if experiment.augmented(i).is_file():
-                    new = AugmentedSamples.read(experiment.augmented(i)).samples
+                    augmented = AugmentedSamples.read(experiment.augmented(i))
+                    new = augmented.samples
+                    _add_filter_counts(filters, augmented.stats)
                 for sample in new:
                     pair_kinds = change_kinds(domain, descriptions, sample.reference, sample.target)
                     covered[pair_kinds[0] if pair_kinds else "none"] += 1
@@ -86,6 +91,7 @@ def analyse(ablation: Path, arms: list[str], round_: int) -> dict:
             for i, rows in seen.items()
         }
         report["quality"][arm] = {str(i): statistics.fmean(v) for i, v in quality.items()}
+        report["filters"][arm] = filters
     base = arms[0]
     report["gain_by_kind"] = {
         arm: {
@@ -97,6 +103,15 @@ def analyse(ablation: Path, arms: list[str], round_: int) -> dict:
         for arm in arms[1:]
     }
     return report
+
+
+def _add_filter_counts(totals: dict, stats: dict) -> None:
+    """Adds one augmentation file's filter records (and its dropped negatives) to `totals`."""
+    for name, record in (stats.get("filters") or {}).items():
+        counts = totals.setdefault(name, Counter())
+        for key in ("wrong_in", "right_in", "wrong_removed", "right_removed"):
+            counts[key] += record[key]
+    totals.setdefault("negatives dropped as false negatives", Counter())["count"] += stats.get("false_negatives", 0)
 
 
 def _train_size(dataset: Path, arguments: dict) -> int:
@@ -127,6 +142,23 @@ def markdown(report: dict) -> str:
         lines.append("\nShare of the kept new texts that are right (simulated captioner's records):\n")
         for arm, rounds in quality.items():
             lines.append(f"- {arm}: " + ", ".join(f"round {i} {100 * v:.1f}%" for i, v in sorted(rounds.items())))
+    filters = {a: f for a, f in report["filters"].items() if any(k != "negatives dropped as false negatives" for k in f)}
+    if filters:
+        lines.append(f"\nFilters on the simulated captioner's texts, summed over seeds and rounds 1-{round_}:\n")
+        lines.append("| arm | filter | wrong in | right in | wrong removed | right removed | precision | recall |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for arm, records in filters.items():
+            for name, c in records.items():
+                if name == "negatives dropped as false negatives":
+                    continue
+                removed = c["wrong_removed"] + c["right_removed"]
+                precision = f"{c['wrong_removed'] / removed:.2f}" if removed else "-"
+                recall = f"{c['wrong_removed'] / c['wrong_in']:.2f}" if c["wrong_in"] else "-"
+                lines.append(f"| {arm} | {name} | {c['wrong_in']} | {c['right_in']} | {c['wrong_removed']} | "
+                             f"{c['right_removed']} | {precision} | {recall} |")
+            dropped = records["negatives dropped as false negatives"]["count"]
+            if dropped:
+                lines.append(f"| {arm} | mined negatives dropped as false negatives | | | | {dropped} | | |")
     return "\n".join(lines) + "\n"
 
 

@@ -164,7 +164,7 @@ def test_the_arms_differ_only_in_what_they_should(tiny_qwen, small_benchmark, tm
         output / "experiments" / "seed3" / "S" / "checkpoint_iter_0" / "stage.json"
     )["fingerprint"]
     # What the new texts teach (benchmarks/analyse_texts.py) reads the kept experiments.
-    report = analyse(output, ["C", "Dsim"], 1)
+    report = analyse(output, ["C", "Dsim", "Dcons"], 1)
     assert report["triplets_seen"]["C"]["1"] == {"original": 8.0, "new": 0.0}  # 2 steps x 4
     new = read_json(output / "experiments" / "seed3" / "Dsim" / "augmented_samples_iter_1.json")["samples"]
     originals = len(load_split("cirr", small_benchmark, "train").triplets)
@@ -175,4 +175,11 @@ def test_the_arms_differ_only_in_what_they_should(tiny_qwen, small_benchmark, tm
         sum(sample["simulation"]["correct"] for sample in new) / len(new)
     )
     assert sum(report["texts"]["Dsim"].values()) == pytest.approx(1.0)
-    assert set(report["gain_by_kind"]) == {"Dsim"} and "recolour" in report["kinds"]
+    assert set(report["gain_by_kind"]) == {"Dsim", "Dcons"} and "recolour" in report["kinds"]
+    stats = read_json(output / "experiments" / "seed3" / "Dcons" / "augmented_samples_iter_1.json")["stats"]
+    consistency = stats["filters"]["consistency filter"]
+    assert dict(report["filters"]["Dcons"]["consistency filter"]) == {
+        key: consistency[key] for key in ("wrong_in", "right_in", "wrong_removed", "right_removed")
+    }
+    assert report["filters"]["Dcons"]["negatives dropped as false negatives"]["count"] == stats["false_negatives"]
+    assert set(report["filters"]["C"]) == {"negatives dropped as false negatives"}  # no texts, no filters
