@@ -156,9 +156,10 @@ def markdown(report: dict) -> str:
                 recall = f"{c['wrong_removed'] / c['wrong_in']:.2f}" if c["wrong_in"] else "-"
                 lines.append(f"| {arm} | {name} | {c['wrong_in']} | {c['right_in']} | {c['wrong_removed']} | "
                              f"{c['right_removed']} | {precision} | {recall} |")
+        for arm, records in filters.items():
             dropped = records["negatives dropped as false negatives"]["count"]
             if dropped:
-                lines.append(f"| {arm} | mined negatives dropped as false negatives | | | | {dropped} | | |")
+                lines.append(f"\n{arm}: {dropped} mined negatives dropped from the loss as likely false negatives.")
     return "\n".join(lines) + "\n"
 
 
