@@ -24,6 +24,7 @@ from src.augment.consistency import (
     verdict,
     yes_probability,
 )
+from src.augment.filters import Decisions, FilterResult, Rejection
 from src.augment.pairs import CaptionPair, pair_rows, select_pairs
 from src.data.records import Triplet
 
@@ -254,3 +255,34 @@ def test_answer_tokens_must_differ(tiny_qwen):
     assert yes and no and not set(yes) & set(no)
     with pytest.raises(ValueError, match="cannot tell the answers apart"):
         answer_token_ids(_OneTokenTokenizer(), ("yes",), ("no",))
+
+
+# ---------------------------------------------------------------- filter diagnostics
+
+
+def test_filter_precision_and_recall_on_a_hand_built_case():
+    """Eight texts, three wrong (w1-w3). Clean-up removes w1 and r1; the consistency
+    filter then sees six (two wrong), removes w2 and r2 and r3; verify removes nothing."""
+    ids = ["w1", "w2", "w3", "r1", "r2", "r3", "r4", "r5"]
+    pairs = {i: pair(i) for i in ids}
+    generations = {i: {"text": "t", "simulation": {"correct": i.startswith("r")}} for i in ids}
+    decisions = Decisions(generations)
+
+    def step(name: str, removed: list[str]) -> None:
+        kept = [(p, "t") for p, _ in (decisions.kept if decisions.applied else [(pairs[i], "t") for i in ids])
+                if p.pairid not in removed]  # fmt: skip
+        decisions.apply(FilterResult(kept, [Rejection(pairs[i], "t", name) for i in removed]), name)
+
+    step("clean-up rules", ["w1", "r1"])
+    step("consistency filter", ["w2", "r2", "r3"])
+    step("verify_augmented", [])
+    assert decisions.filter_diagnostics() == {
+        "clean-up rules": {"wrong_in": 3, "right_in": 5, "wrong_removed": 1, "right_removed": 1,
+                           "precision": 0.5, "recall": 1 / 3},
+        "consistency filter": {"wrong_in": 2, "right_in": 4, "wrong_removed": 1, "right_removed": 2,
+                               "precision": 1 / 3, "recall": 0.5},
+        "verify_augmented": {"wrong_in": 1, "right_in": 2, "wrong_removed": 0, "right_removed": 0,
+                             "precision": None, "recall": 0.0},
+    }  # fmt: skip
+    generations["r5"] = {"text": "t"}  # a real captioner's text: nothing to score against
+    assert decisions.filter_diagnostics() is None

@@ -26,6 +26,7 @@ from src.artifacts import (
     MinedNegative,
     MinedQuery,
     PartialGenerations,
+    digest,
 )
 from src.cli import train_main
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
@@ -448,3 +449,35 @@ def test_two_processes_share_the_work_and_write_what_one_writes(make_job,
     assert double.stats["rejected"] == single.stats["rejected"]
     assert double.false_negatives == single.false_negatives
     assert partial_files(two.experiment, 1) == []
+
+
+def test_the_simulations_right_or_wrong_labels_never_reach_training(make_job, ending_models, small_benchmark, tmp_path):
+    """Training must read a simulated captioner's text as it would a real model's: flipping
+    every label (right <-> wrong) changes neither the round's triplets, nor its negatives,
+    nor what its meta digests (so no retraining either)."""
+    job = make_job(
+        tmp_path, ending_models["qwen2_vl"], small_benchmark,
+        "--foundation_model_backbone", "simulated_captioner", "--augment_pairs_per_query", "2",
+        "--simulated_wrong_value", "0.5",
+    )  # fmt: skip
+    augment_stage(job, 1)
+    path = job.experiment.augmented(1)
+    payload = AugmentedSamples.read(path)
+    labels = [s.simulation["correct"] for s in payload.samples]
+    assert True in labels and False in labels  # both kinds reach the file
+
+    def what_training_sees() -> tuple:
+        dataset = round_data(job, 1)
+        rows = [
+            (t.pairid, t.reference, t.caption, t.target, t.source, tuple(dataset.negatives_of(i)))
+            for i, t in enumerate(dataset.triplets)
+        ]
+        return rows, digest(AugmentedSamples.read(path).training_content())
+
+    before = what_training_sees()
+    data = json.loads(path.read_text())
+    for sample in data["samples"]:
+        sample["simulation"]["correct"] = not sample["simulation"]["correct"]
+    path.write_text(json.dumps(data))
+    assert [s.simulation["correct"] for s in AugmentedSamples.read(path).samples] == [not c for c in labels]
+    assert what_training_sees() == before
