@@ -248,13 +248,15 @@ def share_round0(round0: Experiment, arm: Experiment, shared_cache: Path) -> Non
 
 
 def run_round0(seed: int, flags: list[str], output: Path, threads: int, round0_flags: list[str]) -> None:
-    """The seed's round 0, which every arm starts from (kept if already there)."""
+    """The seed's round 0, which every arm starts from (kept if already there; continued
+    where it stopped if an earlier invocation was killed during it)."""
     import torch
 
     torch.set_num_threads(threads)
     round0 = Experiment(output / "experiments" / f"seed{seed}" / "round0")
     if not round0.evaluation("val", 0).is_file():
-        argv = [*flags, "--seed", str(seed), "--no_report", *round0_flags,
+        resume = ["--auto_resume"] if round0.dir.exists() else []
+        argv = [*flags, "--seed", str(seed), "--no_report", *round0_flags, *resume,
                 "--num_iterations", "0", "--experiment_dir", str(round0.dir)]  # fmt: skip
         if train_main(argv) != 0:
             raise RuntimeError(f"round 0 of seed {seed} failed")

@@ -183,3 +183,15 @@ def test_the_arms_differ_only_in_what_they_should(tiny_qwen, small_benchmark, tm
     }
     assert report["filters"]["Dcons"]["negatives dropped as false negatives"]["count"] == stats["false_negatives"]
     assert set(report["filters"]["C"]) == {"negatives dropped as false negatives"}  # no texts, no filters
+
+
+def test_a_round0_killed_part_way_is_continued_not_refused(tmp_path, monkeypatch):
+    """An invocation killed during a seed's round 0 leaves its folder; the next one must
+    continue it (the experiment refuses a second start in the same folder)."""
+    argvs: list[list[str]] = []
+    monkeypatch.setattr(ablation, "train_main", lambda argv: argvs.append(argv) or 0)
+    (tmp_path / "experiments" / "seed4" / "round0").mkdir(parents=True)  # killed part-way
+    ablation.run_round0(4, ["--max_steps", "2"], tmp_path, 1, [])
+    ablation.run_round0(5, ["--max_steps", "2"], tmp_path, 1, [])  # a fresh seed
+    assert "--auto_resume" in argvs[0] and "--auto_resume" not in argvs[1]
+    assert argvs[0][argvs[0].index("--experiment_dir") + 1] == str(tmp_path / "experiments" / "seed4" / "round0")
