@@ -33,6 +33,8 @@ from src.data.loading import load_split
 from src.experiment import Experiment
 from src.offline.domains import require_domain
 
+DROPPED_NEGATIVES = "negatives dropped as false negatives"  # kept beside the filters' records
+
 
 def change_kinds(domain, descriptions: dict, reference: str, target: str) -> list[str]:
     """The kinds of the differences between two images (their domain's names)."""
@@ -111,7 +113,7 @@ def _add_filter_counts(totals: dict, stats: dict) -> None:
         counts = totals.setdefault(name, Counter())
         for key in ("wrong_in", "right_in", "wrong_removed", "right_removed"):
             counts[key] += record[key]
-    totals.setdefault("negatives dropped as false negatives", Counter())["count"] += stats.get("false_negatives", 0)
+    totals.setdefault(DROPPED_NEGATIVES, Counter())["count"] += stats.get("false_negatives", 0)
 
 
 def _train_size(dataset: Path, arguments: dict) -> int:
@@ -142,14 +144,14 @@ def markdown(report: dict) -> str:
         lines.append("\nShare of the kept new texts that are right (simulated captioner's records):\n")
         for arm, rounds in quality.items():
             lines.append(f"- {arm}: " + ", ".join(f"round {i} {100 * v:.1f}%" for i, v in sorted(rounds.items())))
-    filters = {a: f for a, f in report["filters"].items() if any(k != "negatives dropped as false negatives" for k in f)}
+    filters = {a: f for a, f in report["filters"].items() if any(k != DROPPED_NEGATIVES for k in f)}
     if filters:
         lines.append(f"\nFilters on the simulated captioner's texts, summed over seeds and rounds 1-{round_}:\n")
         lines.append("| arm | filter | wrong in | right in | wrong removed | right removed | precision | recall |")
         lines.append("|---|---|---|---|---|---|---|---|")
         for arm, records in filters.items():
             for name, c in records.items():
-                if name == "negatives dropped as false negatives":
+                if name == DROPPED_NEGATIVES:
                     continue
                 removed = c["wrong_removed"] + c["right_removed"]
                 precision = f"{c['wrong_removed'] / removed:.2f}" if removed else "-"
@@ -157,7 +159,7 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {arm} | {name} | {c['wrong_in']} | {c['right_in']} | {c['wrong_removed']} | "
                              f"{c['right_removed']} | {precision} | {recall} |")
         for arm, records in filters.items():
-            dropped = records["negatives dropped as false negatives"]["count"]
+            dropped = records[DROPPED_NEGATIVES]["count"]
             if dropped:
                 lines.append(f"\n{arm}: {dropped} mined negatives dropped from the loss as likely false negatives.")
     return "\n".join(lines) + "\n"
