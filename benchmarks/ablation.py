@@ -26,12 +26,25 @@ depend on the arm: it is trained once per seed and copied into each arm's experi
 then resumes from it (its config records the arm's flags as a change). The arms of a seed
 share one embedding cache, so round 1's mining encodes once per seed.
 
-Replicates differ in the seed and, with `--float_order alternate` (the default), in the
-matrix-product kernels: odd seeds run MKL's AVX2 code path (`MKL_CBWR=AVX2`, what MKL runs
-on a CPU without AVX-512), even seeds the one MKL picks for this CPU. Float order moves
-results about as much as the seed does (docs/results.md), so the intervals cover what a
-user on another machine sees, not only seed noise on this one. Each seed runs in a fresh
-process (MKL reads the setting once per process), with the cores split over `--jobs`.
+- RC, RD, RDsim, RDcons, RDfile  the pre-registered refinement experiment (docs/results.md,
+     "Do new texts help? The pre-registered experiment"): ReCALL's regime (REFINE: each
+     round continues the trained retriever on a cosine schedule, new triplets accumulate,
+     batches keep a reference's queries together, a triplet term beside InfoNCE), from a
+     round 0 trained to convergence (`--round0_max_steps`): RC mined negatives and no new
+     texts; RD the scene oracle's texts for the model's failures, hardest first; RDsim the
+     simulated captioner; RDcons RDsim with --consistency_filter; RDfile RD with the earlier
+     file-order selection.
+
+Replicates differ in the seed only: every process runs this machine's own kernels (a
+claim that they also varied float order was dropped: the setting used for it changed no
+bit here, docs/results.md "How far numbers move"). Each (seed, arm) with `--jobs` above 1
+runs in a fresh process, with the cores split over the jobs.
+
+Testing: per comparison and round, a paired t-test over seeds; at the last round the
+comparisons of Avg form one family, Holm-corrected, except the `--primary` comparison,
+which a pre-registered design tests alone. Besides the 95% interval of the mean
+difference, `pi95` is a prediction interval for the mean another run of as many seeds
+should give on this machine (about 1.4 times wider).
 
 Writes `ablation.json` (every metric of every arm, seed and round; the optimizer steps and
 the new texts' counts and filter diagnostics of every arm, seed and round; per arm and
@@ -91,14 +104,31 @@ ARMS = {
     "Depoch": ("Dsim, one epoch over original + new triplets", [*SIMULATED, "--max_steps", "-1"]),
     "Clong": ("C with as many steps as Depoch", [*NO_TEXTS, "--max_steps", str(CLONG_STEPS)]),
 }  # fmt: skip
-TEXT_ARMS = ("D", "E", "Dsim", "Esim", "Dcons", "Dverify", "Depoch")
-SIMULATED_ARMS = ("Dsim", "Esim", "Dcons", "Dverify", "Depoch")  # synthetic benchmarks only
+# ReCALL's refinement regime (its code: continual training of the trained retriever on a
+# cosine schedule, original data kept and new triplets accumulated, batches grouped by
+# reference, 0.2 triplet beside 0.8 InfoNCE with margin 0.05, up to 5 failures per query).
+# The learning rate is a third of round 0's, fixed before any refinement run.
+REFINE = ["--lr_scheduler_type", "cosine", "--learning_rate", "1e-4", "--augmented_pool", "cumulative",
+          "--group_by_reference", "--triplet_loss_weight", "0.25", "--triplet_margin", "0.05",
+          "--augment_pairs_per_query", "5"]  # fmt: skip
+ARMS |= {
+    "RC": ("C*: refinement regime, mined negatives, no new texts", [*REFINE, *NO_TEXTS]),
+    "RD": ("D*: RC + oracle texts for the failure pairs, hardest first", REFINE),
+    "RDsim": ("Dsim*: RD with the simulated captioner", [*REFINE, *SIMULATED]),
+    "RDcons": ("Dsim* + --consistency_filter", [*REFINE, *SIMULATED, "--consistency_filter"]),
+    "RDfile": ("Dfile*: RD with the earlier file-order selection", [*REFINE, "--augment_selection", "file_order"]),
+}  # fmt: skip
+TEXT_ARMS = ("D", "E", "Dsim", "Esim", "Dcons", "Dverify", "Depoch", "RD", "RDsim", "RDcons", "RDfile")
+SIMULATED_ARMS = ("Dsim", "Esim", "Dcons", "Dverify", "Depoch", "RDsim", "RDcons")  # synthetic only
 COMPARISONS = (
     ("C", "B"), ("C", "S"), ("D", "C"), ("D", "E"),  # mining, re-mining, oracle texts
     ("Dsim", "C"), ("Dsim", "Esim"), ("D", "Dsim"),  # imperfect texts: help? hard pairs? ceiling
     ("Dcons", "Dsim"), ("Dverify", "Dsim"),  # the filters
     ("Depoch", "Clong"), ("Depoch", "C"),  # the default epoch schedule
+    ("RD", "RC"),  # the refinement experiment's primary comparison
+    ("RDsim", "RC"), ("RDcons", "RC"), ("RDcons", "RDsim"), ("RD", "RDfile"), ("RDfile", "RC"),
 )  # fmt: skip
+ALPHA = 0.05
 METRICS = ("recall@1", "recall@5", "recall@10", "recall_subset@1", "recall_subset@2", "avg")
 PLOTTED = ("recall@5", "recall_subset@1")
 
@@ -116,6 +146,33 @@ def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float
     return mean, mean - half, mean + half
 
 
+def prediction_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Where the mean of another run of as many seeds should fall, if seeds are the only
+    source of variation: mean +- t(n-1) * sd * sqrt(2 / n) (nan with one seed)."""
+    if len(values) < 2:
+        return math.nan, math.nan
+    mean = statistics.fmean(values)
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * statistics.stdev(values) * math.sqrt(2 / len(values))
+    return mean - half, mean + half
+
+
+def paired_p_value(values: list[float]) -> float:
+    """Two-sided p of a paired t-test of mean 0 (nan with fewer than two seeds or no spread)."""
+    if len(values) < 2 or statistics.pstdev(values) == 0:
+        return math.nan
+    return float(stats.ttest_1samp(values, 0.0).pvalue)
+
+
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down adjusted p-values of one family (nan p-values are left out)."""
+    ordered = sorted((p, name) for name, p in p_values.items() if not math.isnan(p))
+    adjusted, running = {}, 0.0
+    for position, (p, name) in enumerate(ordered):
+        running = max(running, min(1.0, (len(ordered) - position) * p))
+        adjusted[name] = running
+    return adjusted
+
+
 def seeds_to_resolve(values: list[float], most: int = 500) -> int | None:
     """How many seeds the 95% interval of the mean would need to exclude 0, if the mean and
     sd stayed as measured (None: resolved already, or a zero mean that never resolves)."""
@@ -131,9 +188,13 @@ def seeds_to_resolve(values: list[float], most: int = 500) -> int | None:
     return None
 
 
-def summarise(results: dict[str, dict[int, dict[str, dict[str, float]]]]) -> dict:
+def summarise(
+    results: dict[str, dict[int, dict[str, dict[str, float]]]], primary: str | None = None
+) -> dict:
     """results[arm][seed]["iter_i"][metric] -> per arm and round: mean and sd over seeds;
-    per comparison and round: the paired differences' mean and 95% interval."""
+    per comparison and round: the paired differences' mean, 95% interval, prediction
+    interval and p; at the last round, Avg's p Holm-adjusted over the comparisons but
+    `primary` (tested alone), and whether each is below ALPHA."""
     arms = sorted(results)
     seeds = sorted({seed for arm in arms for seed in results[arm]})
     rounds = sorted({key for arm in arms for seed in results[arm] for key in results[arm][seed]},
@@ -174,9 +235,24 @@ def summarise(results: dict[str, dict[int, dict[str, dict[str, float]]]]) -> dic
                 summary["differences"][name][key][metric] = {
                     "mean": mean,
                     "ci95": [low, high],
+                    "pi95": list(prediction_interval(values)),
+                    "p": paired_p_value(values),
                     "n": len(values),
                     "seeds_to_resolve": seeds_to_resolve(values),
                 }
+    last = rounds[-1] if rounds else None
+    family = {
+        name: by_round[last]["avg"]["p"]
+        for name, by_round in summary["differences"].items()
+        if name != primary and last in by_round and "avg" in by_round[last]
+    }
+    adjusted = holm(family)
+    summary["tests"] = {"round": last, "metric": "avg", "alpha": ALPHA, "primary": None, "holm": {}}
+    if primary in summary["differences"] and last in summary["differences"][primary]:
+        p = summary["differences"][primary][last]["avg"]["p"]
+        summary["tests"]["primary"] = {"comparison": primary, "p": p, "significant": bool(p < ALPHA)}
+    for name, p in adjusted.items():
+        summary["tests"]["holm"][name] = {"p": family[name], "p_holm": p, "significant": bool(p < ALPHA)}
     return summary
 
 
@@ -200,16 +276,38 @@ def markdown(summary: dict, descriptions: dict[str, str]) -> str:
                 continue
             cells = [_difference_cell(metrics[m]) for m in METRICS]
             lines.append(f"| {name} | {key.split('_')[1]} | " + " | ".join(cells) + " |")
-    lines.append("\n(n=K: the seeds that measured spread would need for the interval to exclude 0.)")
+    lines.append(
+        "\n(n=K: how many seeds the measured spread would need for the interval to exclude 0, "
+        "if the mean stayed as measured: a planning figure, not evidence of no effect.)"
+    )
+    tests = summary.get("tests", {})
+    if tests.get("round"):
+        round_ = tests["round"].split("_")[1]
+        lines.append(f"\nTests at round {round_}, Avg, paired t over seeds (alpha {tests['alpha']}):\n")
+        lines.append("| comparison | mean [95% CI] | 95% prediction interval (another run, as many seeds) | p | Holm p | survives |")
+        lines.append("|---|---|---|---|---|---|")
+        primary = tests.get("primary")
+        if primary:
+            value = summary["differences"][primary["comparison"]][tests["round"]]["avg"]
+            lines.append(f"| {primary['comparison']} (primary, tested alone) | {_difference_cell(value, planning=False)} | "
+                         f"{_interval(value['pi95'])} | {primary['p']:.4f} | - | {'yes' if primary['significant'] else 'no'} |")
+        for name, test in sorted(tests["holm"].items(), key=lambda item: item[1]["p"]):
+            value = summary["differences"][name][tests["round"]]["avg"]
+            lines.append(f"| {name} | {_difference_cell(value, planning=False)} | {_interval(value['pi95'])} | "
+                         f"{test['p']:.4f} | {test['p_holm']:.4f} | {'yes' if test['significant'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
-def _difference_cell(value: dict) -> str:
+def _interval(bounds: list[float]) -> str:
+    return "-" if math.isnan(bounds[0]) else f"[{bounds[0]:+.2f}, {bounds[1]:+.2f}]"
+
+
+def _difference_cell(value: dict, planning: bool = True) -> str:
     low, high = value["ci95"]
     if math.isnan(low):  # one seed: no interval
         return f"{value['mean']:+.2f} [one seed]"
     cell = f"{value['mean']:+.2f} [{low:+.2f}, {high:+.2f}]"
-    return cell + (f" n={value['seeds_to_resolve']}" if value.get("seeds_to_resolve") else "")
+    return cell + (f" n={value['seeds_to_resolve']}" if planning and value.get("seeds_to_resolve") else "")
 
 
 def plot(summary: dict, metric: str, output: Path) -> None:
@@ -297,21 +395,6 @@ def arm_record(experiment: Experiment) -> dict:
     return {"results": json.loads(experiment.evaluation_results.read_text()), "steps": steps, "texts": texts}
 
 
-def kernels(seed: int, float_order: str) -> str | None:
-    """The MKL_CBWR code path of a seed's process (None: MKL's own choice for this CPU)."""
-    return "AVX2" if float_order == "alternate" and seed % 2 else None
-
-
-def _in_fresh_process(kernel: str | None, function, arguments: tuple):
-    """Call `function(*arguments)` in this fresh (spawned) process, with MKL's code path set
-    before its first matrix product."""
-    if kernel:
-        os.environ["MKL_CBWR"] = kernel
-    else:
-        os.environ.pop("MKL_CBWR", None)
-    return function(*arguments)
-
-
 def add_earlier_results(
     results: dict, seeds: list[int], path: Path, flags: list[str], arms: list[str]
 ) -> tuple[dict, list[int]]:
@@ -352,12 +435,12 @@ def run_seeds(
     """Every seed's runs ({seed: {arm: run_arm's record}}) and the failures ({seed: why}).
 
     Every round 0, then every (seed, arm), `--jobs` at a time, each in a fresh process
-    (maxtasksperchild=1: MKL reads MKL_CBWR once per process), so the cores stay busy to the
-    end rather than waiting on the last seed's arms in turn. With one job and every seed on
-    this process's own MKL code path, they run here, one after another."""
+    (maxtasksperchild=1: its own thread count, memory returned when it ends), so the cores
+    stay busy to the end rather than waiting on the last seed's arms in turn. With one job
+    they run here, one after another."""
     round0_flags = ["--max_steps", str(args.round0_max_steps)] if args.round0_max_steps else []
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    here = args.jobs == 1 and all(kernels(s, args.float_order) == os.environ.get("MKL_CBWR") for s in seeds)
+    here = args.jobs == 1
     runs: dict[int, dict] = {}
     failed: dict[int, str] = {}
 
@@ -367,7 +450,7 @@ def run_seeds(
         def start(seed: int, function, arguments: tuple):
             if here:
                 return _Ran(function, arguments)
-            return pool.apply_async(_in_fresh_process, (kernels(seed, args.float_order), function, arguments))
+            return pool.apply_async(function, arguments)
 
         starts = {seed: start(seed, run_round0, (seed, flags, output, threads, round0_flags)) for seed in seeds}
         pending = {}
@@ -387,6 +470,27 @@ def run_seeds(
     return {seed: runs[seed] for seed in seeds if seed in runs and seed not in failed}, failed
 
 
+def write_tables(output: Path, summary: dict, descriptions: dict[str, str]) -> None:
+    """ablation.md and the plots of a summary."""
+    (output / "ablation.md").write_text(markdown(summary, descriptions))
+    for metric in PLOTTED:
+        plot(summary, metric, output / f"ablation_{metric.replace('@', '_at_')}.png")
+    print((output / "ablation.md").read_text())
+
+
+def resummarise(output: Path, primary: str | None) -> Path:
+    """Recompute an ablation.json's summary (intervals, tests) and its tables by today's
+    rules, its results untouched (`--primary` given now, or the one it recorded)."""
+    path = output / "ablation.json"
+    payload = json.loads(path.read_text())
+    results = {arm: {int(s): runs for s, runs in by_seed.items()} for arm, by_seed in payload["results"].items()}
+    payload["primary"] = primary or payload.get("primary")
+    payload["summary"] = summarise(results, payload["primary"])
+    path.write_text(json.dumps(payload, indent=1))
+    write_tables(output, payload["summary"], payload["arms"])
+    return output
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2,3,4")
@@ -399,9 +503,13 @@ def main(argv: list[str] | None = None) -> Path:
         "--jobs", type=int, default=1, help="seeds run at once, in separate processes"
     )
     parser.add_argument(
-        "--float_order", choices=("alternate", "fixed"), default="alternate",
-        help="alternate: odd seeds run MKL's AVX2 kernels (MKL_CBWR=AVX2), so float order "
-        "varies across replicates as across machines; fixed: MKL's choice for every seed",
+        "--primary", default=None,
+        help="the pre-registered primary comparison (e.g. RD-RC): tested alone; the others "
+        "are Holm-corrected as one family",
+    )  # fmt: skip
+    parser.add_argument(
+        "--resummarise", action="store_true",
+        help="run nothing: recompute the summary, tables and plots of --output_dir's ablation.json",
     )  # fmt: skip
     parser.add_argument(
         "--round0_max_steps", type=int, default=None,
@@ -414,6 +522,8 @@ def main(argv: list[str] | None = None) -> Path:
     args, flags = parser.parse_known_args(argv)
     flags = [f for f in flags if f != "--"]
     output = Path(args.output_dir)
+    if args.resummarise:
+        return resummarise(output, args.primary)
     seeds = [int(s) for s in args.seeds.split(",")]
     dataset = flags[flags.index("--dataset_path") + 1] if "--dataset_path" in flags else None
     synthetic = dataset is None or SCENE_ORACLE.works_on(Path(dataset))
@@ -428,7 +538,7 @@ def main(argv: list[str] | None = None) -> Path:
     results = {arm: {s: finished[s][arm]["results"] for s in done} for arm in arms}
     if args.add_results:
         results, done = add_earlier_results(results, done, Path(args.add_results), flags, arms)
-    summary = summarise(results)
+    summary = summarise(results, args.primary)
     descriptions = {arm: ARMS[arm][0] for arm in arms}
     payload = {
         "command": " ".join(
@@ -436,7 +546,7 @@ def main(argv: list[str] | None = None) -> Path:
         ),
         "flags": flags,
         "seeds": done,
-        "mkl_cbwr": {s: kernels(s, args.float_order) for s in seeds},
+        "primary": args.primary,
         "failed": failed,
         "arms": descriptions,
         # arms finished by an earlier invocation are skipped, not counted
@@ -450,10 +560,7 @@ def main(argv: list[str] | None = None) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     (output / "ablation.json").write_text(json.dumps(payload, indent=1))
     if done:
-        (output / "ablation.md").write_text(markdown(summary, descriptions))
-        for metric in PLOTTED:
-            plot(summary, metric, output / f"ablation_{metric.replace('@', '_at_')}.png")
-        print((output / "ablation.md").read_text())
+        write_tables(output, summary, descriptions)
     if not args.keep_experiments and not failed:
         shutil.rmtree(output / "experiments")
     print(f"{payload['minutes_this_invocation']} min; {output}")

@@ -67,6 +67,7 @@ def features(batch_size: int, num_negatives: int, image_size: int) -> list[dict]
                 "target_id": base + 1,
                 "negative_ids": [base + 2 + j for j in range(num_negatives)],
                 "group_id": base,
+                "query_id": q,
             }
         )
     return items

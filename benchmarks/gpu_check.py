@@ -294,7 +294,7 @@ def part_train(setup: Setup) -> dict:
     images = [load_image(path) for path in setup.image_files(2 * sizes["batch"])]
     features = [
         {"reference": images[2 * q], "caption": "make the sky darker and add a red car", "target": images[2 * q + 1],
-         "negatives": [], "target_id": 2 * q + 1, "negative_ids": [], "group_id": 2 * q}
+         "negatives": [], "target_id": 2 * q + 1, "negative_ids": [], "group_id": 2 * q, "query_id": q}
         for q in range(sizes["batch"])
     ]  # fmt: skip
     batches: dict[int, dict] = {}  # collated once per mini-batch size, for every configuration

@@ -36,6 +36,7 @@ from src.model.registry import BACKBONE_ALIASES, BACKBONES, DEFAULT_MAX_PIXELS, 
 
 FOUNDATION_MODEL_BACKBONES = ("qwen2_vl", "qwen2_5_vl", "llava", "generic")
 CAPTIONERS = (*FOUNDATION_MODEL_BACKBONES, "scene_oracle", "simulated_captioner", "none")
+AUGMENT_SELECTIONS = ("failures", "file_order")  # src/augment/pairs.py says what each does
 DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 PIXELS_PER_TOKEN = 28 * 28  # Qwen2-VL: 14 x 14 patches merged 2 x 2
 
@@ -405,7 +406,10 @@ class AugmentArguments:
     generation_temperature: float = flag(0.7, "Sampling temperature (with --do_sample).", above=0)
     top_p: float = flag(0.9, "Nucleus sampling (with --do_sample), in (0, 1].", above=0, at_most=1)
     augment_pairs_per_query: int = flag(
-        1, "Hard negatives per mined query that get a new text.", at_least=1
+        1,
+        "Mined pairs per query that may get a new text (with --augment_selection failures: "
+        "its highest-ranked failures; ReCALL: up to 5 of the top 10).",
+        at_least=1,
     )
     augment_negatives: str = flag(
         "mined",
@@ -413,10 +417,20 @@ class AugmentArguments:
         "gallery images instead, as many (an ablation).",
         choices=("mined", "random"),
     )
+    augment_selection: str = flag(
+        "failures",
+        "Which mined pairs get a new text. failures: only pairs whose negative the model ranks "
+        "above the target, at most --augment_pairs_per_query per query, ordered across all "
+        "queries by the negative's score minus the target's (the most confidently wrong "
+        "first); file_order: each query's first negatives in the mined file's order, failure "
+        "or not (the earlier selection, an ablation).",
+        choices=AUGMENT_SELECTIONS,
+        since=3,
+    )
     max_augmented_per_iteration: int = flag(
         1000,
-        "Cap on (query, hard negative) pairs captioned per round, hardest first; 0: no cap "
-        "(docs/results.md: more new triplets than this displaced the original ones).",
+        "Cap on (query, hard negative) pairs captioned per round: the first in "
+        "--augment_selection's order (with failures, the hardest); 0: no cap.",
         at_least=0,
     )
     verify_augmented: bool = flag(
@@ -570,6 +584,17 @@ class IterativeTrainingArguments(TrainingArguments):
     )
     group_loss_weight: float = flag(
         0.0, "Weight of the intra-group contrastive term (with --group_by_reference).", at_least=0
+    )
+    triplet_loss_weight: float = flag(
+        0.0,
+        "Weight of the triplet term beside InfoNCE: each query's positive must score "
+        "--triplet_margin above each of its hard negatives and the positives of the other "
+        "queries of its reference group (ReCALL's refinement: 0.25 here is its 0.2 : 0.8).",
+        at_least=0,
+        since=3,
+    )
+    triplet_margin: float = flag(
+        0.05, "Margin of the triplet term, in cosine similarity (ReCALL: 0.05).", at_least=0, since=3
     )
 
     def __post_init__(self) -> None:

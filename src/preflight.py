@@ -159,8 +159,21 @@ def check_batches(job: Job) -> None:
         )
 
 
+def check_pair_selection(job: Job) -> None:
+    """`--augment_selection failures` needs ranked negatives: random ones have no rank."""
+    if job.captioner != "none" and job.augment.augment_selection == "failures" and (
+        job.mining.negative_source == "random"
+    ):
+        raise ArgumentError(
+            "--augment_selection failures captions the mined negatives ranked above the target, "
+            "but --negative_source random draws unranked ones; use --augment_selection "
+            "file_order or --negative_source mined"
+        )
+
+
 def preflight(job: Job) -> dict[str, tuple[int, int]]:
     """Run every check; returns the (width, height) of every image, by path."""
+    check_pair_selection(job)
     check_models(job)
     check_lora_targets(job)
     decided_by_main(lambda: check_experiment(job))  # every process gets rank 0's verdict

@@ -32,7 +32,7 @@ logger = logging.getLogger("rounds")
 def captioned_pairs(job: Job, iteration: int) -> int:
     """Pairs round `iteration` captions: exact once its negatives are mined, else the bound."""
     with contextlib.suppress(OSError, KeyError, ValueError):
-        return len(augment_request(job, iteration)[1])
+        return len(augment_request(job, iteration)[1].pairs)
     pairs = len(job.train_split.triplets) * job.augment.augment_pairs_per_query
     return min(pairs, job.augment.pair_cap or pairs)
 

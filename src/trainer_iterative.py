@@ -87,8 +87,13 @@ class IterativeTrainer(Trainer):
             positive_ids=gather_with_local_grad(inputs["positive_ids"]),
             negative_ids=gather_with_local_grad(inputs["negative_ids"]),
             group_ids=gather_with_local_grad(inputs["group_ids"]),
+            query_ids=gather_with_local_grad(inputs["query_ids"]),
+            negative_owners=gather_with_local_grad(inputs["negative_owners"]),
         )
-        return contrastive_loss(batch, self.args.temperature, self.args.group_loss_weight)
+        args = self.args
+        return contrastive_loss(
+            batch, args.temperature, args.group_loss_weight, args.triplet_loss_weight, args.triplet_margin
+        )
 
     def _log_shapes_once(self, inputs: dict) -> None:
         """Image tokens per image and sequence lengths of the round's first batch, once."""

@@ -11,20 +11,26 @@ import pytest
 
 import benchmarks.ablation as ablation
 from benchmarks.ablation import (
+    REFINE,
     add_earlier_results,
     confidence_interval,
+    holm,
     main,
+    paired_p_value,
+    prediction_interval,
     seeds_to_resolve,
     summarise,
 )
 from benchmarks.analyse_texts import analyse
+from benchmarks.manipulation_check import check as manipulation_check
 from src.data.loading import load_split
 from src.experiment_io import read_json
 
 # What each arm may change, beyond round 0's arguments (the flags of ARMS).
 ARM_KEYS = {"num_hard_negatives", "foundation_model_backbone", "negative_source",
-            "mining_checkpoint", "augment_negatives", "consistency_filter", "max_steps"}  # fmt: skip
-TESTED_ARMS = ("A", "B", "C", "S", "D", "E", "Dsim", "Dcons", "Depoch")
+            "mining_checkpoint", "augment_negatives", "consistency_filter", "max_steps",
+            "augment_selection", *(flag.removeprefix("--") for flag in REFINE if flag.startswith("--"))}  # fmt: skip
+TESTED_ARMS = ("A", "B", "C", "S", "D", "E", "Dsim", "Dcons", "Depoch", "RC", "RD", "RDfile")
 
 
 def test_confidence_interval_on_hand_made_numbers():
@@ -90,10 +96,9 @@ def test_a_failed_seed_does_not_lose_the_others(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ablation, "run_round0", fake_round0)
     monkeypatch.setattr(ablation, "run_arm", fake_arm)
-    monkeypatch.delenv("MKL_CBWR", raising=False)
     output = tmp_path / "out"
     with pytest.raises(SystemExit, match="seed 1 failed.*seed 2 failed"):
-        main(["--seeds", "0,1,2,3", "--float_order", "fixed", "--arms", "B,C", "--output_dir", str(output),
+        main(["--seeds", "0,1,2,3", "--arms", "B,C", "--output_dir", str(output),
               "--", "--max_steps", "2"])  # fmt: skip
     payload = json.loads((output / "ablation.json").read_text())
     assert payload["seeds"] == [0, 3] and list(payload["failed"]) == ["1", "2"]
@@ -102,33 +107,66 @@ def test_a_failed_seed_does_not_lose_the_others(tmp_path, monkeypatch):
     assert (output / "ablation.md").is_file()
 
 
-def kernels_of_this_process(seed, arm, flags, output, threads):
-    """run_arm's stand-in (module level: it runs in a spawned process): the MKL code path
-    its process was given."""
+def process_of_this_run(seed, arm, flags, output, threads):
+    """run_arm's stand-in (module level: it runs in a spawned process): its process and
+    thread count."""
+    import torch
+
     return {"results": {"iter_0": {m: 50.0 for m in ablation.METRICS}}, "steps": {},
-            "texts": {"mkl_cbwr": os.environ.get("MKL_CBWR")}}  # fmt: skip
+            "texts": {"pid": os.getpid(), "threads": threads, "torch_threads": torch.get_num_threads()}}  # fmt: skip
 
 
 def no_round0(seed, flags, output, threads, round0_flags):
     pass
 
 
-def test_float_order_varies_over_replicates_each_in_its_own_process(tmp_path, monkeypatch):
+def test_with_several_jobs_every_run_has_its_own_process(tmp_path, monkeypatch):
     monkeypatch.setattr(ablation, "run_round0", no_round0)
-    monkeypatch.setattr(ablation, "run_arm", kernels_of_this_process)
-    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")  # never inherited by a seed's process
+    monkeypatch.setattr(ablation, "run_arm", process_of_this_run)
     output = tmp_path / "out"
     main(["--seeds", "0,1", "--jobs", "2", "--arms", "B", "--keep_experiments", "--output_dir", str(output),
           "--", "--max_steps", "2"])  # fmt: skip
-    payload = json.loads((output / "ablation.json").read_text())
-    assert payload["mkl_cbwr"] == {"0": None, "1": "AVX2"}
-    assert {s: payload["texts"]["B"][s]["mkl_cbwr"] for s in ("0", "1")} == {"0": None, "1": "AVX2"}
+    texts = json.loads((output / "ablation.json").read_text())["texts"]["B"]
+    pids = {texts[s]["pid"] for s in ("0", "1")}
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert {texts[s]["threads"] for s in ("0", "1")} == {max(1, (os.cpu_count() or 1) // 2)}
+
+
+def test_holm_and_prediction_intervals_on_hand_made_numbers():
+    # Holm over three p-values 0.01, 0.04, 0.03: sorted 0.01 x 3, 0.03 x 2, 0.04 x 1, made monotone
+    assert holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
+    assert holm({"a": 0.5, "b": float("nan")}) == {"a": 0.5}
+    # differences 1, 2, 3: mean 2, sd 1; t(0.975, 2) = 4.3026527; another run of 3 seeds:
+    # 2 +- 4.3026527 * sqrt(2 / 3)
+    low, high = prediction_interval([1.0, 2.0, 3.0])
+    assert high - 2.0 == pytest.approx(4.3026527 * math.sqrt(2 / 3), abs=1e-6)
+    assert 2.0 - low == pytest.approx(high - 2.0)
+    # t = 2 / (1 / sqrt(3)) = 3.4641 with 2 degrees of freedom: two-sided p = 0.07418
+    assert paired_p_value([1.0, 2.0, 3.0]) == pytest.approx(0.07418, abs=1e-4)
+
+
+def test_the_primary_comparison_is_tested_alone_and_the_rest_holm_corrected():
+    def metrics(value):
+        return {"iter_1": {m: value for m in ablation.METRICS}}
+
+    base = [50.0, 60.0, 70.0, 65.0]
+    results = {
+        "RC": {s: metrics(v) for s, v in enumerate(base)},
+        "RD": {s: metrics(v + d) for s, (v, d) in enumerate(zip(base, [1.0, 2.0, 3.0, 2.5], strict=True))},
+        "RDfile": {s: metrics(v + d) for s, (v, d) in enumerate(zip(base, [0.5, -0.5, 1.0, 0.0], strict=True))},
+    }
+    tests = summarise(results, primary="RD-RC")["tests"]
+    assert tests["primary"]["comparison"] == "RD-RC" and tests["primary"]["significant"]
+    assert set(tests["holm"]) == {"RD-RDfile", "RDfile-RC"}
+    p = {name: test["p"] for name, test in tests["holm"].items()}
+    assert tests["holm"] == {name: {"p": p[name], "p_holm": adjusted, "significant": adjusted < 0.05}
+                             for name, adjusted in holm(p).items()}  # fmt: skip
 
 
 @pytest.mark.slow
 def test_the_arms_differ_only_in_what_they_should(tiny_qwen, small_benchmark, tmp_path):
     output = main([
-        "--seeds", "3", "--float_order", "fixed", "--output_dir", str(tmp_path / "ablation"), "--keep_experiments",
+        "--seeds", "3", "--output_dir", str(tmp_path / "ablation"), "--keep_experiments",
         "--arms", ",".join(TESTED_ARMS), "--",
         "--model_name", str(tiny_qwen), "--dataset_path", str(small_benchmark),
         "--foundation_model_backbone", "scene_oracle", "--num_iterations", "1", "--max_steps", "2",
@@ -151,9 +189,18 @@ def test_the_arms_differ_only_in_what_they_should(tiny_qwen, small_benchmark, tm
     assert all(configs[arm]["foundation_model_backbone"] == "none" for arm in "ABCS")
     assert all(configs[arm]["foundation_model_backbone"] == "simulated_captioner" for arm in ("Dsim", "Dcons", "Depoch"))
     assert configs["Dcons"]["consistency_filter"] and not configs["Dsim"]["consistency_filter"]
+    for arm in ("RC", "RD", "RDfile"):  # the refinement regime, and nothing else, beside C or D
+        assert configs[arm]["lr_scheduler_type"] == "cosine" and configs[arm]["triplet_loss_weight"] == 0.25
+        assert configs[arm]["augmented_pool"] == "cumulative" and configs[arm]["group_by_reference"]
+        assert configs[arm]["foundation_model_backbone"] == configs["C" if arm == "RC" else "D"]["foundation_model_backbone"]
+    assert configs["C"]["lr_scheduler_type"] == "constant_with_warmup" and "triplet_loss_weight" not in configs["C"]
+    assert configs["RDfile"]["augment_selection"] == "file_order" and "augment_selection" not in configs["RD"]
+    selected = read_json(output / "experiments" / "seed3" / "RD" / "augmented_samples_iter_1.json")["stats"]
+    assert selected["selection"] == "failures" and selected["pairs"] == min(selected["pairs_available"], 1000)
     payload = json.loads((output / "ablation.json").read_text())
     assert sorted(payload["results"]) == sorted(TESTED_ARMS)
-    assert {"C-B", "C-S", "D-C", "D-E", "Dsim-C", "D-Dsim", "Dcons-Dsim", "Depoch-C"} == set(payload["summary"]["differences"])
+    assert {"C-B", "C-S", "D-C", "D-E", "Dsim-C", "D-Dsim", "Dcons-Dsim", "Depoch-C", "RD-RC", "RD-RDfile",
+            "RDfile-RC"} == set(payload["summary"]["differences"])  # fmt: skip
     assert payload["steps"]["Dsim"]["3"] == {"iter_0": 2, "iter_1": 2}
     assert payload["steps"]["Depoch"]["3"]["iter_1"] > 2  # one epoch over original + new triplets
     texts = payload["texts"]["Dcons"]["3"]["iter_1"]
@@ -163,6 +210,14 @@ def test_the_arms_differ_only_in_what_they_should(tiny_qwen, small_benchmark, tm
     assert mined["meta"]["checkpoint_fingerprint"] == read_json(
         output / "experiments" / "seed3" / "S" / "checkpoint_iter_0" / "stage.json"
     )["fingerprint"]
+    # The manipulation check (benchmarks/manipulation_check.py) reads the kept experiments.
+    checked = manipulation_check(output, "RD", "RC")["rounds"]["1"]
+    kept = read_json(output / "experiments" / "seed3" / "RD" / "augmented_samples_iter_1.json")["samples"]
+    assert checked["new text"]["per_seed"]["queries"] == [len(kept)]
+    assert checked["original text"]["per_seed"]["queries"] == [len({s["source_pairid"] for s in kept})]
+    assert all(0 <= v <= 100 for side in checked.values() for v in side["per_seed"]["treated"])
+    same = manipulation_check(output, "RD", "RD")["rounds"]["1"]
+    assert [side["difference"]["mean"] for side in same.values()] == [0.0, 0.0]
     # What the new texts teach (benchmarks/analyse_texts.py) reads the kept experiments.
     report = analyse(output, ["C", "Dsim", "Dcons"], 1)
     assert report["triplets_seen"]["C"]["1"] == {"original": 8.0, "new": 0.0}  # 2 steps x 4

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from src.artifacts import digest
+from src.artifacts import MinedNegative, MinedQuery, digest
 from src.augment.cleaning import (
     MIN_WORD_LIMIT,
     REJECTION_REASONS,
@@ -49,30 +49,88 @@ def pair(
 # ---------------------------------------------------------------- pairs
 
 
-def mined_queries() -> dict[str, list[str]]:
-    return {"q1": ["a1", "a2", "a3"], "q2": ["b1"], "q3": ["c1", "c2"]}
+def mined(target: tuple[int, float], *negatives: tuple[str, int, float]) -> MinedQuery:
+    """A mined query: its target's (rank, score) and its negatives' (image, rank, score)."""
+    return MinedQuery([MinedNegative(i, s, r) for i, r, s in negatives], *target)
 
 
-TRIPLETS = [Triplet(f"q{i}", f"r{i}", f"caption {i}", f"t{i}") for i in (1, 2, 3)]
-IMAGES = {n: f"/img/{n}.png" for n in ("r1", "r2", "r3", "a1", "a2", "a3", "b1", "c1", "c2")}
+def mined_queries() -> dict[str, MinedQuery]:
+    """q1 fails twice (a1 by 0.375, a2 by 0.25), q2 not at all (its target ranks first),
+    q3 once (c1 by 0.3125), q4 twice (d1 by 0.625, d2 by 0.125). Scores are dyadic, so the
+    gaps are exact."""
+    return {
+        "q1": mined((4, 0.5), ("a1", 1, 0.875), ("a2", 2, 0.75), ("a3", 5, 0.375)),
+        "q2": mined((1, 0.75), ("b1", 2, 0.625)),
+        "q3": mined((2, 0.625), ("c1", 1, 0.9375), ("c2", 3, 0.5)),
+        "q4": mined((3, 0.25), ("d1", 1, 0.875), ("d2", 2, 0.375)),
+    }
 
 
-def test_pairs_take_each_querys_hardest_negatives_first():
-    pairs, available = select_pairs(TRIPLETS, IMAGES, mined_queries(), 2, per_query=2, limit=None)
-    assert available == 5
-    assert [(p.source_pairid, p.negative) for p in pairs] == [
-        ("q1", "a1"), ("q2", "b1"), ("q3", "c1"), ("q1", "a2"), ("q3", "c2"),
+TRIPLETS = [Triplet(f"q{i}", f"r{i}", f"caption {i}", f"t{i}") for i in (1, 2, 3, 4)]
+IMAGES = {
+    n: f"/img/{n}.png"
+    for n in ("r1", "r2", "r3", "r4", "a1", "a2", "a3", "b1", "c1", "c2", "d1", "d2")
+}
+
+
+def chosen(selection) -> list[tuple[str, str]]:
+    return [(p.source_pairid, p.negative) for p in selection.pairs]
+
+
+def test_failures_only_hardest_first_across_queries():
+    selection = select_pairs(TRIPLETS, IMAGES, mined_queries(), 2, per_query=2, limit=None)
+    assert chosen(selection) == [("q4", "d1"), ("q1", "a1"), ("q3", "c1"), ("q1", "a2"), ("q4", "d2")]
+    assert (selection.available, selection.failures, selection.failure_queries) == (5, 5, 3)
+    first = selection.pairs[0]
+    assert first.pairid == "aug2_q4_0" and selection.pairs[3].pairid == "aug2_q1_1"
+    assert first.reference == "r4" and first.original_caption == "caption 4"
+    assert first.original_target == "t4" and first.negative_path == "/img/d1.png"
+
+
+def test_failures_per_query_takes_each_querys_highest_ranked_failures():
+    selection = select_pairs(TRIPLETS, IMAGES, mined_queries(), 1, per_query=1, limit=None)
+    assert chosen(selection) == [("q4", "d1"), ("q1", "a1"), ("q3", "c1")]
+    assert (selection.available, selection.failures) == (3, 5)  # failures count before the limit
+
+
+def test_the_cap_keeps_the_hardest_failures():
+    selection = select_pairs(TRIPLETS, IMAGES, mined_queries(), 1, per_query=2, limit=2)
+    assert chosen(selection) == [("q4", "d1"), ("q1", "a1")]
+    assert selection.available == 5
+
+
+def test_equal_failures_keep_the_mined_files_order():
+    queries = {
+        "q3": mined((2, 0.5), ("c1", 1, 0.75)),
+        "q1": mined((2, 0.25), ("a1", 1, 0.5)),
+    }
+    selection = select_pairs(TRIPLETS, IMAGES, queries, 1, per_query=1, limit=None)
+    assert chosen(selection) == [("q3", "c1"), ("q1", "a1")]
+
+
+def test_file_order_is_the_earlier_selection_failure_or_not():
+    selection = select_pairs(
+        TRIPLETS, IMAGES, mined_queries(), 2, per_query=2, limit=None, selection="file_order"
+    )
+    assert chosen(selection) == [
+        ("q1", "a1"), ("q2", "b1"), ("q3", "c1"), ("q4", "d1"), ("q1", "a2"), ("q3", "c2"), ("q4", "d2"),
     ]  # fmt: skip
-    assert pairs[0].pairid == "aug2_q1_0" and pairs[3].pairid == "aug2_q1_1"
-    assert pairs[0].reference == "r1" and pairs[0].original_caption == "caption 1"
-    assert pairs[0].original_target == "t1" and pairs[0].negative_path == "/img/a1.png"
-    assert len({p.pairid for p in pairs}) == len(pairs)
+    capped = select_pairs(TRIPLETS, IMAGES, mined_queries(), 1, 1, 2, selection="file_order")
+    assert [p.source_pairid for p in capped.pairs] == ["q1", "q2"]  # the first queries of the file
 
 
-def test_pair_limit_keeps_the_most_queries():
-    pairs, available = select_pairs(TRIPLETS, IMAGES, mined_queries(), 1, per_query=3, limit=3)
-    assert available == 6
-    assert [p.source_pairid for p in pairs] == ["q1", "q2", "q3"]
+def test_random_images_go_to_the_same_failing_queries():
+    hard = select_pairs(TRIPLETS, IMAGES, mined_queries(), 1, per_query=1, limit=None)
+    drawn = select_pairs(TRIPLETS, IMAGES, mined_queries(), 1, 1, None, random_seed=7)
+    assert [p.pairid for p in drawn.pairs] == [p.pairid for p in hard.pairs]
+    for pair in drawn.pairs:
+        assert pair.negative not in (pair.reference, pair.original_target)
+
+
+def test_random_negatives_have_no_failures():
+    unranked = {"q1": MinedQuery([MinedNegative("a1", None, None)])}
+    selection = select_pairs(TRIPLETS, IMAGES, unranked, 1, 1, None)
+    assert (selection.pairs, selection.failures) == ([], 0)
 
 
 def test_pairs_refuse_queries_missing_from_the_split():
@@ -81,10 +139,10 @@ def test_pairs_refuse_queries_missing_from_the_split():
 
 
 def test_pairs_digest_follows_the_requests_not_the_paths():
-    pairs, _ = select_pairs(TRIPLETS, IMAGES, mined_queries(), 1, 1, None)
+    pairs = select_pairs(TRIPLETS, IMAGES, mined_queries(), 1, 1, None).pairs
     moved = {name: "/elsewhere" + path for name, path in IMAGES.items()}
-    same, _ = select_pairs(TRIPLETS, moved, mined_queries(), 1, 1, None)
-    fewer, _ = select_pairs(TRIPLETS, IMAGES, mined_queries(), 1, 1, 2)
+    same = select_pairs(TRIPLETS, moved, mined_queries(), 1, 1, None).pairs
+    fewer = select_pairs(TRIPLETS, IMAGES, mined_queries(), 1, 1, 2).pairs
     assert digest(pair_rows(pairs)) == digest(pair_rows(same)) != digest(pair_rows(fewer))
 
 

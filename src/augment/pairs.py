@@ -1,10 +1,33 @@
-"""Which (query, hard negative) pairs of a round get a new modification text."""
+"""Which (query, hard negative) pairs of a round get a new modification text.
+
+The method captions the model's own failures: a pair is a *failure* when the mined negative
+ranks above the query's target under the checkpoint that mined it (ReCALL's definition:
+the retriever preferred the negative). `--augment_selection failures` (the default) keeps
+only failures, at most `--augment_pairs_per_query` per query (its highest-ranked ones),
+orders them across all queries by how badly the model fails, and the cap
+(`--max_augmented_per_iteration`) keeps the hardest.
+
+How badly: the negative's score minus the target's score (cosine similarities under the
+mining checkpoint). It is the margin by which the model prefers the wrong image, the
+quantity the contrastive loss itself acts on (the logit gap divided by the temperature),
+comparable across queries; a rank-based measure would depend on how many look-alikes a
+query's gallery happens to hold. Ties keep the mined file's query order, then the
+negative's place. On real data the most confident failures are also where unlabelled
+positives hide; `--consistency_filter` flags those.
+
+`--augment_selection file_order` is the earlier selection, kept for the ablation that
+measures what the fix is worth: every query's first negatives in the mined file's order
+(each query's first, then each query's second, ...), failure or not, so a cap keeps the
+first queries of the training file.
+"""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
 
+from src.arguments import AUGMENT_SELECTIONS
+from src.artifacts import MinedQuery
 from src.data.records import Triplet
 
 
@@ -26,24 +49,45 @@ class CaptionPair:
     original_target: str | None
 
 
+@dataclass(frozen=True)
+class PairSelection:
+    """The pairs to caption (hardest first under `failures`) and what they were chosen from.
+
+    `available`: pairs before the cap; `failures`: mined pairs whose negative ranks above
+    the target (every one, before the per-query limit), over `failure_queries` queries."""
+
+    pairs: list[CaptionPair]
+    available: int
+    failures: int
+    failure_queries: int
+
+
+def is_failure(query: MinedQuery, place: int) -> bool:
+    """Whether the query's `place`-th mined negative ranks above its target (random
+    negatives have no rank: never a failure)."""
+    negative = query.negatives[place]
+    return negative.rank is not None and query.target_rank is not None and negative.rank < query.target_rank
+
+
 def select_pairs(
     triplets: list[Triplet],
     images: dict[str, str],
-    mined: dict[str, list[str]],
+    mined: dict[str, MinedQuery],
     iteration: int,
     per_query: int,
     limit: int | None,
+    selection: str = "failures",
     random_seed: int | None = None,
-) -> tuple[list[CaptionPair], int]:
-    """The pairs to caption and how many there were before `limit`.
+) -> PairSelection:
+    """The pairs to caption under `selection` (module docstring), capped at `limit`.
 
-    `mined`: each query's mined negatives, in rank order; each gives its first `per_query`. The pairs are ordered by the
-    negative's place first (every query's hardest negative, then every query's second,
-    ...), so that a `limit` keeps as many different queries as it can. With `random_seed`
-    (the control that asks whether *hard* pairs matter), each pair's image is a random
-    gallery image instead of the mined negative (never the reference or a positive): the
-    same queries and the same number of pairs.
+    `mined`: each query's mined negatives, in rank order, with the target's rank and score.
+    With `random_seed` (the control that asks whether *hard* pairs matter), each pair's
+    image is a random gallery image instead of the mined negative (never the reference or
+    a positive): the same queries and the same number of pairs.
     """
+    if selection not in AUGMENT_SELECTIONS:
+        raise ValueError(f"unknown pair selection {selection!r}; choose one of {AUGMENT_SELECTIONS}")
     by_pairid = {t.pairid: t for t in triplets}
     missing = [pairid for pairid in mined if pairid not in by_pairid]
     if missing:
@@ -51,28 +95,58 @@ def select_pairs(
             f"{len(missing)} mined queries (e.g. {missing[0]!r}) are not in the training split; "
             "the hard negatives were mined on other data (see --max_train_samples)"
         )
+    failing = {
+        pairid: [j for j in range(len(query.negatives)) if is_failure(query, j)]
+        for pairid, query in mined.items()
+    }
+    if selection == "failures":
+        chosen = _hardest_failures(mined, failing, per_query)
+    else:
+        chosen = [
+            (pairid, j)
+            for j in range(per_query)
+            for pairid, query in mined.items()
+            if j < len(query.negatives)
+        ]
     gallery = sorted(images)
     pairs = []
-    for j in range(per_query):
-        for pairid, negatives in mined.items():
-            if j >= len(negatives):
-                continue
-            triplet, negative = by_pairid[pairid], negatives[j]
-            if random_seed is not None:
-                negative = _random_image(triplet, gallery, f"{random_seed}:{pairid}:{j}")
-            pairs.append(
-                CaptionPair(
-                    pairid=f"aug{iteration}_{pairid}_{j}",
-                    source_pairid=pairid,
-                    reference=triplet.reference,
-                    reference_path=images[triplet.reference],
-                    negative=negative,
-                    negative_path=images[negative],
-                    original_caption=triplet.caption,
-                    original_target=triplet.target,
-                )
+    for pairid, j in chosen if limit is None else chosen[:limit]:
+        triplet, negative = by_pairid[pairid], mined[pairid].negatives[j].image
+        if random_seed is not None:
+            negative = _random_image(triplet, gallery, f"{random_seed}:{pairid}:{j}")
+        pairs.append(
+            CaptionPair(
+                pairid=f"aug{iteration}_{pairid}_{j}",
+                source_pairid=pairid,
+                reference=triplet.reference,
+                reference_path=images[triplet.reference],
+                negative=negative,
+                negative_path=images[negative],
+                original_caption=triplet.caption,
+                original_target=triplet.target,
             )
-    return (pairs if limit is None else pairs[:limit]), len(pairs)
+        )
+    return PairSelection(
+        pairs,
+        available=len(chosen),
+        failures=sum(len(places) for places in failing.values()),
+        failure_queries=sum(1 for places in failing.values() if places),
+    )
+
+
+def _hardest_failures(
+    mined: dict[str, MinedQuery], failing: dict[str, list[int]], per_query: int
+) -> list[tuple[str, int]]:
+    """(pairid, place) of each query's first `per_query` failures, the largest negative
+    score minus target score first; ties in the mined file's order."""
+    ranked = []
+    for order, (pairid, query) in enumerate(mined.items()):
+        for j in failing[pairid][:per_query]:
+            if query.negatives[j].score is None or query.target_score is None:
+                raise ValueError(f"query {pairid!r}: a failure without scores cannot be ranked")
+            gap = query.negatives[j].score - query.target_score
+            ranked.append((-gap, order, j, pairid))
+    return [(pairid, j) for _, _, j, pairid in sorted(ranked)]
 
 
 def _random_image(triplet: Triplet, gallery: list[str], seed: str) -> str:

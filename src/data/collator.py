@@ -57,4 +57,8 @@ class ContrastiveCollator:
                 [i for f in features for i in f["negative_ids"]], dtype=torch.long
             ),
             "group_ids": torch.tensor([f["group_id"] for f in features]),
+            "query_ids": torch.tensor([f["query_id"] for f in features]),
+            "negative_owners": torch.tensor(
+                [f["query_id"] for f in features for _ in f["negative_ids"]], dtype=torch.long
+            ),
         }

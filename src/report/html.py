@@ -189,6 +189,20 @@ class TextCard:
     simulation: Simulation | None = None
 
 
+def _selection_line(stats: dict) -> str | None:
+    """Which pairs were captioned, in a sentence (None for a file written before
+    --augment_selection existed)."""
+    if "selection" not in stats:
+        return None
+    before = stats["queries_captioned_before"]
+    return (
+        f"selection {stats['selection']}: {stats['failures']} failure pairs (negative ranked above "
+        f"the target) over {stats['failure_queries']} queries; {stats['pairs']} of "
+        f"{stats['pairs_available']} available pairs captioned"
+        + ("" if before is None else f"; {before} of their queries were captioned the round before")
+    )
+
+
 @dataclass
 class TextsSection:
     file: str
@@ -197,6 +211,7 @@ class TextsSection:
     pairs: int | None
     skipped: str | None
     rejections: list[tuple[str, int]]
+    selection: str | None
     filters: list[FilterRow]
     kept_cards: list[TextCard] = field(default_factory=list)
     rejected_cards: list[TextCard] = field(default_factory=list)
@@ -424,6 +439,7 @@ class ExperimentPages:
             pairs=stats.get("pairs"),
             skipped=None,
             rejections=list((stats.get("rejected") or {}).items()),
+            selection=_selection_line(stats),
             filters=FilterRow.rows(stats.get("filters")),
         )
         if not payload.samples and not payload.rejected:

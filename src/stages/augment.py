@@ -1,9 +1,11 @@
 """Augmentation stage of round i: new modification texts for mined hard negatives.
 
-For each mined query and each of its first `--augment_pairs_per_query` hard negatives, a
-captioner writes a text that turns the query's reference image into that negative; the
-triplet (reference, new text, negative) becomes a positive of round i, with the query's
-original target as its own hard negative (the old target no longer matches the new text).
+The pairs are the model's failures, hardest first (`--augment_selection`, src/augment/pairs.py:
+mined negatives ranked above the target, at most `--augment_pairs_per_query` per query,
+capped by `--max_augmented_per_iteration`). For each, a captioner writes a text that turns
+the query's reference image into that negative; the triplet (reference, new text,
+negative) becomes a positive of round i, with the query's original target as its own hard
+negative (the old target no longer matches the new text).
 
     select pairs -> generate (batched, resumable: src/augment/generation.py)
     -> clean and reject (cleaning.py) -> [--consistency_filter: yes/no check by the same
@@ -32,11 +34,11 @@ from src.augment.cleaning import REJECTION_REASONS, filter_generations
 from src.augment.consistency import CONSISTENCY_REASONS, apply_answers, false_negatives
 from src.augment.filters import Decisions
 from src.augment.generation import ask_consistency, generate_texts, read_partials
-from src.augment.pairs import CaptionPair, pair_rows, select_pairs
+from src.augment.pairs import CaptionPair, PairSelection, pair_rows, select_pairs
 from src.augment.prompts import PROMPT_VERSION
 from src.augment.verify import VERIFY_REASON, embedder_scores, filter_by_embedder
 from src.distributed import barrier, decided_by_main, is_main, merge_dicts, rank, world_size
-from src.experiment import StageOutput
+from src.experiment import Experiment, StageOutput
 from src.job import Job
 from src.retrieval.checkpoint_encoding import CheckpointEncoder
 from src.retrieval.encode import EmbeddingCache
@@ -60,21 +62,23 @@ def _release() -> None:
         torch.cuda.empty_cache()
 
 
-def augment_request(job: Job, iteration: int) -> tuple[dict, list[CaptionPair], int]:
-    """The meta augmented_samples_iter_{iteration}.json must have to count as done, the
-    pairs to caption, and how many there were before --max_augmented_per_iteration."""
+def augment_request(job: Job, iteration: int) -> tuple[dict, PairSelection]:
+    """The meta augmented_samples_iter_{iteration}.json must have to count as done, and the
+    pairs to caption with what they were chosen from (src/augment/pairs.py)."""
     options = job.augment
     if job.captioner == "none":
-        return {"generator": "none", "skipped": "--foundation_model_backbone none: no augmentation"}, [], 0
+        skipped = {"generator": "none", "skipped": "--foundation_model_backbone none: no augmentation"}
+        return skipped, PairSelection([], 0, 0, 0)
     mined_file = job.experiment.hard_negatives(iteration - 1)
     mined = HardNegatives.read(mined_file)
-    pairs, available = select_pairs(
+    selection = select_pairs(
         job.train_split.triplets,
         job.train_split.images,
-        mined.negative_images(),
+        mined.queries,
         iteration,
         options.augment_pairs_per_query,
         options.pair_cap,
+        options.augment_selection,
         random_seed=job.seed if options.augment_negatives == "random" else None,
     )
     path = options.foundation_model_path
@@ -87,11 +91,11 @@ def augment_request(job: Job, iteration: int) -> tuple[dict, list[CaptionPair], 
         "stands_in_for_a_foundation_model": dataset_captioner is not None,
         "simulation": dataset_captioner.settings if dataset_captioner is not None else None,
         "prompt_version": PROMPT_VERSION,
-        "pairs_digest": digest(pair_rows(pairs)),
+        "pairs_digest": digest(pair_rows(selection.pairs)),
         "options": options.result_options(),
         "seed": job.seed,
     }
-    return meta, pairs, available
+    return meta, selection
 
 
 def augment_step(job: Job, iteration: int, pairs: int) -> Step:
@@ -113,14 +117,14 @@ def augment_step(job: Job, iteration: int, pairs: int) -> Step:
 def augment_stage(job: Job, iteration: int) -> AugmentedSamples:
     """Write augmented_samples_iter_{iteration}.json unless a matching one exists."""
     experiment = job.experiment
-    meta, pairs, available = augment_request(job, iteration)
+    meta, selection = augment_request(job, iteration)
 
     def work() -> StageOutput:
         if job.captioner == "none":
             logger.info("augmentation skipped (--foundation_model_backbone none)")
             artifact = AugmentedSamples({}, {"skipped": meta["skipped"], "kept": 0})
         else:
-            artifact = _augment(job, iteration, pairs, available, meta)
+            artifact = _augment(job, iteration, selection, meta)
         stats = artifact.stats
         summary = {k: v for k, v in stats.items() if k not in ("seconds", "filters")}
         return StageOutput(artifact, {"generator": job.captioner} | summary)
@@ -142,11 +146,21 @@ def _load(job: Job) -> Captioner:
     return load_captioner(job.captioner, job.augment.foundation_model_path, job.augment)
 
 
-def _augment(
-    job: Job, iteration: int, pairs: list[CaptionPair], available: int, meta: dict
-) -> AugmentedSamples:
+def captioned_before(experiment: Experiment, iteration: int, pairs: list[CaptionPair]) -> int | None:
+    """How many of these pairs' queries round `iteration - 1` captioned too (kept or
+    rejected); None in round 1, or where that round wrote no texts."""
+    previous = experiment.augmented(iteration - 1)
+    if iteration < 2 or not previous.is_file():
+        return None
+    earlier = AugmentedSamples.read(previous)
+    sources = {s.source_pairid for s in earlier.samples} | {r.source_pairid for r in earlier.rejected}
+    return len({p.source_pairid for p in pairs} & sources)
+
+
+def _augment(job: Job, iteration: int, selection: PairSelection, meta: dict) -> AugmentedSamples:
     """Generate, clean and filter the new samples of one round."""
     options, experiment = job.augment, job.experiment
+    pairs = selection.pairs
     own_path = experiment.partial_augmented(iteration, rank())
     # What is already generated is decided once (the pending pairs are sharded by it); each
     # process keeps what its own file holds, since it rewrites that file as it goes.
@@ -207,8 +221,12 @@ def _augment(
     samples = decisions.samples(job.captioner)
     flagged = false_negatives(decisions.rejected)
     stats = {
-        "pairs_available": available,
+        "selection": options.augment_selection,
+        "failures": selection.failures,
+        "failure_queries": selection.failure_queries,
+        "pairs_available": selection.available,
         "pairs": len(pairs),
+        "queries_captioned_before": captioned_before(experiment, iteration, pairs),
         "pairs_resumed": len(pairs) - len(pending),
         "pairs_generated": len(generated),
         "rejected": decisions.reasons(ALL_REASONS),
@@ -225,6 +243,16 @@ def _augment(
 def _log_summary(captioner_name: str, stats: dict) -> None:
     seconds = stats["seconds"].get("generation", 0.0)
     rate = stats["pairs_generated"] / seconds if seconds > 0 else 0.0
+    before = stats["queries_captioned_before"]
+    logger.info(
+        "pairs (%s): %d failures over %d queries; captioning %d of %d available%s",
+        stats["selection"],
+        stats["failures"],
+        stats["failure_queries"],
+        stats["pairs"],
+        stats["pairs_available"],
+        "" if before is None else f"; {before} of their queries were captioned the round before",
+    )
     logger.info(
         "augmentation (%s): generated %d texts in %.1f s (%.2f samples/s; %d resumed from a "
         "partial file); kept %d of %d pairs, %d false negatives flagged",

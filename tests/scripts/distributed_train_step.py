@@ -1,5 +1,5 @@
-"""One IterativeTrainer step (SGD) under 1 or N processes, in plain and in GradCache mode;
-rank 0 saves the loss and the updated weights of each.
+"""One IterativeTrainer step (SGD) under 1 or N processes, in plain and in GradCache mode,
+InfoNCE with the triplet term; rank 0 saves the loss and the updated weights of each.
 
 Run by tests/test_distributed.py as `python` (1 process, batch 2B) and as
 `torchrun --nproc_per_node 2` (2 processes, batch B each): the global batch is the same,
@@ -48,6 +48,8 @@ def one_step(grad_cache: bool) -> dict:
         seed=0,
         grad_cache=grad_cache,
         temperature=0.05,
+        triplet_loss_weight=0.5,  # the triplet term's negatives are gathered by owner
+        triplet_margin=0.2,
     )
     trainer = IterativeTrainer(
         model=encoder,

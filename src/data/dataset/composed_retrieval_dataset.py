@@ -161,4 +161,5 @@ class ComposedRetrievalDataset(Dataset):
             "target_id": self.image_ids[triplet.target],
             "negative_ids": [self.image_ids[name] for name in negatives],
             "group_id": self.group_of(index),
+            "query_id": index,
         }
