@@ -172,7 +172,7 @@ def test_an_evaluation_file_without_the_modality_rankings_is_read_and_evaluated_
 
     text = build_report(experiment.dir, queries=6).read_text()
     round2 = text[text.index('id="round2"'):]
-    assert "image alone" not in round2 and "image alone" in text[: text.index('id="round2"')]
+    assert "image alone: " not in round2 and "image alone: " in text[: text.index('id="round2"')]
     assert "<tr><th>round 2</th>" + "<td>-</td>" * 10 + "</tr>" in text
     results = json.loads(experiment.evaluation_results.read_text())
     lines = modality_table(experiment, "val", results).splitlines()

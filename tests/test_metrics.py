@@ -391,7 +391,7 @@ def test_the_evaluation_file_round_trip_and_a_file_written_before_the_modality_r
     assert table[2].split() == ["0"] + ["-"] * 10
     assert table[3].split() == ["1", "66.67", "100.00", "100.00", "-", "1", "0",
                                 "33.33", "100.00", "33.33", "100.00"]  # fmt: skip
-    assert table[4].startswith("-: not in that round's evaluation file")
+    assert table[4].startswith("a row of -: not in that round's evaluation file")
     assert table[5].startswith("one@K: % of queries")
     assert format_modality_table({0: None}) == ""
     fashioniq = {"need_both_recall@10": 1.0, "need_both_recall@50": None}

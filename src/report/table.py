@@ -84,7 +84,7 @@ def format_modality_table(blocks: dict[int, dict | None]) -> str:
             cells.append(text.rjust(width))
         rows.append(f"{iteration:>4}  " + "  ".join(cells))
     if any(not block for block in blocks.values()):
-        rows.append("-: not in that round's evaluation file (written before these rankings)")
+        rows.append("a row of -: not in that round's evaluation file (written before these rankings)")
     return "\n".join([*rows, MODALITY_LEGEND])
 
 
