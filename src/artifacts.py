@@ -10,8 +10,10 @@ changes listed in each `from_json`, so older experiments still resume.
                     and score under checkpoint_iter_{i} and the negatives mined for it.
 - `AugmentedSamples` augmented_samples_iter_{i}.json: round i's new triplets, the rejected
                     ones with their reason, the mined negatives flagged as false negatives.
-- `Evaluation`      evaluation_{split}_iter_{i}.json: a split's metrics and every query's
-                    target rank and top five (or, for CIRR test1, the submission files).
+- `Evaluation`      evaluation_{split}_iter_{i}.json: a split's metrics, whether its
+                    queries need both modalities, and every query's target rank (composed,
+                    image-only, text-only) and top five (or, for CIRR test1, the
+                    submission files).
 - `CheckpointRecord` checkpoint_iter_{i}/stage.json: what the checkpoint was made from.
 - `PartialGenerations` partial_rank{r}_augmented_samples_iter_{i}.json: texts generated
                     so far by one process (resumed from after a kill).
@@ -207,22 +209,38 @@ class PartialGenerations(Artifact):
 
 @dataclass
 class QueryRanking:
-    target_rank: int | None  # None: the target is not in the gallery
+    """A query's ranking: the target's 1-based rank under the composed query (None: the
+    target cannot be retrieved) and the top five; the target's rank when the reference
+    image alone (`image_rank`) and the text alone (`text_rank`) are the query (None: cannot
+    be retrieved, or a file written before these rankings, whose `Evaluation.modalities`
+    is None)."""
+
+    target_rank: int | None
     top: list[str]
+    image_rank: int | None = None
+    text_rank: int | None = None
 
 
 @dataclass
 class Evaluation(Artifact):
+    """`modalities`: src/retrieval/metrics.py `modality_metrics`'s block (None: CIRR
+    test1, or a file written before these rankings existed)."""
+
     meta: dict
     metrics: dict[str, float] | None = None
     queries: dict[str, QueryRanking] = field(default_factory=dict)
     submission_files: list[str] = field(default_factory=list)
+    modalities: dict[str, float | int | None] | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> Evaluation:
         queries = {p: _build(QueryRanking, q) for p, q in data.get("queries", {}).items()}
         return cls(
-            data.get("meta", {}), data.get("metrics"), queries, data.get("submission_files", [])
+            data.get("meta", {}),
+            data.get("metrics"),
+            queries,
+            data.get("submission_files", []),
+            data.get("modalities"),
         )
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from src.arguments import parse_arguments
+from src.artifacts import Evaluation
 from src.data.loading import load_split
 from src.distributed import (
     check_one_process_per_gpu,
@@ -37,7 +38,7 @@ from src.offline import OFFLINE_DEFAULTS
 from src.plan import format_plan
 from src.preflight import preflight
 from src.report.html import build_report
-from src.report.table import format_table, plot_results
+from src.report.table import format_modality_table, format_table, plot_results
 from src.retrieval.checkpoint_encoding import EncodeSettings
 from src.rounds import run_job
 from src.stages.evaluate import evaluate_stage
@@ -95,6 +96,17 @@ def run_entry(main: Callable[[list[str]], int], argv: list[str] | None) -> int:
         return INTERRUPTED_EXIT_STATUS
 
 
+def modality_table(experiment: Experiment, split_name: str, results: dict) -> str:
+    """The table printed under the metric table: whether the model composes, for the
+    rounds of `results` ({"iter_i": metrics}) whose evaluation file is in `experiment`;
+    "" when there is none."""
+    rounds = sorted(int(key.rsplit("_", 1)[-1]) for key in results)
+    paths = {i: experiment.evaluation(split_name, i) for i in rounds}
+    blocks = {i: Evaluation.read(path).modalities for i, path in paths.items() if path.is_file()}
+    table = format_modality_table(blocks)
+    return f"\nwhether {split_name} queries need both the image and the text\n{table}" if table else ""
+
+
 def train_main(argv: list[str] | None = None) -> int:
     return run_entry(_train, argv)
 
@@ -121,6 +133,8 @@ def _train(argv: list[str]) -> int:
     if is_main():
         experiment = job.experiment
         print("\n" + format_table(results))
+        if table := modality_table(experiment, "val", results):
+            print(table)
         plot = plot_results(results, experiment.evaluation_plot, str(experiment.dir))
         if not flags.run.no_report:
             print(f"report: {build_report(experiment.dir, flags.run.report_queries)}")
@@ -239,6 +253,8 @@ def _evaluate(argv: list[str]) -> int:
     else:
         results = read_json(output)
     print(f"\n{split_name} metrics\n" + format_table(results))
+    if table := modality_table(experiment, split_name, results):
+        print(table)
     plot = plot_results(results, output.with_suffix(".png"), str(experiment.dir))
     print(f"\nresults: {output}; plot: {plot}")
     if args.report:

@@ -9,7 +9,13 @@ import torch
 import src.retrieval.checkpoint_encoding as checkpoint_encoding
 from src.model.encoder import build_encoder
 from src.retrieval.checkpoint_encoding import CheckpointEncoder, EncodeSettings
-from src.retrieval.encode import EmbeddingCache, encode_rows, gallery_rows, query_rows
+from src.retrieval.encode import (
+    EmbeddingCache,
+    encode_rows,
+    gallery_rows,
+    query_rows,
+    text_query_rows,
+)
 
 TOKEN = "<|image_pad|>"
 
@@ -89,6 +95,34 @@ def test_cache_hit_and_a_miss_on_each_key_change(
     key = cache.key(rows, "train", "weights-1", "qwen2_vl", encoder.processor)
     encoder.processor.image_processor.image_mean = [0.4, 0.4, 0.4]
     assert cache.key(rows, "train", "weights-1", "qwen2_vl", encoder.processor) != key
+
+
+def test_text_only_queries_have_no_image_and_a_cache_entry_of_their_own(
+    encoder, checkpoint, small_train_split, tmp_path, counted
+):
+    """The evaluation's text-only queries: the instruction and the text, no image token,
+    encoded through the same path as the composed queries, cached under their own key."""
+    triplets = small_train_split.triplets[:5]
+    rows = text_query_rows(triplets, "cirr")
+    assert rows.images == [None] * 5 and not any(TOKEN in text for text in rows.texts)
+    assert rows.texts[0] == (
+        "Given an image, find a similar everyday image with the described changes: "
+        f"{triplets[0].caption}\n"
+    )
+    cache = EmbeddingCache(tmp_path / "cache")
+    with CheckpointEncoder(checkpoint, "w", cache, EncodeSettings(batch_size=2)) as reader:
+        encoded = reader.encode_split(small_train_split, triplets, "cirr", text_only=True)
+        assert counted == ["gallery", "queries", "text_queries"]
+        again = reader.text_queries(small_train_split, triplets, "cirr")
+        assert counted == ["gallery", "queries", "text_queries"], "a hit"
+    np.testing.assert_array_equal(again, encoded.text_queries)
+    assert encoded.text_queries.shape == encoded.queries.shape
+    assert not np.allclose(encoded.text_queries, encoded.queries, atol=1e-3)
+    with torch.no_grad():
+        direct = encoder(**encoder.backbone.pack(encoder.processor, rows.texts, None))
+    np.testing.assert_allclose(encoded.text_queries, direct.numpy(), atol=1e-5)
+    kinds = sorted(json.loads(f.read_text())["key"]["kind"] for f in (tmp_path / "cache").glob("*.json"))
+    assert kinds == ["gallery", "queries", "text_queries"]
 
 
 def test_a_fully_cached_split_never_loads_the_weights(checkpoint, small_train_split, tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """A run of the whole job (2 rounds: conftest.py's two_round_experiment), eval_iterative.py on
-its checkpoints, resuming it, and its plan."""
+its checkpoints, resuming it, and its plan; the evaluation's image-only and text-only
+rankings against a numpy recomputation, and an evaluation file written before them."""
 
 import json
 
@@ -7,11 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from src.artifacts import FORMAT_VERSION, AugmentedSamples, CheckpointRecord, HardNegatives
-from src.cli import eval_main, train_main
+from src.artifacts import (
+    FORMAT_VERSION,
+    AugmentedSamples,
+    CheckpointRecord,
+    Evaluation,
+    HardNegatives,
+)
+from src.cli import eval_main, modality_table, train_main
 from src.data.loading import load_split
 from src.experiment import Experiment
 from src.model.encoder import load_encoder
+from src.report.html import build_report
+from src.retrieval.metrics import CIRR_RECALL_KS, modality_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -90,6 +99,96 @@ def test_eval_iterative_matches_a_numpy_recomputation(finished_run, small_benchm
         hits_subset_1.append(best == triplet.target)
     assert metrics["recall@1"] == pytest.approx(100 * np.mean(hits_at_1), abs=1e-4)
     assert metrics["recall_subset@1"] == pytest.approx(100 * np.mean(hits_subset_1), abs=1e-4)
+
+
+def cached_embeddings(experiment: Experiment, iteration: int) -> dict[str, tuple[list, np.ndarray]]:
+    """{kind: (row names, matrix)} of the validation embeddings of checkpoint_iter_{iteration}."""
+    fingerprint = CheckpointRecord.read(experiment.checkpoint_record(iteration)).fingerprint
+    entries = {}
+    for meta_file in experiment.embeddings_dir.glob("val_*.json"):
+        meta = json.loads(meta_file.read_text())
+        if meta["key"]["weights"] == fingerprint:
+            entries[meta["key"]["kind"]] = (meta["rows"], np.load(meta_file.with_suffix(".npy")))
+    return entries
+
+
+def numpy_rank(scores: np.ndarray, target: int, excluded: int) -> int:
+    """1-based rank of `target` with `excluded` out: higher scores, then equal ones earlier."""
+    scores = scores.astype(np.float64)
+    eligible = np.ones(len(scores), dtype=bool)
+    eligible[excluded] = False
+    ahead = (scores > scores[target]) | ((scores == scores[target]) & (np.arange(len(scores)) < target))
+    return int((ahead & eligible).sum()) + 1
+
+
+def test_the_evaluation_file_ranks_each_query_by_its_image_alone_and_by_its_text_alone(
+    two_round_experiment, small_benchmark
+):
+    experiment = two_round_experiment
+    path = experiment.evaluation("val", 2)
+    raw = json.loads(path.read_text())
+    assert raw["meta"]["rankings"] == ["composed", "image_only", "text_only"]
+    keys = ["image_only_recall", "text_only_recall", "composed_recall", "solved_by_one_modality",
+            "need_both_queries", "need_both_recall"]  # fmt: skip
+    assert list(raw["modalities"]) == ["queries", *(f"{n}@{k}" for n in keys for k in CIRR_RECALL_KS)]
+    assert all(set(q) == {"target_rank", "top", "image_rank", "text_rank"} for q in raw["queries"].values())
+    evaluation = Evaluation.read(path)
+    entries = cached_embeddings(experiment, 2)
+    assert sorted(entries) == ["gallery", "queries", "text_queries"]
+    names, gallery = entries["gallery"]
+    text_pairids, texts = entries["text_queries"]
+    assert text_pairids == entries["queries"][0]
+    by_pairid = {t.pairid: t for t in load_split("cirr", small_benchmark, "val").triplets}
+    image_ranks, text_ranks, composed_ranks = [], [], []
+    for row, pairid in enumerate(text_pairids):
+        triplet, ranking = by_pairid[pairid], evaluation.queries[pairid]
+        reference, target = names.index(triplet.reference), names.index(triplet.target)
+        image_ranks.append(numpy_rank(gallery @ gallery[reference], target, reference))
+        text_ranks.append(numpy_rank(gallery @ texts[row], target, reference))
+        composed_ranks.append(ranking.target_rank)
+        assert (ranking.image_rank, ranking.text_rank) == (image_ranks[-1], text_ranks[-1])
+    assert evaluation.modalities == pytest.approx(
+        modality_metrics(composed_ranks, image_ranks, text_ranks, CIRR_RECALL_KS)
+    )
+    for k in CIRR_RECALL_KS:  # the composed recall of all queries is the official one
+        assert evaluation.modalities[f"composed_recall@{k}"] == pytest.approx(evaluation.metrics[f"recall@{k}"])
+
+
+def test_an_evaluation_file_without_the_modality_rankings_is_read_and_evaluated_again(
+    finished_run, job_argv, two_round_flags, capsys
+):
+    """Round 2's evaluation file as it was written before these rankings (recorded as
+    finished): the report and the table read it ("-"), and a resume evaluates it again,
+    alone, to the same metrics and rankings."""
+    experiment = finished_run
+    path = experiment.evaluation("val", 2)
+    new = Evaluation.read(path)
+    raw = json.loads(path.read_text())
+    del raw["modalities"], raw["meta"]["rankings"]
+    for query in raw["queries"].values():
+        del query["image_rank"], query["text_rank"]
+    path.write_text(json.dumps(raw))
+    experiment.log.record("evaluate", 2, raw["metrics"], path)
+
+    text = build_report(experiment.dir, queries=6).read_text()
+    round2 = text[text.index('id="round2"'):]
+    assert "image alone: " not in round2 and "image alone: " in text[: text.index('id="round2"')]
+    assert "<tr><th>round 2</th>" + "<td>-</td>" * 10 + "</tr>" in text
+    results = json.loads(experiment.evaluation_results.read_text())
+    lines = modality_table(experiment, "val", results).splitlines()
+    assert lines[-3].split() == ["2"] + ["-"] * 10
+
+    before = len(experiment.log.entries())
+    assert train_main([*job_argv(experiment.dir, *two_round_flags), "--auto_resume"]) == 0
+    ran = [(s["stage"], s["iteration"]) for s in experiment.log.entries()[before:]]
+    assert ran == [("evaluate", 2)]
+    again = Evaluation.read(path)
+    assert again.metrics == new.metrics and again.modalities == new.modalities
+    assert again.queries == new.queries
+    out = capsys.readouterr().out
+    assert "evaluation_val_iter_2.json was made with other settings (rankings)" in out
+    assert "whether val queries need both the image and the text" in out
+    assert "one@1" in out
 
 
 def test_rerun_without_auto_resume_is_refused_and_with_it_redoes_nothing(

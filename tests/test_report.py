@@ -1,5 +1,6 @@
 """The HTML report: every image it refers to exists, the sections hold the right counts,
-user text is escaped, every query card states the target's exact rank, the filter
+user text is escaped, every query card states the target's exact rank (and its rank with
+the image alone and the text alone), the modality table is under the metric table, the filter
 diagnostics of a simulated captioner are shown (and only then), it works on a FashionIQ
 experiment, and it renders in a headless browser."""
 
@@ -83,7 +84,11 @@ def test_the_report_of_a_two_round_experiment(experiment):
     assert sum(h.startswith("Mined hard negatives") for h in page.headings) == 2
     assert sum(h.startswith("New texts") for h in page.headings) == 2
     text = index.read_text()
-    assert text.count("<tr><th>round ") == 3  # the metric table
+    assert text.count("<tr><th>round ") == 6  # the metric table, the modality table
+    assert "Does the model compose?" in page.headings
+    assert "<th>one@1</th><th>one@10</th><th>both_R@1</th>" in text
+    assert re.search(r"image alone: (rank \d+|not retrievable); text alone: (rank \d+|not retrievable)", text)
+    assert text.count("image alone: ") >= 3 * 6  # every card of the sampled queries
     for reason in ALL_REASONS:
         assert f"<tr><th>{reason}</th>" in text
     augmented = AugmentedSamples.read(experiment.augmented(1))
@@ -104,7 +109,9 @@ def test_eval_iterative_writes_the_report_and_compares_a_folder_of_experiments(
     assert eval_main(["--experiment_dir", str(folder), "--report"]) == 0
     page = parse(folder / "report" / "index.html")
     assert all((folder / "report" / src).is_file() for src in page.images)
-    assert "<th>experiments/seed0/A</th><th>experiments/seed0/B</th>" in (folder / "report" / "index.html").read_text()
+    text = (folder / "report" / "index.html").read_text()
+    assert "<th>experiments/seed0/A</th><th>experiments/seed0/B</th>" in text
+    assert "Does the model compose?" in page.headings and "<h3>both_R@10</h3>" in text
 
 
 FILTERS_HEADER = "<th>filter (in the order applied)</th>"

@@ -9,6 +9,9 @@ backbone's own image token (TIGER-AI-Lab/VLM2Vec, src/model/processor.py:
 `VLM_IMAGE_TOKENS` and `process_input_text`): "<|image_pad|>" for Qwen2-VL and
 Qwen2.5-VL, "<image>" for LLaVA-NeXT; the processor then expands that token to the
 image's patch tokens. No chat template is applied.
+
+`text_only_query_text` is the same query without its image (no image token), for the
+evaluation's text-only ranking (src/retrieval/metrics.py: `modality_metrics`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ CANDIDATE_INSTRUCTION = "Represent the given image."
 def query_text(image_token: str, dataset: str, caption: str) -> str:
     """The text of a composed query: image marker, instruction, modification text."""
     return f"{image_token}\n{QUERY_INSTRUCTIONS[dataset]} {caption}\n"
+
+
+def text_only_query_text(dataset: str, caption: str) -> str:
+    """A composed query's text without its image: instruction and modification text only
+    (the evaluation's text-only ranking)."""
+    return f"{QUERY_INSTRUCTIONS[dataset]} {caption}\n"
 
 
 def candidate_text(image_token: str) -> str:

@@ -50,9 +50,10 @@ class Backbone:
         return getattr(transformers, self.model_class_name)
 
     def pack(
-        self, processor: ProcessorMixin, texts: list[str], images: list[Image.Image]
+        self, processor: ProcessorMixin, texts: list[str], images: list[Image.Image] | None
     ) -> BatchFeature:
-        """Tokenise a batch of texts, each holding one image token, with its images.
+        """Tokenise a batch of texts, each holding one image token, with its images (None:
+        texts without an image token, the evaluation's text-only queries).
 
         The processor expands each image token to the image's patch tokens and returns
         everything the model's forward needs (`mm_token_type_ids` and `image_grid_thw`

@@ -4,11 +4,15 @@
 from the file system (inline CSS, no script, no network), with small JPEG thumbnails in
 `report/thumbs/` beside it and the metric and loss plots as PNGs:
 
-- the metric table of every evaluated round, the metrics plot and the training loss of
-  all rounds (from the TensorBoard runs);
+- the metric table of every evaluated round, under it whether the model composes (per
+  round, the share of queries the reference image alone or the text alone solves, the
+  composed recall on the others, the image-only and text-only recalls: src/report/table.py
+  `modality_columns`; "-" for a round whose evaluation file predates these rankings), the
+  metrics plot and the training loss of all rounds (from the TensorBoard runs);
 - per round: a fixed sample of validation queries (reference, text, the top five with the
-  target marked, the target's exact rank and how it moved since the previous round), the
-  queries that improved and worsened most; a sample of the mined hard negatives beside
+  target marked, the target's exact rank and how it moved since the previous round, its
+  rank with the image alone and with the text alone), the queries that improved and
+  worsened most; a sample of the mined hard negatives beside
   the target with their scores, those likely to be false negatives marked (scoring above
   the target, a `target_soft` entry, flagged by the consistency check); the new texts
   beside the original ones, the rejected ones with their reason, the count of every
@@ -48,7 +52,7 @@ from src.errors import ExperimentError
 from src.experiment import Experiment
 from src.experiment.layout import CONFIG_NAME, MOVED_ASIDE_PREFIX, REPORT_NAME, ExperimentLayout
 from src.report.curves import plot_curves, read_curves
-from src.report.table import plot_results
+from src.report.table import MODALITY_LEGEND, modality_columns, plot_results
 
 THUMB_SIDE = 128
 SHOWN_MINED = 8
@@ -88,16 +92,18 @@ class Thumb:
 
 @dataclass
 class MetricTable:
-    """Rows of (label, values); a value is None where it is missing."""
+    """Rows of (label, values); a value is None where it is missing (an int: a count)."""
 
     columns: list[str]
-    rows: list[tuple[str, list[float | None]]]
+    rows: list[tuple[str, list[float | int | None]]]
 
 
 @dataclass
 class QueryCard:
     """A validation query: `rank` is the target's rank (None: not in the gallery); `moved`
-    how many places it rose (negative: fell) since round `since`, None if not known."""
+    how many places it rose (negative: fell) since round `since`, None if not known;
+    `unimodal` whether the evaluation file holds the target's rank with the image alone
+    (`image_rank`) and the text alone (`text_rank`; None: cannot be retrieved)."""
 
     pairid: str
     caption: str
@@ -106,6 +112,9 @@ class QueryCard:
     rank: int | None
     moved: int | None = None
     since: int | None = None
+    unimodal: bool = False
+    image_rank: int | None = None
+    text_rank: int | None = None
 
 
 @dataclass
@@ -237,6 +246,8 @@ class ExperimentView:
     metrics_plot: str | None
     loss_plot: str | None
     rounds: list[RoundView]
+    modalities: MetricTable | None = None
+    modality_legend: str = MODALITY_LEGEND
 
 
 @dataclass
@@ -250,6 +261,8 @@ class ComparisonView:
     names: list[str]
     metrics: list[tuple[str, MetricTable]]
     rounds: list[ComparisonRound]
+    modalities: list[tuple[str, MetricTable]] = field(default_factory=list)
+    modality_legend: str = MODALITY_LEGEND
 
 
 # ---------------------------------------------------------------- gathering
@@ -277,6 +290,20 @@ def metric_table(results: dict[int, dict[str, float]]) -> MetricTable:
     columns = list(dict.fromkeys(m for i in sorted(results) for m in results[i]))
     rows = [(f"round {i}", [results[i].get(m) for m in columns]) for i in sorted(results)]
     return MetricTable(columns, rows)
+
+
+def modality_table(evaluations: dict[int, Evaluation]) -> MetricTable | None:
+    """One row per round, one column per modality measure (src/report/table.py); None
+    when no round's file has these rankings (a row of "-" for a round whose file has not)."""
+    blocks = {i: evaluations[i].modalities for i in sorted(evaluations)}
+    columns = modality_columns(blocks)
+    if not columns:
+        return None
+    rows = [
+        (f"round {i}", [(block or {}).get(key) for _, key in columns])
+        for i, block in blocks.items()
+    ]
+    return MetricTable([name for name, _ in columns], rows)
 
 
 class ExperimentPages:
@@ -330,6 +357,9 @@ class ExperimentPages:
         card = QueryCard(
             pairid, triplet.caption, self.image("val", triplet.reference, "reference"), top, rank
         )
+        if evaluation.modalities is not None:
+            card.unimodal = True
+            card.image_rank, card.text_rank = ranking.image_rank, ranking.text_rank
         earlier = self.evaluations.get(iteration - 1)
         previous = earlier.queries.get(pairid) if earlier else None
         if previous and previous.target_rank and rank:
@@ -491,6 +521,7 @@ def single_report(experiment: Experiment, out: Path, queries: int, seed: int) ->
         metrics_plot=metrics_plot,
         loss_plot=loss.name if loss is not None else None,
         rounds=[pages.round_view(i) for i in pages.rounds],
+        modalities=modality_table(pages.evaluations),
     )
     return render("experiment.html.j2", view=view)
 
@@ -519,11 +550,27 @@ def comparison_report(
         )
         for metric in metrics
     ]
+
+    def modality_value(name: str, i: int, key: str) -> float | int | None:
+        evaluation = pages[name].evaluations.get(i)
+        return (evaluation.modalities or {}).get(key) if evaluation else None
+
+    blocks = {i: e.modalities for p in pages.values() for i, e in p.evaluations.items()}
+    modality_tables = [
+        (
+            column,
+            MetricTable(
+                names, [(f"round {i}", [modality_value(n, i, key) for n in names]) for i in rounds]
+            ),
+        )
+        for column, key in modality_columns(blocks)
+    ]
     compared = [
         ComparisonRound(i, [[pages[n].query_card(p, i) for n in names] for p in first.sample])
         for i in rounds
     ]
-    return render("comparison.html.j2", view=ComparisonView(names, tables, compared))
+    view = ComparisonView(names, tables, compared, modality_tables)
+    return render("comparison.html.j2", view=view)
 
 
 def build_report(directory: str | Path, queries: int = 24, seed: int = 0) -> Path:

@@ -28,6 +28,7 @@ from src.retrieval.encode import (
     encode_rows,
     gallery_rows,
     query_rows,
+    text_query_rows,
 )
 
 logger = logging.getLogger(__name__)
@@ -134,9 +135,18 @@ class CheckpointEncoder:
         rows = query_rows(split, triplets, self.image_token, instruction_set)
         return self.encode(rows, split.name, use_cache)
 
-    def encode_split(
+    def text_queries(
         self, split: Split, triplets: list[Triplet], instruction_set: str
+    ) -> np.ndarray:
+        """The queries' modification texts without their images (its own cache entry)."""
+        return self.encode(text_query_rows(triplets, instruction_set), split.name)
+
+    def encode_split(
+        self, split: Split, triplets: list[Triplet], instruction_set: str, text_only: bool = False
     ) -> EncodedSplit:
-        """The split's gallery (each distinct image once) and the queries of `triplets`."""
+        """The split's gallery (each distinct image once) and the queries of `triplets`;
+        with `text_only`, their text-only queries too."""
         names, gallery = self.gallery(split)
-        return EncodedSplit(names, gallery, triplets, self.queries(split, triplets, instruction_set))
+        queries = self.queries(split, triplets, instruction_set)
+        texts = self.text_queries(split, triplets, instruction_set) if text_only else None
+        return EncodedSplit(names, gallery, triplets, queries, texts)

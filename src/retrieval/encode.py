@@ -7,7 +7,9 @@ experiment's `embeddings/` folder, keyed by the fingerprint of the weights (for 
 checkpoint: a digest of its files on disk, see `Experiment.verified_checkpoint`), the rows
 (names and paths, or pairids, references and captions), the prompts and the processor
 settings: mining and evaluation of the same checkpoint encode once, and any change of
-those keys encodes again. Each entry is a `.npy` matrix plus a `.json` with its row names,
+those keys encodes again. The text-only queries of the evaluation (the modification text
+without its image, `text_query_rows`) have rows without images and a cache entry of
+their own (kind "text_queries"). Each entry is a `.npy` matrix plus a `.json` with its row names,
 its key and the matrix file's size and hash; an entry that does not match them is encoded
 again. Both read with numpy alone.
 """
@@ -33,7 +35,7 @@ from src.errors import IntegrityError
 from src.experiment_io import read_json, write_atomic, write_json_atomic
 from src.integrity import HASH_NAME, DigestCache, bytes_hash
 from src.model.encoder import VLM2VecEncoder
-from src.model.prompts import candidate_text, query_text
+from src.model.prompts import candidate_text, query_text, text_only_query_text
 from src.model.registry import Backbone
 
 logger = logging.getLogger(__name__)
@@ -50,23 +52,27 @@ def processor_settings(processor: ProcessorMixin) -> dict:
 
 @dataclass
 class EncodingRows:
-    """What to encode: one text and one image per row, with the row's name."""
+    """What to encode: one text and one image per row (None: a text-only row), with the
+    row's name. A batch holds rows of one kind, all with images or all without."""
 
     kind: str
     prompt: str
     names: list[str]
-    images: list[str]
+    images: list[str | None]
     texts: list[str]
 
 
 @dataclass
 class EncodedSplit:
-    """A split's gallery (each distinct image once) and queries, encoded."""
+    """A split's gallery (each distinct image once) and queries, encoded; `text_queries`:
+    the queries' texts without their images (the evaluation's text-only ranking), where
+    encoded."""
 
     gallery_names: list[str]
     gallery: np.ndarray
     triplets: list[Triplet]
     queries: np.ndarray
+    text_queries: np.ndarray | None = None
 
 
 def gallery_rows(split: Split, image_token: str, names: list[str] | None = None) -> EncodingRows:
@@ -90,9 +96,21 @@ def query_rows(
     )
 
 
+def text_query_rows(triplets: list[Triplet], instruction_set: str) -> EncodingRows:
+    """The queries' modification texts without their reference images (the evaluation's
+    text-only ranking), through the same instruction."""
+    return EncodingRows(
+        "text_queries",
+        text_only_query_text(instruction_set, "{caption}"),
+        [t.pairid for t in triplets],
+        [None] * len(triplets),
+        [text_only_query_text(instruction_set, t.caption) for t in triplets],
+    )
+
+
 class RowDataset(Dataset):
     """(index, text, image) of the rows `indices`; images through `images.load_for_model`
-    (default: the decoded originals)."""
+    (default: the decoded originals); None for a text-only row."""
 
     def __init__(self, rows: EncodingRows, indices: list[int], images: ModelImages | None = None):
         self.rows = rows
@@ -104,7 +122,9 @@ class RowDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, str, object]:
         index = self.indices[i]
-        return index, self.rows.texts[index], self.images.load_for_model(self.rows.images[index])
+        path = self.rows.images[index]
+        image = None if path is None else self.images.load_for_model(path)
+        return index, self.rows.texts[index], image
 
 
 @dataclass
@@ -118,6 +138,10 @@ class PackRows:
         indices = torch.tensor([item[0] for item in items])
         texts = [item[1] for item in items]
         images = [item[2] for item in items]
+        if all(image is None for image in images):  # text-only rows
+            return indices, self.backbone.pack(self.processor, texts, None)
+        if any(image is None for image in images):
+            raise ValueError("a batch mixes rows with and without images")
         return indices, self.backbone.pack(self.processor, texts, images)
 
 

@@ -8,6 +8,24 @@ split gallery, Recall_subset@1/2/3 rank only the query's image group
 FashionIQ: each category's queries rank that category's gallery, without removing the
 reference; R@10 and R@50 per category, their means over categories, and the mean of those.
 
+Whether a model composes (``modality_metrics``; the CIRCUS audit of CIR benchmarks, 2026,
+found that many queries are solved by the image alone or the text alone): each query is
+also ranked two more ways, with the same embedder, the same gallery and the same
+exclusions as the composed ranking (CIRR: the whole gallery minus the reference;
+FashionIQ: the query's category gallery):
+
+- image-only: the query is the reference image's own gallery embedding (its
+  representation as a candidate, ``reference_queries``);
+- text-only: the query is the modification text in the query instruction without the
+  image (``src/model/prompts.py``: ``text_only_query_text``).
+
+A query is solved by one modality at K when the image-only or the text-only ranking puts
+its target in the top K; the others "need both" at K. Per K: image-only and text-only
+recall, the share of queries solved by one modality, and the composed recall on the
+queries that need both, with their count; the composed recall of all queries beside them.
+All are pooled over the split's queries (FashionIQ's categories together, not the mean of
+categories of the official metric), in percent.
+
 The rankings come from ``search.py`` (exact, chunked; ties go to the lower gallery index).
 """
 
@@ -275,6 +293,50 @@ def cirr_test_submission(
     return recall, subset
 
 
+def _ranking_parts(
+    index: dict[str, int],
+    triplets: Sequence[Triplet],
+    categories: dict[str, list[str]] | None,
+) -> list[tuple[np.ndarray, np.ndarray, list[list[int]] | None]]:
+    """(query rows, gallery indices ranked, per-row exclusions or None) of each part of a
+    split's ranking: CIRR one part, the whole gallery minus each reference; FashionIQ
+    (`categories` given) one part per category, its gallery, nothing excluded."""
+    if categories:
+        return [
+            (np.array([i for i, t in enumerate(triplets) if t.category == cat], dtype=np.int64),
+             np.array(sorted({index[name] for name in names}), dtype=np.int64), None)
+            for cat, names in categories.items()
+        ]  # fmt: skip
+    return [
+        (
+            np.arange(len(triplets)),
+            np.arange(len(index)),
+            _reference_exclusion(index, triplets),
+        )
+    ]
+
+
+def _part_target_ranks(
+    query_emb: Matrix,
+    gallery: Matrix,
+    index: dict[str, int],
+    triplets: Sequence[Triplet],
+    part: tuple[np.ndarray, np.ndarray, list[list[int]] | None],
+    search: dict,
+) -> np.ndarray:
+    """Target ranks (float; inf: cannot be retrieved) of a part's queries; `query_emb`
+    holds the part's rows, `gallery` its gallery rows."""
+    rows, members, exclude = part
+    column = {int(m): j for j, m in enumerate(members)}
+    targets = np.array(
+        [column.get(index.get(triplets[i].target, -1), -1) for i in rows], dtype=np.int64
+    )
+    retrievable = targets >= 0
+    if exclude is not None:
+        retrievable &= np.array([triplets[i].target != triplets[i].reference for i in rows])
+    return _ranks_where(query_emb, gallery, targets, retrievable, exclude=exclude, **search)
+
+
 def query_rankings(
     query_emb: Matrix,
     gallery_emb: Matrix,
@@ -293,34 +355,14 @@ def query_rankings(
     _check_queries(query_emb, triplets)
     search = {"chunk_size": chunk_size, "device": device}
     rankings: dict[str, dict] = {}
-    if categories:
-        parts = [
-            (np.array([i for i, t in enumerate(triplets) if t.category == cat], dtype=np.int64),
-             np.array(sorted({index[name] for name in names}), dtype=np.int64), None)
-            for cat, names in categories.items()
-        ]  # fmt: skip
-    else:
-        parts = [
-            (
-                np.arange(len(triplets)),
-                np.arange(len(gallery_names)),
-                _reference_exclusion(index, triplets),
-            )
-        ]
-    for rows, members, exclude in parts:
+    for part in _ranking_parts(index, triplets, categories):
+        rows, members, exclude = part
         if not len(rows):
             continue
-        column = {int(m): j for j, m in enumerate(members)}
-        gallery = _rows(gallery_emb, members)
+        gallery, queries = _rows(gallery_emb, members), _rows(query_emb, rows)
         depth = min(k, len(members) - (1 if exclude is not None else 0))
-        _, top = search_topk(_rows(query_emb, rows), gallery, depth, exclude=exclude, **search)
-        targets = np.array([column.get(index.get(triplets[i].target, -1), -1) for i in rows])
-        retrievable = targets >= 0
-        if exclude is not None:
-            retrievable &= np.array([triplets[i].target != triplets[i].reference for i in rows])
-        ranks = _ranks_where(
-            _rows(query_emb, rows), gallery, targets, retrievable, exclude=exclude, **search
-        )
+        _, top = search_topk(queries, gallery, depth, exclude=exclude, **search)
+        ranks = _part_target_ranks(queries, gallery, index, triplets, part, search)
         for position, i in enumerate(rows):
             rank = ranks[position]
             rankings[str(triplets[i].pairid)] = {
@@ -328,3 +370,90 @@ def query_rankings(
                 "top": [gallery_names[members[j]] for j in top[position]],
             }
     return rankings
+
+
+def split_target_ranks(
+    query_emb: Matrix,
+    gallery_emb: Matrix,
+    gallery_names: list[str],
+    triplets: list[Triplet],
+    categories: dict[str, list[str]] | None = None,
+    *,
+    chunk_size: int = 1024,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """Each query's target rank (1-based, float; inf where it cannot be retrieved), ranked
+    as `query_rankings` and the metrics rank: CIRR over the whole gallery without the
+    reference, FashionIQ (`categories` given) over the query's category. `query_emb` may
+    be any query embeddings of `triplets` (composed, image-only, text-only)."""
+    index = _name_index(gallery_names, gallery_emb)
+    _check_queries(query_emb, triplets)
+    search = {"chunk_size": chunk_size, "device": device}
+    ranks = np.full(len(triplets), np.inf)
+    for part in _ranking_parts(index, triplets, categories):
+        rows, members = part[0], part[1]
+        if len(rows):
+            ranks[rows] = _part_target_ranks(
+                _rows(query_emb, rows), _rows(gallery_emb, members), index, triplets, part, search
+            )
+    return ranks
+
+
+def reference_queries(
+    gallery_emb: Matrix, gallery_names: list[str], triplets: list[Triplet]
+) -> Matrix:
+    """The image-only queries: each query's reference image's own gallery embedding."""
+    index = _name_index(gallery_names, gallery_emb)
+    missing = [t for t in triplets if t.reference not in index]
+    if missing:
+        raise ValueError(
+            f"reference {missing[0].reference!r} of triplet {missing[0].pairid} is not in the "
+            "gallery: its image-only query is its gallery embedding"
+        )
+    return _rows(gallery_emb, np.array([index[t.reference] for t in triplets], dtype=np.int64))
+
+
+def _rank_array(ranks: Sequence[float | int | None] | np.ndarray) -> np.ndarray:
+    return np.array([np.inf if r is None else r for r in ranks], dtype=float).reshape(-1)
+
+
+def modality_metrics(
+    composed_ranks: Sequence[float | int | None] | np.ndarray,
+    image_ranks: Sequence[float | int | None] | np.ndarray,
+    text_ranks: Sequence[float | int | None] | np.ndarray,
+    ks: Sequence[int],
+) -> dict[str, float | int | None]:
+    """Whether the queries need both modalities, from each query's target rank under the
+    composed, the image-only and the text-only ranking (1-based; None or inf: the target
+    cannot be retrieved, a miss at every K). Recalls and shares in percent, pooled over
+    the queries.
+
+    A query is solved by one modality at K when its image-only or its text-only rank is
+    at most K; it needs both at K otherwise.
+
+    Returns:
+        {"queries": number of queries, then for each k of `ks`:
+        "image_only_recall@k", "text_only_recall@k", "composed_recall@k" (every query),
+        "solved_by_one_modality@k" (percent of the queries), "need_both_queries@k" (their
+        count), "need_both_recall@k" (composed recall on them; None when none needs both)}.
+    """
+    composed, image, text = (_rank_array(r) for r in (composed_ranks, image_ranks, text_ranks))
+    if not (len(composed) == len(image) == len(text)):
+        raise ValueError(
+            f"{len(composed)} composed, {len(image)} image-only and {len(text)} text-only ranks"
+        )
+    if not len(composed):
+        raise ValueError("no queries to evaluate")
+    need_both = {k: (image > k) & (text > k) for k in ks}
+    result: dict[str, float | int | None] = {"queries": len(composed)}
+    result.update({f"image_only_recall@{k}": _recall(image, k) for k in ks})
+    result.update({f"text_only_recall@{k}": _recall(text, k) for k in ks})
+    result.update({f"composed_recall@{k}": _recall(composed, k) for k in ks})
+    result.update(
+        {f"solved_by_one_modality@{k}": float(np.mean(~need_both[k]) * 100.0) for k in ks}
+    )
+    result.update({f"need_both_queries@{k}": int(need_both[k].sum()) for k in ks})
+    for k in ks:
+        rest = composed[need_both[k]]
+        result[f"need_both_recall@{k}"] = _recall(rest, k) if len(rest) else None
+    return result

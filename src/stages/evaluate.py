@@ -2,10 +2,16 @@
 
 A labelled split gives the official metrics and each query's target rank and top five
 (which the report shows; evaluation_results.json, the summary of every round's validation
-metrics, is rebuilt); CIRR's test1 has no labels, so it gives the two official submission
-files instead, named in the artifact. The meta names the checkpoint's fingerprint and the
-split's rows, so a changed checkpoint or split is evaluated again; the embeddings come
-from the cache whenever mining already made them.
+metrics, is rebuilt), and whether the model composes: each query ranked again with its
+reference image alone and with its text alone (src/retrieval/metrics.py), the share of
+queries one modality solves and the recall on the others (`Evaluation.modalities`,
+each query's `image_rank` and `text_rank`). CIRR's test1 has no labels, so it gives the
+two official submission files instead, named in the artifact. The meta names the
+checkpoint's fingerprint and the split's rows, so a changed checkpoint or split is
+evaluated again, and, for a labelled split, the rankings made (`RANKINGS`), so a file
+written before the image-only and text-only rankings existed is evaluated again on resume
+(seconds: the gallery and composed queries come from the embedding cache, only the texts
+are encoded). The embeddings come from the cache whenever mining already made them.
 """
 
 from __future__ import annotations
@@ -20,21 +26,33 @@ from src.experiment_io import write_json_atomic
 from src.faults import fault_point
 from src.retrieval.checkpoint_encoding import CheckpointEncoder, EncodeSettings
 from src.retrieval.encode import EmbeddingCache
-from src.retrieval.evaluate import split_metrics, split_rankings, submission_files
+from src.retrieval.evaluate import (
+    split_metrics,
+    split_modalities,
+    split_rankings,
+    submission_files,
+)
 from src.stages.step import Step
 
 logger = logging.getLogger("rounds")
+
+# The rankings a labelled split's evaluation makes (its meta names them: a file without
+# the image-only and text-only rankings is evaluated again).
+RANKINGS = ["composed", "image_only", "text_only"]
 
 
 def evaluate_meta(experiment: Experiment, iteration: int, split: Split, dataset_name: str) -> dict:
     """What evaluation_{split}_iter_{iteration}.json must have been made from to count as done."""
     rows = [[t.pairid, t.reference, t.caption, t.target] for t in split.triplets]
-    return {
+    meta = {
         "checkpoint_fingerprint": experiment.verified_checkpoint(iteration).fingerprint,
         "dataset": dataset_name,
         "split": split.name,
         "rows": digest([rows, sorted(split.images)]),
     }
+    if split.has_labels:
+        meta["rankings"] = RANKINGS
+    return meta
 
 
 def evaluate_step(
@@ -48,7 +66,8 @@ def evaluate_step(
         kind=Evaluation,
         meta=lambda: evaluate_meta(experiment, iteration, split, dataset_name),
         run=lambda: evaluate_stage(experiment, iteration, split, dataset_name, settings),
-        describes=f"encode {len(split.images)} gallery images + {len(split.triplets)} queries, metrics",
+        describes=f"encode {len(split.images)} gallery images + {len(split.triplets)} queries"
+        + (" (+ their texts alone), metrics" if split.has_labels else ", submission files"),
         work={"encode": len(split.images) + len(split.triplets)},
     )
 
@@ -68,7 +87,9 @@ def evaluate_stage(
     def work() -> StageOutput:
         cache = EmbeddingCache(experiment.embeddings_dir)
         with CheckpointEncoder(checkpoint.path, checkpoint.fingerprint, cache, settings) as encoder:
-            encoded = encoder.encode_split(split, split.triplets, dataset_name)
+            encoded = encoder.encode_split(
+                split, split.triplets, dataset_name, text_only=split.has_labels
+            )
         fault_point("evaluation", iteration)
         if not split.has_labels:
             written = []
@@ -83,8 +104,13 @@ def evaluate_stage(
             "iter_%d: %s", iteration, ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
         )
         rankings = split_rankings(encoded, split, dataset_name)
-        queries = {pairid: QueryRanking(**ranking) for pairid, ranking in rankings.items()}
-        return StageOutput(Evaluation({}, metrics, queries), metrics)
+        modalities, unimodal = split_modalities(encoded, split, dataset_name)
+        logger.info("iter_%d: %s", iteration, modality_line(modalities))
+        queries = {
+            pairid: QueryRanking(**ranking, **unimodal[pairid])
+            for pairid, ranking in rankings.items()
+        }
+        return StageOutput(Evaluation({}, metrics, queries, modalities=modalities), metrics)
 
     evaluation = experiment.run_stage(
         "evaluate", iteration, experiment.evaluation(split.name, iteration), Evaluation, meta, work
@@ -92,3 +118,17 @@ def evaluate_stage(
     if split.has_labels and is_main():
         experiment.write_results_summary()
     return evaluation
+
+
+def modality_line(modalities: dict) -> str:
+    """The log's line: per K, the share solved by one modality and R@K on the rest."""
+    ks = [int(key.split("@")[1]) for key in modalities if key.startswith("need_both_recall@")]
+    parts = []
+    for k in ks:
+        rest = modalities[f"need_both_recall@{k}"]
+        parts.append(
+            f"@{k} {modalities[f'solved_by_one_modality@{k}']:.2f}% solved by one modality, "
+            f"R@{k} {'-' if rest is None else f'{rest:.2f}'} on the "
+            f"{modalities[f'need_both_queries@{k}']} that need both"
+        )
+    return "; ".join(parts)
