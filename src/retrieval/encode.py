@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import BatchFeature, ProcessorMixin
@@ -50,12 +51,13 @@ def processor_settings(processor: ProcessorMixin) -> dict:
 
 @dataclass
 class EncodingRows:
-    """What to encode: one text and one image per row, with the row's name."""
+    """What to encode: one text and one image per row, with the row's name. An image is a
+    file path, or an image in memory (a user's query: such rows are never cached)."""
 
     kind: str
     prompt: str
     names: list[str]
-    images: list[str]
+    images: list[str | Image.Image]
     texts: list[str]
 
 
