@@ -227,16 +227,19 @@ def _use(args: argparse.Namespace, use: UseArguments) -> int:
     the Python API (src/use/, src/retrieval/retriever.py)."""
     if args.report:
         raise UsageError("--report does not go with --export, --query_image or --export_index")
-    trained = TrainedRound.open(args.experiment_dir, _one_round(args.iterations))
+    asking = use.query_image is not None or use.query_text is not None
+    if asking:
+        if use.query_image is None or use.query_text is None:
+            raise UsageError("a query needs both --query_image and --query_text")
+        check_query(use.query_image, use.query_text)
+        if args.output_file:
+            check_output_file(args.output_file)
     for flag_name, folder in (("--export", use.export), ("--export_index", use.export_index)):
         if folder is not None:
             check_new_folder(flag_name, folder)
-    asking = use.query_image is not None or use.query_text is not None
-    if asking:
-        check_query(use.query_image or "", use.query_text or "")
-        if args.output_file:
-            check_output_file(args.output_file)
-    source = gallery_source(trained, use.gallery, args.dataset_path) if asking or use.export_index else None
+    trained = TrainedRound.open(args.experiment_dir, _one_round(args.iterations))
+    needs_gallery = asking or use.export_index is not None
+    source = gallery_source(trained, use.gallery, args.dataset_path) if needs_gallery else None
     print(f"using {trained.describe()}")
     if use.export is not None:
         print(f"exported: {export_round(trained, use.export, use.export_dtype)}")

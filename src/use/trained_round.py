@@ -11,6 +11,7 @@ end the command with one line.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from src.artifacts import Evaluation
@@ -32,12 +33,16 @@ DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # --max_image_pixels's default, for older
 
 @dataclass
 class TrainedRound:
-    """Round `iteration` of an experiment, its checkpoint verified against its records."""
+    """Round `iteration` of an experiment; its checkpoint is verified against its records
+    when first used (after the cheaper checks of a command)."""
 
     experiment: Experiment
     iteration: int
-    checkpoint: VerifiedCheckpoint
     arguments: dict  # the experiment's recorded arguments
+
+    @cached_property
+    def checkpoint(self) -> VerifiedCheckpoint:
+        return self.experiment.verified_checkpoint(self.iteration)
 
     @classmethod
     def open(cls, directory: str | Path, iteration: int | None = None) -> TrainedRound:
@@ -55,7 +60,7 @@ class TrainedRound:
                 f"{experiment.dir}: round {iteration} was never trained (trained rounds: "
                 f"{', '.join(map(str, trained))})"
             )
-        return cls(experiment, iteration, experiment.verified_checkpoint(iteration), arguments)
+        return cls(experiment, iteration, arguments)
 
     @property
     def dataset_name(self) -> str:
