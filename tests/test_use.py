@@ -189,6 +189,7 @@ def test_a_validation_query_from_the_command_line_ranks_as_the_evaluation_did(
         assert "60 images, read from the embedding cache" in printed  # the evaluation's embeddings
         saved = json.loads(output.read_text())
         assert saved["left_out"] == [triplet.reference] and saved["round"] == ROUND
+        assert saved["target"] == triplet.target  # a query of the split's own
         assert [hit["name"] for hit in saved["results"]] == names
         scores = [hit["score"] for hit in saved["results"]]
         assert scores == sorted(scores, reverse=True)
@@ -313,3 +314,11 @@ def test_bad_input_is_one_line_with_exit_status_2_and_nothing_written(
     assert len(error.splitlines()) == 1 and error.startswith("error: "), error
     assert message.replace("{tmp}", str(tmp_path)) in error
     assert snapshot(copied.dir, tmp_path) == before
+
+
+@pytest.mark.slow
+def test_the_query_page_renders_in_headless_chromium(copied, val_split, tmp_path, browser_screenshot):
+    output = tmp_path / "ranking.json"
+    argv = query_argv(copied, val_split, val_split.triplets[0], "--output_file", str(output))
+    assert eval_main(argv) == 0
+    browser_screenshot(output.with_suffix(".html"), "1200,900")

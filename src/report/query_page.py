@@ -23,6 +23,7 @@ class QueryView:
     reference: Thumb
     reference_path: str
     left_out: list[str]
+    target: str | None  # a query of the split's own: its labelled target (marked green)
     results: list[Thumb]
 
 
@@ -49,8 +50,14 @@ def write_query_page(answer: QueryAnswer, page: Path) -> Path:
         reference=Thumb(thumbs(answer.query_image), "reference"),
         reference_path=answer.query_image,
         left_out=answer.left_out,
+        target=answer.target,
         results=[
-            Thumb(thumbs(hit.path), f"{hit.rank}: {hit.name} ({hit.score:.3f})")
+            Thumb(
+                thumbs(hit.path),
+                f"{hit.rank}: {hit.name} ({hit.score:.3f})"
+                + (": target" if hit.name == answer.target else ""),
+                "target" if hit.name == answer.target else "",
+            )
             for hit in answer.results
         ],
     )

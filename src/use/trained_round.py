@@ -112,6 +112,16 @@ class GallerySource:
             return retriever.split_gallery(self.split)
         return retriever.gallery(self.paths, self.names, cache_name=FOLDER_CACHE_NAME)
 
+    def target_of(self, references: list[str], text: str) -> str | None:
+        """The labelled target of a query that is one of the split's own (its reference
+        and text), else None."""
+        if self.split is None:
+            return None
+        for triplet in self.split.triplets:
+            if triplet.reference in references and triplet.caption == text:
+                return triplet.target
+        return None
+
 
 def gallery_source(trained: TrainedRound, spec: str, dataset_path: str | None = None) -> GallerySource:
     """`spec` as a split name of the experiment's dataset, else as a folder of images (every
@@ -155,6 +165,7 @@ class QueryAnswer:
     gallery_from_cache: bool
     left_out: list[str]
     results: list[Hit]
+    target: str | None = None  # a query of the split's own: its labelled target
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -175,6 +186,7 @@ def ask(
 ) -> QueryAnswer:
     """The top `k` of `gallery` for (image, text), the reference image itself left out."""
     check_query(image, text)
+    left_out = gallery.same_file(image)
     return QueryAnswer(
         experiment=str(trained.experiment.dir),
         round=trained.iteration,
@@ -184,6 +196,7 @@ def ask(
         gallery=source.description,
         gallery_size=len(gallery.names),
         gallery_from_cache=gallery.from_cache,
-        left_out=gallery.same_file(image),
+        left_out=left_out,
         results=retriever.query(image, text, gallery, k),
+        target=source.target_of(left_out, text),
     )
