@@ -150,7 +150,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--iterations",
         default=None,
-        help='Comma-separated, e.g. "1,3,5". Default: every checkpoint.',
+        help='Comma-separated, e.g. "1,3,5". Default: every checkpoint. With --export, '
+        "--query_image or --export_index: one round, default the last evaluated.",
     )
     parser.add_argument(
         "--dataset_path", default=None, help="Dataset root. Default: the experiment's own."
@@ -260,7 +261,10 @@ def _use(args: argparse.Namespace, use: UseArguments) -> int:
 
 
 def _evaluate(argv: list[str]) -> int:
-    use, args = _eval_parser().parse_args_into_dataclasses(argv)
+    parser = _eval_parser()
+    use, args, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # exit status 2, as argparse
     setup_logging()
     if args.batch_size < 1:
         raise UsageError(f"--batch_size {args.batch_size}: must be >= 1")

@@ -222,6 +222,10 @@ def test_a_second_query_costs_one_query_encoding(copied, val_split, tmp_path, ca
     ranked = [name for _, name, _ in results(second)]
     assert len(ranked) == 7 and f"{names[0]}.png" not in ranked  # 8 images, the reference left out
     assert f"more/{names[1]}.png" in ranked  # named by the path under the folder
+    shutil.copy(reference, tmp_path / "my_copy.png")  # a copy of the reference is left out too
+    copy_argv = [*argv[:3], str(tmp_path / "my_copy.png"), *argv[4:], "--query_text", "add a circle"]
+    assert eval_main(copy_argv) == 0
+    assert f"{names[0]}.png" not in [name for _, name, _ in results(capsys.readouterr().out)]
 
     # the same through the Python API, counted by the encoder: no gallery row encoded again
     from src.use.trained_round import TrainedRound, gallery_source

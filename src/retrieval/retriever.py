@@ -44,7 +44,7 @@ from src.artifacts import checkpoint_fingerprint
 from src.data.images import ImageLoadError, load_image
 from src.data.records import Split
 from src.errors import QueryError
-from src.integrity import DigestCache
+from src.integrity import DigestCache, file_hash
 from src.model.encoder import load_embedder_config
 from src.model.export import saved_prompts
 from src.model.prompts import EmbedderPrompts
@@ -89,14 +89,18 @@ class Gallery:
             raise ValueError("gallery names must be distinct")
 
     def index(self, name: str) -> int:
+        if name not in self._index:
+            raise ValueError(f"{name!r} is not in the gallery")
         return self._index[name]
 
     def same_file(self, image: ImageInput) -> list[str]:
-        """The names of the entries that are the file `image` (none for an image in memory):
-        what CIRR's evaluation leaves out of a query's ranking, its reference."""
+        """The names of the entries that are the file `image`, or a byte-identical copy of it
+        (none for an image in memory): what CIRR's evaluation leaves out of a query's
+        ranking, its reference."""
         if isinstance(image, Image.Image) or not Path(image).is_file():
             return []
         wanted = os.stat(image)
+        wanted_hash = None
         found = []
         for name, path in zip(self.names, self.paths, strict=True):
             try:
@@ -105,6 +109,10 @@ class Gallery:
                 continue
             if (info.st_dev, info.st_ino) == (wanted.st_dev, wanted.st_ino):
                 found.append(name)
+            elif info.st_size == wanted.st_size:  # only then is the content compared
+                wanted_hash = wanted_hash or file_hash(image)
+                if file_hash(path) == wanted_hash:
+                    found.append(name)
         return found
 
 
