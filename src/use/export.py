@@ -83,8 +83,8 @@ def index_readme(settings: dict) -> str:
     return f"""# Gallery index: {settings['count']} images
 
 Embeddings of {settings['gallery']} made with round {settings['round']} of
-`{settings['experiment']}` ({settings['dim']} dimensions, float32, L2-normalised: the inner
-product is the cosine similarity). Row i of `{INDEX_EMBEDDINGS_NAME}` is image i of
+`{settings['experiment']}` ({settings['dim']} dimensions, float32; score: {settings['score']}).
+Row i of `{INDEX_EMBEDDINGS_NAME}` is image i of
 `{INDEX_NAMES_NAME}`; `{INDEX_SETTINGS_NAME}` holds the model, prompts and pixel budget they
 were made with. Encode queries with the same round (`--export` writes it as a model), then:
 
