@@ -631,6 +631,57 @@ GROUPS = (
     IterativeTrainingArguments,
 )
 
+EXPORT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class UseArguments:
+    """eval_iterative.py: use a trained round (--iterations N, default the last evaluated):
+    export it as a standalone model, ask it a query, hand over a gallery's embeddings. Not
+    a training flag group: these only read an experiment (and write where they are told)."""
+
+    export: str | None = flag(
+        None,
+        "Write the round as a standalone model into this new or empty folder: LoRA merged, "
+        "processor, embedder settings and a model card (README.md).",
+        results=False,
+    )
+    export_dtype: str = flag(
+        "float32",
+        "Weights' dtype of --export (merged in float32 first).",
+        results=False,
+        choices=EXPORT_DTYPES,
+    )
+    query_image: str | None = flag(
+        None, "Reference image of a query (with --query_text); prints the top --top_k.", results=False
+    )
+    query_text: str | None = flag(None, "Modification text of the query.", results=False)
+    gallery: str = flag(
+        "val",
+        "What --query_image and --export_index rank: a split of the experiment's dataset "
+        "(train, val, test1) or a folder of images (./val for a folder named val).",
+        results=False,
+    )
+    top_k: int = flag(10, "Results a query prints.", results=False, at_least=1)
+    export_index: str | None = flag(
+        None,
+        "Write the gallery's embeddings (embeddings.npy), image names (names.json) and the "
+        "settings they were made with (settings.json) into this new or empty folder.",
+        results=False,
+    )
+
+    def __post_init__(self) -> None:
+        check_flags(self)
+
+    @property
+    def requested(self) -> bool:
+        """Whether any of these was asked for (otherwise eval_iterative.py evaluates)."""
+        return any(
+            value is not None
+            for value in (self.export, self.query_image, self.query_text, self.export_index)
+        )
+
+
 @dataclass
 class Flags:
     """Every flag of a run, by group."""
@@ -723,8 +774,8 @@ def default_training_arguments() -> dict:
 class FlagParser(HfArgumentParser):
     """HfArgumentParser over the groups; our metadata keys are kept from argparse."""
 
-    def __init__(self) -> None:
-        super().__init__(GROUPS)
+    def __init__(self, groups: tuple[type, ...] = GROUPS) -> None:
+        super().__init__(groups)
 
     def add_argument(self, *args, **kwargs):
         for key in _OURS:

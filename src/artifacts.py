@@ -38,6 +38,12 @@ def digest(value: object) -> str:
     return xxhash.xxh3_128(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def checkpoint_fingerprint(files: dict[str, dict], bases: list[dict[str, dict]]) -> str:
+    """A checkpoint's identity: the digest of its files' records (DigestCache.directory)
+    and, for a LoRA adapter, of its base models' files (its embeddings depend on them)."""
+    return digest({"files": files, "bases": bases})
+
+
 def _version(data: dict) -> int:
     return int(data.get("version", 1))
 

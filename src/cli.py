@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from src.arguments import parse_arguments
+from src.arguments import FlagParser, UseArguments, parse_arguments
 from src.artifacts import Evaluation
 from src.data.loading import load_split
 from src.distributed import (
@@ -38,10 +38,14 @@ from src.offline import OFFLINE_DEFAULTS
 from src.plan import format_plan
 from src.preflight import preflight
 from src.report.html import build_report
+from src.report.query_page import check_output_file, write_query_outputs
 from src.report.table import format_modality_table, format_table, plot_results
 from src.retrieval.checkpoint_encoding import EncodeSettings
+from src.retrieval.retriever import check_query
 from src.rounds import run_job
 from src.stages.evaluate import evaluate_stage
+from src.use.export import check_new_folder, export_index, export_round
+from src.use.trained_round import TrainedRound, ask, gallery_source
 
 DEBUG_ENV = "CIR_DEBUG"
 # HF TrainingArguments has a `--debug <option>` of its own; only a bare --debug is ours.
@@ -144,8 +148,11 @@ def _train(argv: list[str]) -> int:
 
 
 def _eval_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Evaluate the checkpoints of an iterative experiment."
+    parser = FlagParser((UseArguments,))  # --export, --query_image, ...: declared in src/arguments.py
+    parser.description = (
+        "Evaluate the checkpoints of an iterative experiment, or use one round: export it "
+        "(--export), ask it a query (--query_image, --query_text), write a gallery index "
+        "(--export_index)."
     )
     parser.add_argument("--experiment_dir", required=True, help="The experiment directory.")
     parser.add_argument(
@@ -157,7 +164,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--iterations",
         default=None,
-        help='Comma-separated, e.g. "1,3,5". Default: every checkpoint.',
+        help='Comma-separated, e.g. "1,3,5". Default: every checkpoint. With --export, '
+        "--query_image or --export_index: one round, default the last evaluated.",
     )
     parser.add_argument(
         "--dataset_path", default=None, help="Dataset root. Default: the experiment's own."
@@ -165,7 +173,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output_file",
         default=None,
-        help="Results JSON to update. Default: evaluation_results.json in the experiment.",
+        help="Results JSON to update. Default: evaluation_results.json in the experiment. "
+        "With --query_image: the ranking as JSON, and its page beside it (.html).",
     )
     parser.add_argument("--batch_size", type=int, default=64, help="Encoding batch size.")
     parser.add_argument(
@@ -203,11 +212,78 @@ def _iterations(text: str | None, available: list[int], experiment: Experiment) 
     return iterations
 
 
+def _encode_settings(args: argparse.Namespace, saved: dict) -> EncodeSettings:
+    """How eval_iterative.py encodes: its flags, and the run's dtype and image store (the
+    same pixel values, decoded once)."""
+    return EncodeSettings(
+        args.batch_size,
+        0,
+        saved.get("torch_dtype", "auto"),
+        args.min_pixels,
+        args.max_pixels,
+        image_store_dir(saved),
+    )
+
+
+def _one_round(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(
+            f"--iterations {text!r}: one round (a number) with --export, --query_image or "
+            "--export_index"
+        ) from None
+
+
+def _use(args: argparse.Namespace, use: UseArguments) -> int:
+    """--export / --query_image / --export_index: every check first, then the work, through
+    the Python API (src/use/, src/retrieval/retriever.py)."""
+    if args.report:
+        raise UsageError("--report does not go with --export, --query_image or --export_index")
+    asking = use.query_image is not None or use.query_text is not None
+    if asking:
+        if use.query_image is None or use.query_text is None:
+            raise UsageError("a query needs both --query_image and --query_text")
+        check_query(use.query_image, use.query_text)
+        if args.output_file:
+            check_output_file(args.output_file)
+    for flag_name, folder in (("--export", use.export), ("--export_index", use.export_index)):
+        if folder is not None:
+            check_new_folder(flag_name, folder)
+    trained = TrainedRound.open(args.experiment_dir, _one_round(args.iterations))
+    needs_gallery = asking or use.export_index is not None
+    source = gallery_source(trained, use.gallery, args.dataset_path) if needs_gallery else None
+    print(f"using {trained.describe()}")
+    if use.export is not None:
+        print(f"exported: {export_round(trained, use.export, use.export_dtype)}")
+    if source is None:
+        return 0
+    with trained.retriever(_encode_settings(args, trained.arguments)) as retriever:
+        gallery = source.encode(retriever)
+        how = "read from the embedding cache" if gallery.from_cache else "encoded and cached"
+        print(f"gallery: {source.description}: {len(gallery.names)} images, {how}")
+        if use.export_index is not None:
+            print(f"index: {export_index(trained, gallery, source, use.export_index)}")
+        if asking:
+            answer = ask(trained, retriever, gallery, source, use.query_image, use.query_text, use.top_k)
+            print("\n".join(["rank\timage\tscore", *answer.lines()]))
+            if args.output_file:
+                print("ranking: {}; page: {}".format(*write_query_outputs(answer, args.output_file)))
+    return 0
+
+
 def _evaluate(argv: list[str]) -> int:
-    args = _eval_parser().parse_args(argv)
+    parser = _eval_parser()
+    use, args, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # exit status 2, as argparse
     setup_logging()
     if args.batch_size < 1:
         raise UsageError(f"--batch_size {args.batch_size}: must be >= 1")
+    if use.requested:
+        return _use(args, use)
     experiment = Experiment(args.experiment_dir)
     if args.report and not experiment.config.exists():  # a folder of experiments
         print(f"report: {build_report(experiment.dir, args.report_queries)}")
@@ -226,14 +302,7 @@ def _evaluate(argv: list[str]) -> int:
         split_name,
         allow_external_images=saved.get("allow_external_images", False),
     )
-    settings = EncodeSettings(
-        args.batch_size,
-        0,
-        saved.get("torch_dtype", "auto"),
-        args.min_pixels,
-        args.max_pixels,
-        image_store_dir(saved),  # the run's own store (same pixel values, decoded once)
-    )
+    settings = _encode_settings(args, saved)
     evaluations = {i: evaluate_stage(experiment, i, split, dataset_name, settings) for i in iterations}
     if not is_main():
         return 0

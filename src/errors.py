@@ -28,6 +28,10 @@ class ExperimentError(UsageError):
     """An experiment directory that a run must not use as it is; the message says why."""
 
 
+class QueryError(UsageError):
+    """A query that cannot be asked: a missing or unreadable image, an empty text."""
+
+
 class IntegrityError(UsageError):
     """A file that does not match the size and hash recorded when it was written."""
 

@@ -10,6 +10,7 @@ are scheduled.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from src.offline.synthetic.benchmark import build_synthetic_benchmark
 from src.offline.tiny import build_tiny_checkpoint
 
 torch.set_num_threads(2)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="session")
@@ -120,3 +122,35 @@ def two_round_experiment(job_argv, two_round_flags, shared_dir) -> Experiment:
 def copied(two_round_experiment, tmp_path) -> Experiment:
     """A private copy of the two-round experiment, free to change."""
     return Experiment(shutil.copytree(two_round_experiment.dir, tmp_path / "exp", symlinks=True))
+
+
+@pytest.fixture()
+def browser_screenshot(tmp_path) -> Callable[[Path, str], Path]:
+    """`browser_screenshot(page, "1200,1600")`: a PNG of a local page taken by headless
+    Chromium (a fresh profile, nothing reached over the network); checks that Chromium
+    exits cleanly, reports no console error and draws something. Skips the test where
+    Chromium is not installed (README: development)."""
+    if CHROMIUM is None:
+        pytest.skip("headless Chromium is not installed (README: development)")
+    from PIL import Image
+
+    def screenshot(page: Path, window: str = "1200,1600") -> Path:
+        shot = tmp_path / f"{page.stem}.png"
+        completed = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+             f"--window-size={window}", f"--screenshot={shot}", page.as_uri()],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        console_errors = [
+            line for line in completed.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()
+        ]
+        assert not console_errors, console_errors
+        image = Image.open(shot).convert("L")
+        low, high = image.getextrema()
+        assert high - low > 100 and len(set(image.getdata())) > 50, "the screenshot is blank"
+        return shot
+
+    return screenshot

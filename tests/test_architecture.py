@@ -15,7 +15,7 @@ LAYERS = (
     ("src.data", "src.model", "src.loss", "src.artifacts"),
     ("src.retrieval", "src.data.dataset", "src.augment", "src.trainer_iterative", "src.training"),
     ("src.experiment", "src.job", "src.preflight"),
-    ("src.stages",),
+    ("src.stages", "src.use"),
     ("src.rounds", "src.report", "src.plan"),
     ("src.offline",),
     ("src.cli", "src.launch"),

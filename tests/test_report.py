@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from src.report.html import build_report
 from src.stages.augment import ALL_REASONS
 
 pytestmark = pytest.mark.slow
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 class Page(HTMLParser):
@@ -202,20 +200,5 @@ def test_the_report_of_a_fashioniq_experiment(job_argv, tmp_path):
     assert "average_recall@10" in index.read_text()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (README: development)")
-def test_the_report_renders_in_headless_chromium(experiment, tmp_path):
-    shot = tmp_path / "report.png"
-    completed = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-         "--window-size=1200,1600", f"--screenshot={shot}",
-         (experiment.dir / "report" / "index.html").as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    console_errors = [line for line in completed.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()]
-    assert not console_errors, console_errors
-    image = Image.open(shot).convert("L")
-    low, high = image.getextrema()
-    assert high - low > 100 and len(set(image.getdata())) > 50, "the screenshot is blank"
+def test_the_report_renders_in_headless_chromium(experiment, browser_screenshot):
+    browser_screenshot(experiment.dir / "report" / "index.html", "1200,1600")

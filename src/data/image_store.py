@@ -59,7 +59,7 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import (
 )
 
 from src.artifacts import digest
-from src.data.images import ImageLoadError, load_image
+from src.data.images import ImageLoadError, load_image, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -309,5 +309,8 @@ class ModelImages:
     def __repr__(self) -> str:
         return f"ModelImages({self.store!r})"
 
-    def load_for_model(self, path: str | Path) -> Image.Image:
+    def load_for_model(self, path: str | Path | Image.Image) -> Image.Image:
+        """The image for the embedder; an image already in memory (a user's query) as RGB."""
+        if isinstance(path, Image.Image):
+            return to_rgb(path)
         return self.store.load(path) if self.store is not None else load_image(path)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from src.data.cirr import load_cirr_split
-from src.data.fashioniq import load_fashioniq_split
+from src.data.cirr import CIRR_SPLITS, load_cirr_split
+from src.data.fashioniq import FASHIONIQ_SPLITS, load_fashioniq_split
 from src.data.records import Split
 from src.errors import AnnotationError
 
@@ -20,6 +20,13 @@ SPLIT_ALIASES: dict[str, dict[str, str]] = {
     "cirr": {"test": "test1", "dev": "val"},
     "fashioniq": {"dev": "val"},
 }
+SPLITS: dict[str, tuple[str, ...]] = {"cirr": CIRR_SPLITS, "fashioniq": FASHIONIQ_SPLITS}
+
+
+def split_names(dataset_name: str) -> tuple[str, ...]:
+    """Every name `load_split` takes for a split of `dataset_name` (its own and the aliases)."""
+    name = dataset_name.lower()
+    return (*SPLITS[name], *SPLIT_ALIASES[name])
 
 
 def load_split(dataset_name: str, root: str | Path, split: str, **kw) -> Split:

@@ -78,6 +78,13 @@ class EmbedderConfig:
         shared = {f.name: getattr(options, f.name) for f in fields(cls) if hasattr(options, f.name)}
         return cls(**shared | {"lora_target_modules": options.lora_targets} | resolved)
 
+    def base_models(self) -> list[str]:
+        """The folders a LoRA adapter's embeddings depend on besides its own files (its base,
+        and the base of an adapter it was built on); none for a full model."""
+        if not self.lora:
+            return []
+        return [self.base_model] + ([self.adapter_base_model] if self.adapter_base_model else [])
+
     def to_json_string(self) -> str:
         """As transformers' configs do: TensorBoard logs the model's config with this."""
         return json.dumps(asdict(self), indent=2)
@@ -356,11 +363,15 @@ def check_lora_targets(model: nn.Module, targets: list[str], skip_vision: bool =
 
 
 def load_embedder_config(checkpoint_dir: str | Path) -> EmbedderConfig | None:
-    """What a saved embedder is (None for a plain Hugging Face checkpoint), without its weights."""
+    """What a saved embedder is (None for a plain Hugging Face checkpoint), without its weights.
+
+    Keys the record does not declare are left to their readers: an exported model's file
+    also holds its prompts and where it came from (src/model/export.py)."""
     config_file = Path(checkpoint_dir) / EMBEDDER_CONFIG_NAME
     if not config_file.is_file():
         return None
-    return EmbedderConfig(**json.loads(config_file.read_text()))
+    saved = json.loads(config_file.read_text())
+    return EmbedderConfig(**{f.name: saved[f.name] for f in fields(EmbedderConfig) if f.name in saved})
 
 
 def load_encoder(

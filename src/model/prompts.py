@@ -16,6 +16,8 @@ evaluation's text-only ranking (src/retrieval/metrics.py: `modality_metrics`).
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 QUERY_INSTRUCTIONS = {
     "cirr": "Given an image, find a similar everyday image with the described changes:",
     "fashioniq": "Find an image to match the fashion image and style note:",
@@ -37,3 +39,38 @@ def text_only_query_text(dataset: str, caption: str) -> str:
 def candidate_text(image_token: str) -> str:
     """The text that goes with every candidate (gallery) image."""
     return f"{image_token}\n{CANDIDATE_INSTRUCTION}\n"
+
+
+TEXT_FIELD = "{text}"
+
+
+@dataclass(frozen=True)
+class EmbedderPrompts:
+    """The two prompts an embedder was trained with, as templates: `query` holds the image
+    token and `{text}` (the modification text), `candidate` goes with every gallery image.
+    An exported model records them in its embedder_config.json (`to_json`), so it is used
+    with the prompts it was trained with, without the experiment."""
+
+    query: str
+    candidate: str
+    instruction_set: str
+
+    @classmethod
+    def of(cls, image_token: str, instruction_set: str) -> EmbedderPrompts:
+        """The prompts of `instruction_set` ("cirr" or "fashioniq") for a backbone's image token."""
+        return cls(
+            query_text(image_token, instruction_set, TEXT_FIELD),
+            candidate_text(image_token),
+            instruction_set,
+        )
+
+    def query_for(self, text: str) -> str:
+        """The prompt of one composed query."""
+        return self.query.replace(TEXT_FIELD, text)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> EmbedderPrompts:
+        return cls(data["query"], data["candidate"], data["instruction_set"])

@@ -71,6 +71,7 @@ class CheckpointEncoder:
         self.processor = load_processor(self.checkpoint)
         backbone.apply_pixel_budget(self.processor, settings.min_pixels, settings.max_pixels)
         self._encoder: VLM2VecEncoder | None = None
+        self.encoded_rows = 0  # rows run through the model (not read from the cache)
 
     def __enter__(self) -> CheckpointEncoder:
         return self
@@ -121,6 +122,7 @@ class CheckpointEncoder:
             f"encode {split_name} {rows.kind}",
             settings.image_store,
         )
+        self.encoded_rows += len(rows.names)
         if cache is not None and is_main():
             cache.save(key, rows.names, matrix)
         return matrix

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import BatchFeature, ProcessorMixin
@@ -53,12 +54,13 @@ def processor_settings(processor: ProcessorMixin) -> dict:
 @dataclass
 class EncodingRows:
     """What to encode: one text and one image per row (None: a text-only row), with the
-    row's name. A batch holds rows of one kind, all with images or all without."""
+    row's name. An image is a file path, or an image in memory (a user's query: such rows
+    are never cached). A batch holds rows of one kind, all with images or all without."""
 
     kind: str
     prompt: str
     names: list[str]
-    images: list[str | None]
+    images: list[str | Image.Image | None]
     texts: list[str]
 
 

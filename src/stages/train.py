@@ -18,7 +18,13 @@ from pathlib import Path
 from transformers import set_seed
 
 from src.arguments import result_config
-from src.artifacts import AugmentedSamples, CheckpointRecord, HardNegatives, digest
+from src.artifacts import (
+    AugmentedSamples,
+    CheckpointRecord,
+    HardNegatives,
+    checkpoint_fingerprint,
+    digest,
+)
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.distributed import world_size
 from src.experiment import Experiment, StageOutput
@@ -151,10 +157,10 @@ def save_checkpoint(
     shutil.rmtree(partial, ignore_errors=True)
     encoder.save(partial)
     files = experiment.digests.directory(partial)
-    if encoder.config.lora:  # the adapter's embeddings depend on its base model's files too
-        config = encoder.config
-        paths = [config.base_model] + ([config.adapter_base_model] if config.adapter_base_model else [])
-        record.base_models = [{"path": path, "files": experiment.digests.directory(path)} for path in paths]
-    record.fingerprint = digest({"files": files, "bases": [base["files"] for base in record.base_models]})
+    record.base_models = [  # a LoRA adapter's embeddings depend on its base model's files too
+        {"path": path, "files": experiment.digests.directory(path)}
+        for path in encoder.config.base_models()
+    ]
+    record.fingerprint = checkpoint_fingerprint(files, [base["files"] for base in record.base_models])
     record.write(partial / STAGE_RECORD_NAME)
     partial.rename(checkpoint)
