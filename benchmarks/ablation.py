@@ -86,6 +86,7 @@ from src.artifacts import AugmentedSamples  # noqa: E402
 from src.cli import train_main  # noqa: E402
 from src.experiment import Experiment  # noqa: E402
 from src.offline.scene_oracle import SCENE_ORACLE  # noqa: E402
+from src.records import AugmentSkipped, TrainSummary, dump  # noqa: E402
 
 SIMULATED = ["--foundation_model_backbone", "simulated_captioner"]
 NO_TEXTS = ["--foundation_model_backbone", "none"]
@@ -383,15 +384,19 @@ def arm_record(experiment: Experiment) -> dict:
     """An arm's validation metrics per round, its optimizer steps per round, and per round
     the new texts kept and each filter's diagnostics (where texts were written)."""
     steps = {
-        f"iter_{entry['iteration']}": entry["meta"].get("steps")
+        f"iter_{entry.iteration}": entry.summary.steps if isinstance(entry.summary, TrainSummary) else None
         for entry in experiment.log.entries()
-        if entry["stage"] == "train"
+        if entry.stage == "train"
     }
     texts = {}
     for i in range(1, max(experiment.evaluated_rounds("val"), default=0) + 1):
         if experiment.augmented(i).is_file():
             stats = AugmentedSamples.read(experiment.augmented(i)).stats
-            texts[f"iter_{i}"] = {k: stats.get(k) for k in ("pairs", "kept", "rejected", "filters")}
+            if isinstance(stats, AugmentSkipped):
+                texts[f"iter_{i}"] = {"pairs": None, "kept": stats.kept, "rejected": None, "filters": None}
+            else:
+                texts[f"iter_{i}"] = {"pairs": stats.pairs, "kept": stats.kept,
+                                      "rejected": stats.rejected, "filters": dump(stats.filters)}  # fmt: skip
     return {"results": json.loads(experiment.evaluation_results.read_text()), "steps": steps, "texts": texts}
 
 

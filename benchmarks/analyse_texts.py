@@ -28,10 +28,12 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
+from src.arguments import Flags
 from src.artifacts import AugmentedSamples, Evaluation
 from src.data.loading import load_split
 from src.experiment import Experiment
 from src.offline.domains import require_domain
+from src.records import AugmentSkipped, AugmentStats, TrainSummary
 
 DROPPED_NEGATIVES = "negatives dropped as false negatives"  # kept beside the filters' records
 
@@ -44,17 +46,17 @@ def change_kinds(domain, descriptions: dict, reference: str, target: str) -> lis
 def analyse(ablation: Path, arms: list[str], round_: int) -> dict:
     seeds = sorted(int(p.name.removeprefix("seed")) for p in (ablation / "experiments").glob("seed*"))
     first = Experiment(ablation / "experiments" / f"seed{seeds[0]}" / arms[0])
-    arguments = first.config.arguments()
-    dataset = Path(arguments["dataset_path"])
+    flags = first.config.record().flags
+    dataset = Path(flags.data.dataset_path)
     domain = require_domain(dataset)
     descriptions = domain.load_descriptions(dataset)
-    val = load_split(arguments["dataset_name"], dataset, "val")
+    val = load_split(flags.data.dataset_name, dataset, "val")
     query_kinds = {
         t.pairid: set(change_kinds(domain, descriptions, t.reference, t.target)) for t in val.triplets
     }
     kinds = sorted(set().union(*query_kinds.values()))
-    batch = arguments["per_device_train_batch_size"]
-    originals = _train_size(dataset, arguments)
+    batch = flags.training.per_device_train_batch_size
+    originals = _train_size(dataset, flags)
     report: dict = {"seeds": seeds, "arms": arms, "round": round_, "kinds": kinds, "texts": {}, "recall_by_kind": {},
                     "triplets_seen": {}, "quality": {}, "filters": {}}  # fmt: skip
     for arm in arms:
@@ -62,7 +64,8 @@ def analyse(ablation: Path, arms: list[str], round_: int) -> dict:
         hits: dict[str, list[float]] = {kind: [] for kind in kinds}
         for seed in seeds:
             experiment = Experiment(ablation / "experiments" / f"seed{seed}" / arm)
-            steps = {e["iteration"]: e["meta"].get("steps") for e in experiment.log.entries() if e["stage"] == "train"}
+            steps = {e.iteration: e.summary.steps if isinstance(e.summary, TrainSummary) else None
+                     for e in experiment.log.entries() if e.stage == "train"}  # fmt: skip
             for i in range(1, round_ + 1):
                 new = []
                 if experiment.augmented(i).is_file():
@@ -76,7 +79,7 @@ def analyse(ablation: Path, arms: list[str], round_: int) -> dict:
                 seen.setdefault(i, []).append(
                     {"original": total * originals / pool, "new": total * len(new) / pool}
                 )
-                right = [s.simulation["correct"] for s in new if s.simulation]
+                right = [s.simulation.correct for s in new if s.simulation]
                 if right:
                     quality.setdefault(i, []).append(sum(right) / len(right))
             ranks = Evaluation.read(experiment.evaluation("val", round_)).queries
@@ -107,18 +110,21 @@ def analyse(ablation: Path, arms: list[str], round_: int) -> dict:
     return report
 
 
-def _add_filter_counts(totals: dict, stats: dict) -> None:
+def _add_filter_counts(totals: dict, stats: AugmentStats | AugmentSkipped) -> None:
     """Adds one augmentation file's filter records (and its dropped negatives) to `totals`."""
-    for name, record in (stats.get("filters") or {}).items():
+    if isinstance(stats, AugmentSkipped):
+        totals.setdefault(DROPPED_NEGATIVES, Counter())["count"] += 0
+        return
+    for name, record in (stats.filters or {}).items():
         counts = totals.setdefault(name, Counter())
-        for key in ("wrong_in", "right_in", "wrong_removed", "right_removed"):
-            counts[key] += record[key]
-    totals.setdefault(DROPPED_NEGATIVES, Counter())["count"] += stats.get("false_negatives", 0)
+        counts.update(wrong_in=record.wrong_in, right_in=record.right_in,
+                      wrong_removed=record.wrong_removed, right_removed=record.right_removed)  # fmt: skip
+    totals.setdefault(DROPPED_NEGATIVES, Counter())["count"] += stats.false_negatives
 
 
-def _train_size(dataset: Path, arguments: dict) -> int:
-    split = load_split(arguments["dataset_name"], dataset, "train")
-    limit = arguments.get("max_train_samples")
+def _train_size(dataset: Path, flags: Flags) -> int:
+    split = load_split(flags.data.dataset_name, dataset, "train")
+    limit = flags.data.max_train_samples
     return min(len(split.triplets), limit) if limit else len(split.triplets)
 
 

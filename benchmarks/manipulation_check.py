@@ -70,9 +70,9 @@ def captioned_queries(experiment: Experiment, iteration: int, split: Split) -> d
 def check(ablation: Path, treated: str, control: str) -> dict:
     seeds = sorted(int(p.name.removeprefix("seed")) for p in (ablation / "experiments").glob("seed*"))
     first = Experiment(ablation / "experiments" / f"seed{seeds[0]}" / treated)
-    arguments = first.config.arguments()
-    dataset_name = arguments["dataset_name"]
-    split = load_split(dataset_name, arguments["dataset_path"], "train")
+    data = first.config.record().flags.data
+    dataset_name = data.dataset_name
+    split = load_split(dataset_name, data.dataset_path, "train")
     rounds = sorted(i for i in first.evaluated_rounds("val") if i > 0)
     report: dict = {"treated": treated, "control": control, "seeds": seeds, "rounds": {}}
     for i in rounds:

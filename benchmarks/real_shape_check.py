@@ -263,7 +263,7 @@ def main() -> None:
                 "cirr",
                 workdir / "train",
             )
-            details["loss"] = summary["train_loss"]
+            details["loss"] = summary.train_loss
         del encoder
         gc.collect()
         if args.arch == "tiny" or report["signature"].startswith(("qwen2_vl", "qwen2_5_vl")):

@@ -23,7 +23,9 @@ import importlib.util
 import json
 import os
 import sys
+import typing
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -630,6 +632,23 @@ GROUPS = (
     AugmentArguments,
     IterativeTrainingArguments,
 )
+# Our own groups (the Trainer's is a TrainingArguments: its fields are transformers').
+FLAG_GROUPS = GROUPS[:-1]
+
+
+def is_flag(item: dataclasses.Field) -> bool:
+    """Whether a field is one of our flags (declared by `flag()`), not a Trainer field."""
+    return RESULTS in item.metadata
+
+
+@cache
+def _type_hints(group: type) -> dict:
+    return typing.get_type_hints(group)
+
+
+def declared_type(group: type, item: dataclasses.Field) -> object:
+    """The type a flag of `group` is declared with (`int | None`, ...)."""
+    return _type_hints(group)[item.name]
 
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -714,22 +733,44 @@ def _declared_flags() -> dict[str, dataclasses.Field]:
     }
 
 
-def result_config(arguments: dict, group: type | None = None) -> dict:
+def _as_json(value: object) -> object:
+    return json.loads(json.dumps(value, default=str))
+
+
+@cache
+def trainer_defaults() -> dict:
+    """The Trainer's result-changing fields as a run with no flags has them (the project's
+    choices, `default_training_arguments`, over transformers' defaults), as JSON."""
+    values = parse_arguments([]).training.to_dict()
+    ours = {item.name for item in dataclasses.fields(IterativeTrainingArguments) if is_flag(item)}
+    return {
+        key: _as_json(value)
+        for key, value in values.items()
+        if key not in ours and key not in TRAINER_OPERATIONAL_FLAGS
+    }
+
+
+def result_config(arguments: dict, group: type | None = None, defaults: dict | None = None) -> dict:
     """The arguments that change results (those a resume must not silently change).
 
     Our flags say so in their metadata; a flag added after an experiment was written
-    counts only where it leaves its default. Of the Trainer's flags, all but
-    TRAINER_OPERATIONAL_FLAGS. With `group`, only that group's flags.
+    counts only where it leaves its default. Of the Trainer's fields, all but
+    TRAINER_OPERATIONAL_FLAGS, each only where it differs from its default: `defaults`,
+    the Trainer defaults an experiment recorded when it started, else today's
+    (`trainer_defaults`), so a field a newer transformers adds, or one whose default
+    changed since, does not stop an older experiment. With `group`, only that group's flags.
     """
     declared = _declared_flags()
     own = {item.name for item in dataclasses.fields(group)} if group is not None else None
+    defaults = trainer_defaults() if defaults is None else defaults
     kept = {}
     for key, value in sorted(arguments.items()):
         item = declared.get(key)
         if own is not None and key not in own:
             continue
         if item is None:
-            if key not in TRAINER_OPERATIONAL_FLAGS:
+            at_default = key in defaults and _as_json(value) == defaults[key]
+            if key not in TRAINER_OPERATIONAL_FLAGS and not at_default:
                 kept[key] = value
         elif item.metadata[RESULTS] and (item.metadata[SINCE] == 1 or value != item.default):
             kept[key] = value

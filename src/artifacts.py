@@ -2,9 +2,12 @@
 is read back (docs/experiment_directory.md lists the files).
 
 Writers build these objects and write `to_json()`; readers (the stages, the report, the
-tests) get them from `read_*`, never from string keys of raw JSON. Each file carries a
-`version`; a file written before versions existed (version 1: no key) is read with the
-changes listed in each `from_json`, so older experiments still resume.
+tests) get them from `read`, never from string keys of raw JSON. They are records
+(src/records.py): what is inside them is typed too (mining and augmentation stats, the
+generation records), and a missing, unknown or mistyped key is an error naming the file
+and the field. Each file carries a `version`; a file written before versions existed
+(version 1: no key) is read with the changes listed in each `from_json`, so older
+experiments still resume.
 
 - `HardNegatives`   hard_negatives_iter_{i}.json: per training query, its target's rank
                     and score under checkpoint_iter_{i} and the negatives mined for it.
@@ -22,13 +25,27 @@ changes listed in each `from_json`, so older experiments still resume.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
 from src.arguments import result_config
 from src.experiment_io import read_json, write_json_atomic
+from src.records import (
+    AugmentSkipped,
+    AugmentStats,
+    ConsistencyAnswers,
+    Generation,
+    MiningStats,
+    Record,
+    Simulation,
+    TrainSkipped,
+    TrainSummary,
+    VerifyScores,
+    parse_value,
+)
 
 FORMAT_VERSION = 2
 
@@ -44,34 +61,34 @@ def checkpoint_fingerprint(files: dict[str, dict], bases: list[dict[str, dict]])
     return digest({"files": files, "bases": bases})
 
 
-def _version(data: dict) -> int:
-    return int(data.get("version", 1))
-
-
-def _build(cls, data: dict):
-    """`cls` from a dict, ignoring keys it does not declare."""
-    names = {f.name for f in fields(cls)}
-    return cls(**{key: value for key, value in data.items() if key in names})
-
-
-class Artifact:
+class Artifact(Record):
     """An artifact file: `meta` says what it was made from (compared on resume)."""
 
     meta: dict
 
     def to_json(self) -> dict:
-        return {"version": FORMAT_VERSION, **asdict(self)}
+        return {"version": FORMAT_VERSION, **super().to_json()}
 
     def write(self, path: Path) -> None:
         write_json_atomic(path, self.to_json())
 
     @classmethod
-    def from_json(cls, data: dict):
-        return _build(cls, data)
+    def upgrade(cls, data: dict, version: int) -> dict:
+        """A file of an earlier `version` in the current layout (the changes, per class)."""
+        return data
+
+    @classmethod
+    def from_json(cls, data: object, source: str = "artifact", where: str = ""):
+        if isinstance(data, dict):
+            data = dict(data)
+            version = data.pop("version", 1)
+            parse_value(int, version, source, "version")
+            data = cls.upgrade(data, version)
+        return super().from_json(data, source, where)
 
     @classmethod
     def read(cls, path: str | Path):
-        return cls.from_json(read_json(path))
+        return cls.from_json(read_json(path), str(path))
 
 
 # ---------------------------------------------------------------- mined hard negatives
@@ -87,28 +104,23 @@ _V1_MINING_OPTIONS = {
 
 
 @dataclass
-class MinedNegative:
+class MinedNegative(Record):
     image: str
     score: float | None  # None: drawn at random (the baseline), not ranked
     rank: int | None
 
 
 @dataclass
-class MinedQuery:
+class MinedQuery(Record):
     negatives: list[MinedNegative]
     target_rank: int | None = None
     target_score: float | None = None
 
-    @classmethod
-    def from_json(cls, data: dict) -> MinedQuery:
-        negatives = [_build(MinedNegative, n) for n in data.get("negatives", [])]
-        return cls(negatives, data.get("target_rank"), data.get("target_score"))
-
 
 @dataclass
 class HardNegatives(Artifact):
-    meta: dict
-    stats: dict
+    meta: dict[str, Any]
+    stats: MiningStats
     queries: dict[str, MinedQuery]
 
     def negative_images(self) -> dict[str, list[str]]:
@@ -116,24 +128,24 @@ class HardNegatives(Artifact):
         return {pairid: [n.image for n in query.negatives] for pairid, query in self.queries.items()}
 
     def queries_json(self) -> dict:
-        return {pairid: asdict(query) for pairid, query in self.queries.items()}
+        return {pairid: query.to_json() for pairid, query in self.queries.items()}
 
     @classmethod
-    def from_json(cls, data: dict) -> HardNegatives:
-        meta = dict(data.get("meta", {}))
-        if _version(data) == 1 and "options" in meta:
-            options = dict(meta["options"])
+    def upgrade(cls, data: dict, version: int) -> dict:
+        meta = data.get("meta")
+        if version == 1 and isinstance(meta, dict) and "options" in meta:
+            meta, options = dict(meta), dict(meta["options"])
             meta["seed"] = options.pop("seed", meta.get("seed"))
             meta["options"] = {_V1_MINING_OPTIONS.get(k, k): v for k, v in options.items()}
-        queries = {pairid: MinedQuery.from_json(q) for pairid, q in data.get("queries", {}).items()}
-        return cls(meta, data.get("stats", {}), queries)
+            data = data | {"meta": meta}
+        return data
 
 
 # ---------------------------------------------------------------- new texts
 
 
 @dataclass
-class AugmentedSample:
+class AugmentedSample(Record):
     """A kept triplet: `reference` + `caption` -> `target` (the mined negative), with its
     provenance and what the checks gave it. `simulation` is a simulated captioner's record
     of whether the text is right: for analysis only, never read by training."""
@@ -147,13 +159,13 @@ class AugmentedSample:
     original_target: str | None
     generator: str
     raw_output: str | None
-    consistency: dict | None = None  # {"new_text_yes", "original_text_yes"}
-    verify: dict | None = None  # {"new_target_score", "original_target_score"}
-    simulation: dict | None = None
+    consistency: ConsistencyAnswers | None = None
+    verify: VerifyScores | None = None
+    simulation: Simulation | None = None
 
 
 @dataclass
-class RejectedSample:
+class RejectedSample(Record):
     pairid: str
     source_pairid: str
     reference: str
@@ -161,13 +173,13 @@ class RejectedSample:
     reason: str
     text: str | None
     raw_output: str | None
-    simulation: dict | None = None
+    simulation: Simulation | None = None
 
 
 @dataclass
 class AugmentedSamples(Artifact):
-    meta: dict
-    stats: dict
+    meta: dict[str, Any]
+    stats: AugmentStats | AugmentSkipped
     samples: list[AugmentedSample] = field(default_factory=list)
     rejected: list[RejectedSample] = field(default_factory=list)
     false_negatives: dict[str, list[str]] = field(default_factory=dict)
@@ -181,40 +193,34 @@ class AugmentedSamples(Artifact):
         return [samples, self.false_negatives]
 
     @classmethod
-    def from_json(cls, data: dict) -> AugmentedSamples:
+    def upgrade(cls, data: dict, version: int) -> dict:
+        if version != 1 or not isinstance(data.get("samples"), list):
+            return data
         samples = []
-        for sample in data.get("samples", []):
-            sample = dict(sample)
-            verify = sample.get("verify")
-            if _version(data) == 1 and verify:  # version 1 named the new target's score target_score
-                sample["verify"] = {
-                    "new_target_score": verify["target_score"],
-                    "original_target_score": verify["original_target_score"],
-                }
-            samples.append(_build(AugmentedSample, sample))
-        rejected = [_build(RejectedSample, r) for r in data.get("rejected", [])]
-        return cls(
-            data.get("meta", {}),
-            data.get("stats", {}),
-            samples,
-            rejected,
-            data.get("false_negatives", {}),
-        )
+        for sample in data["samples"]:
+            verify = sample.get("verify") if isinstance(sample, dict) else None
+            if isinstance(verify, dict) and "target_score" in verify:
+                # version 1 named the new target's score target_score
+                verify = dict(verify)
+                verify["new_target_score"] = verify.pop("target_score")
+                sample = sample | {"verify": verify}
+            samples.append(sample)
+        return data | {"samples": samples}
 
 
 @dataclass
 class PartialGenerations(Artifact):
-    """{pairid: {"text", "finished", ...}} generated so far, with the meta they were made for."""
+    """{pairid: Generation} generated so far, with the meta they were made for."""
 
-    meta: dict
-    generations: dict[str, dict]
+    meta: dict[str, Any]
+    generations: dict[str, Generation]
 
 
 # ---------------------------------------------------------------- evaluation
 
 
 @dataclass
-class QueryRanking:
+class QueryRanking(Record):
     """A query's ranking: the target's 1-based rank under the composed query (None: the
     target cannot be retrieved) and the top five; the target's rank when the reference
     image alone (`image_rank`) and the text alone (`text_rank`) are the query (None: cannot
@@ -232,22 +238,11 @@ class Evaluation(Artifact):
     """`modalities`: src/retrieval/metrics.py `modality_metrics`'s block (None: CIRR
     test1, or a file written before these rankings existed)."""
 
-    meta: dict
+    meta: dict[str, Any]
     metrics: dict[str, float] | None = None
     queries: dict[str, QueryRanking] = field(default_factory=dict)
     submission_files: list[str] = field(default_factory=list)
     modalities: dict[str, float | int | None] | None = None
-
-    @classmethod
-    def from_json(cls, data: dict) -> Evaluation:
-        queries = {p: _build(QueryRanking, q) for p, q in data.get("queries", {}).items()}
-        return cls(
-            data.get("meta", {}),
-            data.get("metrics"),
-            queries,
-            data.get("submission_files", []),
-            data.get("modalities"),
-        )
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -259,17 +254,17 @@ class CheckpointRecord(Artifact):
     fingerprint (the digest of its files as written) and, for a LoRA adapter, the records
     of its base model's files."""
 
-    meta: dict
+    meta: dict[str, Any]
     iteration: int
-    summary: dict
+    summary: TrainSummary | TrainSkipped
     fingerprint: str
-    base_models: list[dict] = field(default_factory=list)
+    base_models: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def from_json(cls, data: dict) -> CheckpointRecord:
+    def from_json(cls, data: object, source: str = "stage.json", where: str = "") -> CheckpointRecord:
         """The recorded result config is read by the current rules (a flag that no longer
         changes results drops out; one added since is absent at its default)."""
-        record = _build(cls, data)
+        record = super().from_json(data, source, where)
         if "config" in record.meta:
             record.meta = {**record.meta, "config": result_config(record.meta["config"])}
         return record

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from src.arguments import FlagParser, UseArguments, parse_arguments
+from src.arguments import FlagParser, Flags, UseArguments, parse_arguments
 from src.artifacts import Evaluation
 from src.data.loading import load_split
 from src.distributed import (
@@ -212,16 +212,16 @@ def _iterations(text: str | None, available: list[int], experiment: Experiment) 
     return iterations
 
 
-def _encode_settings(args: argparse.Namespace, saved: dict) -> EncodeSettings:
+def _encode_settings(args: argparse.Namespace, saved: Flags) -> EncodeSettings:
     """How eval_iterative.py encodes: its flags, and the run's dtype and image store (the
     same pixel values, decoded once)."""
     return EncodeSettings(
         args.batch_size,
         0,
-        saved.get("torch_dtype", "auto"),
+        saved.model.torch_dtype,
         args.min_pixels,
         args.max_pixels,
-        image_store_dir(saved),
+        image_store_dir(saved.data),
     )
 
 
@@ -260,7 +260,7 @@ def _use(args: argparse.Namespace, use: UseArguments) -> int:
         print(f"exported: {export_round(trained, use.export, use.export_dtype)}")
     if source is None:
         return 0
-    with trained.retriever(_encode_settings(args, trained.arguments)) as retriever:
+    with trained.retriever(_encode_settings(args, trained.flags)) as retriever:
         gallery = source.encode(retriever)
         how = "read from the embedding cache" if gallery.from_cache else "encoded and cached"
         print(f"gallery: {source.description}: {len(gallery.names)} images, {how}")
@@ -288,19 +288,19 @@ def _evaluate(argv: list[str]) -> int:
     if args.report and not experiment.config.exists():  # a folder of experiments
         print(f"report: {build_report(experiment.dir, args.report_queries)}")
         return 0
-    saved = experiment.config.arguments()
+    saved = experiment.config.record().flags
     dataset_name, split_name = EVAL_DATASETS[args.eval_dataset]
-    if dataset_name != saved["dataset_name"]:
+    if dataset_name != saved.data.dataset_name:
         raise UsageError(
             f"--eval_dataset {args.eval_dataset} does not match the experiment's dataset "
-            f"{saved['dataset_name']!r}"
+            f"{saved.data.dataset_name!r}"
         )
     iterations = _iterations(args.iterations, experiment.finished_checkpoints(), experiment)
     split = load_split(
         dataset_name,
-        args.dataset_path or saved["dataset_path"],
+        args.dataset_path or saved.data.dataset_path,
         split_name,
-        allow_external_images=saved.get("allow_external_images", False),
+        allow_external_images=saved.data.allow_external_images,
     )
     settings = _encode_settings(args, saved)
     evaluations = {i: evaluate_stage(experiment, i, split, dataset_name, settings) for i in iterations}

@@ -120,17 +120,15 @@ class Job:
         }
 
 
-def image_store_dir(data: DataArguments | Mapping) -> str | None:
+def image_store_dir(data: DataArguments) -> str | None:
     """Where the image store lives: --image_store_dir, else --cache_dir/image_store; None
     with --no_image_store. Under --cache_dir, not the experiment, because an entry depends
     only on the image file and the pixel budget: every experiment, ablation arm and seed on
     the same images shares one store, and experiment directories stay small. (`data`: the
-    flags, or an experiment's recorded arguments, where older experiments lack them.)"""
-    get = data.get if isinstance(data, Mapping) else lambda name, default: getattr(data, name)
-    if not get("image_store", True):
+    flags, or an experiment's recorded ones, `ExperimentRecord.flags`.)"""
+    if not data.image_store:
         return None
-    default = Path(get("cache_dir", ".cache/offline")) / "image_store"
-    return get("image_store_dir", None) or str(default)
+    return data.image_store_dir or str(Path(data.cache_dir) / "image_store")
 
 
 def subset(triplets: list[Triplet], limit: int | None) -> list[Triplet]:

@@ -31,6 +31,7 @@ from src.experiment_io import read_json, write_json_atomic
 from src.faults import fault_point
 from src.integrity import DigestCache
 from src.model.encoder import VLM2VecEncoder
+from src.records import TrainSummary
 from src.trainer_iterative import IterativeTrainer
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def train_round(
     iteration: int = 0,
     tensorboard_dir: Path | None = None,
     image_store: str | Path | None = None,
-) -> dict:
+) -> TrainSummary:
     """Train `encoder` in place; resumes from the last complete `checkpoint-N` in `output_dir`.
     With `--report_to tensorboard`, the round's logs go to `tensorboard_dir`; with
     `image_store` (a directory), the dataset's images come from the image store at the
@@ -126,12 +127,13 @@ def train_round(
             f"stopped by SIGTERM after saving {output_dir}/checkpoint-{result.global_step}; "
             "continue with --auto_resume"
         )
-    return {
-        "train_loss": result.training_loss,
-        "steps": result.global_step,
-        "resumed_from": last,
-        "processes": trainer.args.world_size,  # DDP really spans them (docs/notes.md)
-    }
+    return TrainSummary(
+        train_loss=result.training_loss,
+        steps=result.global_step,
+        resumed_from=last,
+        processes=trainer.args.world_size,  # DDP really spans them (docs/notes.md)
+        num_samples=len(dataset),
+    )
 
 
 def last_complete_checkpoint(output_dir: Path) -> str | None:

@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = (
     ("src.errors", "src.experiment_io", "src.integrity", "src.distributed", "src.faults", "src.devices", "src.memory"),
     ("src.arguments", "src.model.registry"),
-    ("src.data", "src.model", "src.loss", "src.artifacts"),
+    ("src.data", "src.model", "src.loss", "src.artifacts", "src.records"),
     ("src.retrieval", "src.data.dataset", "src.augment", "src.trainer_iterative", "src.training"),
     ("src.experiment", "src.job", "src.preflight"),
     ("src.stages", "src.use"),

@@ -173,7 +173,7 @@ def test_generation_returns_one_text_per_pair(qwen_captioner, llava_captioner, s
         generations = captioner.generate(pairs)
         assert len(generations) == 3
         assert all(
-            isinstance(g["text"], str) and isinstance(g["finished"], bool) for g in generations
+            isinstance(g.text, str) and isinstance(g.finished, bool) for g in generations
         )
 
 
@@ -233,12 +233,12 @@ def test_scene_oracle_describes_a_known_pair(small_benchmark, small_train_split)
         triplet.target,
     )
     (generation,) = oracle.generate([pair])
-    assert generation["finished"]
-    assert generation["text"] == describe_difference(
+    assert generation.finished
+    assert generation.text == describe_difference(
         scenes[triplet.reference], scenes[triplet.target], random.Random(pair.pairid)
     )
     assert oracle.generate([pair]) == [generation]  # the same pair, the same phrasing
-    assert apply_caption(scenes[triplet.reference], generation["text"]) == scenes[triplet.target]
+    assert apply_caption(scenes[triplet.reference], generation.text) == scenes[triplet.target]
     # The benchmark's own caption turns the reference into the target: yes; into a near miss: no.
     near_miss = next(m for m in triplet.group if m not in (triplet.reference, triplet.target))
     other = CaptionPair(

@@ -27,6 +27,7 @@ from src.augment.consistency import (
 from src.augment.filters import Decisions, FilterResult, Rejection
 from src.augment.pairs import CaptionPair, pair_rows, select_pairs
 from src.data.records import Triplet
+from src.records import Generation, Simulation, dump
 
 ORIGINAL = "make the dog brown and put it on grass"
 
@@ -240,7 +241,7 @@ def test_filter_counts_every_reason_and_rejects_duplicates_per_reference():
         "p4": "make the dog black",  # same text, another reference
         "p5": "make the dog",
     }
-    generations = {k: {"text": v, "finished": k != "p5"} for k, v in texts.items()}
+    generations = {k: Generation(text=v, finished=k != "p5") for k, v in texts.items()}
     result = filter_generations(pairs, generations, "direct")
     assert [(p.pairid, text) for p, text in result.kept] == [
         ("p0", "make the dog black"),
@@ -323,7 +324,11 @@ def test_filter_precision_and_recall_on_a_hand_built_case():
     filter then sees six (two wrong), removes w2 and r2 and r3; verify removes nothing."""
     ids = ["w1", "w2", "w3", "r1", "r2", "r3", "r4", "r5"]
     pairs = {i: pair(i) for i in ids}
-    generations = {i: {"text": "t", "simulation": {"correct": i.startswith("r")}} for i in ids}
+    generations = {
+        i: Generation(text="t", finished=True, simulation=Simulation(
+            correct=i.startswith("r"), error=None, differences=1, named=1))
+        for i in ids
+    }  # fmt: skip
     decisions = Decisions(generations)
 
     def step(name: str, removed: list[str]) -> None:
@@ -334,7 +339,7 @@ def test_filter_precision_and_recall_on_a_hand_built_case():
     step("clean-up rules", ["w1", "r1"])
     step("consistency filter", ["w2", "r2", "r3"])
     step("verify_augmented", [])
-    assert decisions.filter_diagnostics() == {
+    assert dump(decisions.filter_diagnostics()) == {
         "clean-up rules": {"wrong_in": 3, "right_in": 5, "wrong_removed": 1, "right_removed": 1,
                            "precision": 0.5, "recall": 1 / 3},
         "consistency filter": {"wrong_in": 2, "right_in": 4, "wrong_removed": 1, "right_removed": 2,
@@ -342,5 +347,5 @@ def test_filter_precision_and_recall_on_a_hand_built_case():
         "verify_augmented": {"wrong_in": 1, "right_in": 2, "wrong_removed": 0, "right_removed": 0,
                              "precision": None, "recall": 0.0},
     }  # fmt: skip
-    generations["r5"] = {"text": "t"}  # a real captioner's text: nothing to score against
+    generations["r5"] = Generation(text="t", finished=True)  # a real captioner's: nothing to score against
     assert decisions.filter_diagnostics() is None

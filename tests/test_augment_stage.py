@@ -96,14 +96,14 @@ def partial_files(experiment: Experiment, iteration: int) -> list[Path]:
 def check_accounting(payload: AugmentedSamples) -> None:
     """Every pair is either a sample or a rejection, and the stats say so."""
     stats = payload.stats
-    assert set(stats["rejected"]) == set(ALL_REASONS)
-    assert stats["kept"] == len(payload.samples)
-    assert stats["kept"] + sum(stats["rejected"].values()) == stats["pairs"]
-    assert len(payload.rejected) == sum(stats["rejected"].values())
-    for reason, count in stats["rejected"].items():
+    assert set(stats.rejected) == set(ALL_REASONS)
+    assert stats.kept == len(payload.samples)
+    assert stats.kept + sum(stats.rejected.values()) == stats.pairs
+    assert len(payload.rejected) == sum(stats.rejected.values())
+    for reason, count in stats.rejected.items():
         assert sum(r.reason == reason for r in payload.rejected) == count
     ids = [s.pairid for s in payload.samples] + [r.pairid for r in payload.rejected]
-    assert len(set(ids)) == len(ids) == stats["pairs"]
+    assert len(set(ids)) == len(ids) == stats.pairs
 
 
 @pytest.mark.parametrize(
@@ -145,17 +145,17 @@ def test_round_generates_cleans_filters_and_writes_with_provenance(make_job,
     assert meta["stands_in_for_a_foundation_model"] is False
     assert meta["prompt_version"] == stage.PROMPT_VERSION
     assert meta["options"]["consistency_filter"] == ("--consistency_filter" in flags)
-    assert stats["pairs_available"] == stats["pairs"] == stats["pairs_generated"] == 2 * NUM_MINED
-    assert stats["run"]["layout"] == ("two_images" if model == "qwen2_vl" else "side_by_side")
+    assert stats.pairs_available == stats.pairs == stats.pairs_generated == 2 * NUM_MINED
+    assert stats.run["layout"] == ("two_images" if model == "qwen2_vl" else "side_by_side")
     check_accounting(payload)
     if model == "qwen2_vl":
-        assert stats["kept"] > 0
+        assert stats.kept > 0
     else:  # the consistency check ran on every sample that passed clean-up
-        asked = stats["kept"] + sum(stats["rejected"][r] for r in stage.CONSISTENCY_REASONS)
+        asked = stats.kept + sum(stats.rejected[r] for r in stage.CONSISTENCY_REASONS)
         assert asked > 0
         assert all(0 < s.consistency["new_text_yes"] < 1 for s in payload.samples)
         flagged = sum(len(v) for v in payload.false_negatives.values())
-        assert flagged == stats["false_negatives"]
+        assert flagged == stats.false_negatives
     triplets = {t.pairid: t for t in job.train_split.triplets}
     mined = HardNegatives.read(job.experiment.hard_negatives(0)).negative_images()
     for sample in payload.samples:
@@ -172,8 +172,8 @@ def test_round_generates_cleans_filters_and_writes_with_provenance(make_job,
     assert all(t.source == "augmented:1" for t in augmented)
     logged = capsys.readouterr()
     assert "captioning" in logged.err  # the progress bar
-    stages = [s for s in job.experiment.log.entries() if s["stage"] == "augment"]
-    assert len(stages) == 1 and stages[0]["meta"]["kept"] == stats["kept"]
+    stages = [s for s in job.experiment.log.entries() if s.stage == "augment"]
+    assert len(stages) == 1 and stages[0].summary.kept == stats.kept
 
 
 class Killed(RuntimeError):
@@ -225,10 +225,10 @@ def test_kill_mid_generation_and_resume(make_job, ending_models, small_benchmark
     augment_stage(job, 1)
     payload = AugmentedSamples.read(job.experiment.augmented(1))
     assert len(generated) == 2 and not set(generated) & set(first_run)
-    assert payload.stats["pairs_resumed"] == 6 and payload.stats["pairs_generated"] == 2
+    assert payload.stats.pairs_resumed == 6 and payload.stats.pairs_generated == 2
     check_accounting(payload)
     outputs = {s.pairid: s.raw_output for s in payload.samples + payload.rejected}
-    assert all(outputs[k] == v["text"] for k, v in saved.items())
+    assert all(outputs[k] == v.text for k, v in saved.items())
     assert partial_files(job.experiment, 1) == []
 
 
@@ -260,8 +260,8 @@ def test_consistency_answers_drop_samples_and_false_negatives(make_job,
     assert first.pairid in kept_sources and not {second.pairid, third.pairid} & kept_sources
     negative = HardNegatives.read(job.experiment.hard_negatives(0)).negative_images()[second.pairid][0]
     assert payload.false_negatives == {second.pairid: [negative]}
-    assert payload.stats["rejected"]["consistency_false_negative"] == 1
-    assert payload.stats["rejected"]["consistency_new_text_no"] == 1
+    assert payload.stats.rejected["consistency_false_negative"] == 1
+    assert payload.stats.rejected["consistency_new_text_no"] == 1
     negatives = round_data(job, 1).hard_negatives
     assert negative not in negatives[second.pairid]
     assert len(negatives[second.pairid]) == NUM_MINED - 1
@@ -340,8 +340,8 @@ def test_a_finished_file_is_redone_only_when_its_meta_changes(make_job,
     job.augment.augment_pairs_per_query = 2
     augment_stage(job, 1)
     assert sum(calls) == NUM_MINED + 2 * NUM_MINED
-    assert AugmentedSamples.read(job.experiment.augmented(1)).stats["pairs"] == 2 * NUM_MINED
-    assert [s["stage"] for s in job.experiment.log.entries()] == ["augment", "augment"]
+    assert AugmentedSamples.read(job.experiment.augmented(1)).stats.pairs == 2 * NUM_MINED
+    assert [s.stage for s in job.experiment.log.entries()] == ["augment", "augment"]
 
 
 def test_pool_current_or_cumulative(make_job, tiny_qwen, small_benchmark, tmp_path):
@@ -376,16 +376,16 @@ def test_fast_mode_trains_round_1_on_original_plus_augmented(tmp_path, capsys):
     assert train_main(argv) == 0
     experiment = Experiment(directory)
     payload = AugmentedSamples.read(experiment.augmented(1))
-    kept = payload.stats["kept"]
+    kept = payload.stats.kept
     assert kept > 0 and payload.meta["generator"] == "scene_oracle"
     assert payload.meta["stands_in_for_a_foundation_model"] is True
     log = capsys.readouterr().out
     assert f"round 1: {200 + kept} training triplets (200 original, {kept} augmented)" in log
     assert "augmentation (scene_oracle): generated" in log
     (train_1,) = [
-        s for s in experiment.log.entries() if s["stage"] == "train" and s["iteration"] == 1
+        s for s in experiment.log.entries() if s.stage == "train" and s.iteration == 1
     ]
-    assert train_1["meta"]["num_samples"] == 200 + kept
+    assert train_1.summary.num_samples == 200 + kept
 
 
 DISTRIBUTED_SCRIPT = """
@@ -446,7 +446,7 @@ def test_two_processes_share_the_work_and_write_what_one_writes(make_job,
         return {r.pairid: (r.raw_output, getattr(r, "reason", None), r.target) for r in records}
 
     assert outcome(double) == outcome(single) and len(outcome(single)) == 2 * NUM_MINED
-    assert double.stats["rejected"] == single.stats["rejected"]
+    assert double.stats.rejected == single.stats.rejected
     assert double.false_negatives == single.false_negatives
     assert partial_files(two.experiment, 1) == []
 
@@ -463,7 +463,7 @@ def test_the_simulations_right_or_wrong_labels_never_reach_training(make_job, en
     augment_stage(job, 1)
     path = job.experiment.augmented(1)
     payload = AugmentedSamples.read(path)
-    labels = [s.simulation["correct"] for s in payload.samples]
+    labels = [s.simulation.correct for s in payload.samples]
     assert True in labels and False in labels  # both kinds reach the file
 
     def what_training_sees() -> tuple:
@@ -479,5 +479,5 @@ def test_the_simulations_right_or_wrong_labels_never_reach_training(make_job, en
     for sample in data["samples"]:
         sample["simulation"]["correct"] = not sample["simulation"]["correct"]
     path.write_text(json.dumps(data))
-    assert [s.simulation["correct"] for s in AugmentedSamples.read(path).samples] == [not c for c in labels]
+    assert [s.simulation.correct for s in AugmentedSamples.read(path).samples] == [not c for c in labels]
     assert what_training_sees() == before

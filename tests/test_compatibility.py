@@ -28,6 +28,9 @@ import pytest
 
 from src.artifacts import AugmentedSamples, HardNegatives
 from src.cli import train_main
+from src.experiment import Experiment
+from src.records import TrainSummary
+from src.report.html import ExperimentPages, Thumbnails, build_report
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "experiment_v1"
 ROOT = Path("/tmp/cir_experiment_v1")
@@ -63,7 +66,7 @@ def test_an_experiment_of_the_previous_release_resumes_where_it_stopped(old_expe
     new_texts = AugmentedSamples.read(experiment / "augmented_samples_iter_1.json")
     mined = HardNegatives.read(experiment / "hard_negatives_iter_0.json").queries
     requested = [*new_texts.samples, *new_texts.rejected]
-    assert requested and new_texts.stats["selection"] == "failures"
+    assert requested and new_texts.stats.selection == "failures"
     for sample in requested:
         query = mined[sample.source_pairid]
         place = int(sample.pairid.rsplit("_", 1)[1])
@@ -82,3 +85,22 @@ def test_the_earlier_selection_writes_the_previous_releases_texts_again(old_expe
     old_texts = AugmentedSamples.read(FIXTURE / "augmented_samples_iter_1.json")
     new_texts = AugmentedSamples.read(experiment / "augmented_samples_iter_1.json")
     assert [s.caption for s in new_texts.samples] == [s.caption for s in old_texts.samples]
+
+
+def test_an_experiment_of_the_previous_release_reports_from_its_typed_records(old_experiment):
+    """Before any resume: its stats, stage summaries and saved arguments read as today's
+    records (keys added since at their defaults), and the report is written from them."""
+    experiment = Experiment(old_experiment[old_experiment.index("--experiment_dir") + 1])
+    flags = experiment.config.record().flags
+    assert flags.data.dataset_path == str(ROOT / "data") and flags.data.image_store  # added since
+    summaries = experiment.log.latest()
+    assert isinstance(summaries["train", 0], TrainSummary) and summaries["mine", 0].stats.num_mined == 40
+    texts = AugmentedSamples.read(experiment.augmented(1)).stats
+    assert texts.kept == summaries["augment", 1].kept == 11 and texts.selection is None
+    page = build_report(experiment.dir, queries=4).read_text()
+    assert "round 0" in page and "recall@1" in page
+    # round 1 is not evaluated yet, so the page has no section for it: its view data
+    pages = ExperimentPages(experiment, Thumbnails(experiment.dir / "thumbs"), 4, 0)
+    texts, mined = pages.texts(1), pages.mined(1)
+    assert (texts.kept, texts.pairs, texts.generator, texts.selection) == (11, 40, "scene_oracle", None)
+    assert (mined.num_mined, mined.num_negatives) == (40, 200) and mined.removed_by_filter["target"] == 17

@@ -46,19 +46,19 @@ def test_two_rounds_write_every_artifact(two_round_experiment, small_train_split
         augmented = AugmentedSamples.read(experiment.augmented(i))
         assert augmented.meta["generator"] == "scene_oracle"
         assert augmented.meta["stands_in_for_a_foundation_model"] is True
-        assert augmented.stats["kept"] == len(augmented.samples)
+        assert augmented.stats.kept == len(augmented.samples)
         assert (experiment.train_dir(i)).is_dir()
     results = json.loads(experiment.evaluation_results.read_text())
     assert sorted(results) == ["iter_0", "iter_1", "iter_2"]
     assert (experiment.dir / "evaluation_results.png").is_file()
     assert any(experiment.embeddings_dir.glob("*.npy"))
-    stages = [(s["stage"], s["iteration"]) for s in experiment.log.entries()]
+    stages = [(s.stage, s.iteration) for s in experiment.log.entries()]
     assert stages.count(("train", 2)) == 1 and ("augment", 1) in stages
     train_log = [
-        s for s in experiment.log.entries() if s["stage"] == "train" and s["iteration"] == 1
+        s for s in experiment.log.entries() if s.stage == "train" and s.iteration == 1
     ][0]
-    expected = len(small_train_split.triplets) + AugmentedSamples.read(experiment.augmented(1)).stats["kept"]
-    assert train_log["meta"]["num_samples"] == expected
+    expected = len(small_train_split.triplets) + AugmentedSamples.read(experiment.augmented(1)).stats.kept
+    assert train_log.summary.num_samples == expected
 
 
 def test_eval_iterative_matches_a_numpy_recomputation(finished_run, small_benchmark, tmp_path):
@@ -180,7 +180,7 @@ def test_an_evaluation_file_without_the_modality_rankings_is_read_and_evaluated_
 
     before = len(experiment.log.entries())
     assert train_main([*job_argv(experiment.dir, *two_round_flags), "--auto_resume"]) == 0
-    ran = [(s["stage"], s["iteration"]) for s in experiment.log.entries()[before:]]
+    ran = [(s.stage, s.iteration) for s in experiment.log.entries()[before:]]
     assert ran == [("evaluate", 2)]
     again = Evaluation.read(path)
     assert again.metrics == new.metrics and again.modalities == new.modalities
@@ -271,7 +271,7 @@ def test_the_plan_lists_the_steps_a_run_records(finished_run, job_argv, two_roun
     """--plan and the run take their steps from the same list (src/rounds.py)."""
     rows = plan_rows([*job_argv(finished_run.dir, *two_round_flags), "--auto_resume"], capsys)
     planned = [(row[1], row[-1]) for row in rows]
-    recorded = [(s["stage"], s["artifact"]["name"]) for s in finished_run.log.entries()]
+    recorded = [(s.stage, s.artifact.name) for s in finished_run.log.entries()]
     assert planned == recorded and len(planned) == 2 + 4 * 2
     assert all("done: skipped" in " ".join(row) for row in rows)
 

@@ -300,7 +300,7 @@ def test_the_scene_oracle_works_on_garments(bench, small_benchmark, tmp_path):
     )
     (generation,) = oracle.generate([pair])
     garments = load_garments(bench)
-    assert generation["text"] == describe_difference(
+    assert generation.text == describe_difference(
         garments[triplet.reference], garments[triplet.target], random.Random("p")
     )
     near = next(m for m in triplet.group if m not in (triplet.reference, triplet.target))

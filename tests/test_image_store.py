@@ -304,7 +304,7 @@ def test_a_training_step_through_the_store_is_bit_identical(tiny_qwen, tmp_path)
         )
         if store is not None:
             assert len(entries(dataset.images.store)) == len(paths)
-        results.append((summary["train_loss"], dict(encoder.named_parameters())))
+        results.append((summary.train_loss, dict(encoder.named_parameters())))
     (loss_a, weights_a), (loss_b, weights_b) = results
     assert loss_a == loss_b
     assert all(torch.equal(weights_a[name], weights_b[name]) for name in weights_a)

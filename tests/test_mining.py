@@ -41,22 +41,22 @@ def mine(seed=0, **flags):
 
 
 def kept(result):
-    return [n["image"] for n in result["queries"]["7"]["negatives"]]
+    return [n.image for n in result.queries["7"].negatives]
 
 
 def test_reference_target_and_soft_positives_are_never_negatives():
     result = mine(hard_negative_k=4)
     assert kept(result) == ["n1", "n2", "n3", "n4"]
-    query = result["queries"]["7"]
-    assert query["target_rank"] == 3 and query["target_score"] == pytest.approx(0.7)
-    assert result["stats"]["removed_by_filter"]["soft_positive"] == 1
-    assert result["stats"]["removed_by_filter"]["target"] == 1
+    query = result.queries["7"]
+    assert query.target_rank == 3 and query.target_score == pytest.approx(0.7)
+    assert result.stats.removed_by_filter["soft_positive"] == 1
+    assert result.stats.removed_by_filter["target"] == 1
 
 
 def test_margin_drops_candidates_scoring_above_margin_times_target():
     result = mine(hard_negative_k=2, hard_negative_margin=1.0)
     assert kept(result) == ["n2", "n3"]
-    assert result["stats"]["removed_by_filter"]["margin"] == 1
+    assert result.stats.removed_by_filter["margin"] == 1
 
 
 def test_skip_top_skips_the_first_eligible_ranks():
@@ -67,7 +67,7 @@ def test_failures_scope_skips_queries_ranked_first():
     query, gallery = scores_query({"tgt": 1.0, "n1": 0.5})
     failures = MiningArguments(hard_negative_k=2, mine_scope="failures")
     result = mine_hard_negatives(query, gallery, NAMES, [TRIPLET], failures)
-    assert result["queries"] == {} and result["stats"]["num_mined"] == 0
+    assert result.queries == {} and result.stats.num_mined == 0
     every = MiningArguments(hard_negative_k=2, mine_scope="all")
     result = mine_hard_negatives(query, gallery, NAMES, [TRIPLET], every)
     assert kept(result) == ["n1", "n2"]
@@ -83,25 +83,26 @@ def test_random_source_is_seeded_and_respects_exclusions():
 def test_random_negatives_of_every_query_need_no_embeddings_and_match_the_ranked_path():
     unranked = random_negatives([TRIPLET], NAMES, k=3, seed=5)
     assert kept(unranked) == kept(mine(hard_negative_k=3, negative_source="random", seed=5))
-    assert unranked["stats"]["num_mined"] == 1 and unranked["stats"]["num_negatives"] == 3
-    assert unranked["stats"]["train_recall@1"] is None
+    assert unranked.stats.num_mined == 1 and unranked.stats.num_negatives == 3
+    assert unranked.stats.train_recall_at_1 is None
 
 
 def test_stats_report_rank_histogram_and_recall():
-    stats = mine(hard_negative_k=1)["stats"]
-    assert stats["target_rank_histogram"]["2-5"] == 1
-    assert stats["train_recall@1"] == 0.0 and stats["train_recall@5"] == 100.0
+    stats = mine(hard_negative_k=1).stats
+    assert stats.target_rank_histogram["2-5"] == 1
+    assert stats.train_recall_at_1 == 0.0 and stats.train_recall_at_5 == 100.0
+    # written under the keys earlier files have
+    assert stats.to_json()["train_recall@1"] == 0.0 and "train_recall_at_1" not in stats.to_json()
 
 
 def test_mined_file_round_trips_into_the_next_rounds_negatives(tmp_path):
-    from src.artifacts import HardNegatives, MinedQuery
+    from src.artifacts import HardNegatives
 
     result = mine(hard_negative_k=2)
-    queries = {pairid: MinedQuery.from_json(q) for pairid, q in result["queries"].items()}
     path = tmp_path / "hard_negatives_iter_0.json"
-    HardNegatives({"seed": 0}, result["stats"], queries).write(path)
+    HardNegatives({"seed": 0}, result.stats, result.queries).write(path)
     loaded = HardNegatives.read(path)
-    assert loaded.queries_json() == result["queries"] and loaded.stats == result["stats"]
+    assert loaded.queries == result.queries and loaded.stats == result.stats
     assert loaded.negative_images() == {"7": ["n1", "n2"]}
 
 
@@ -119,4 +120,4 @@ def test_a_query_whose_target_is_its_reference_is_mined_without_error():
 
 
 def kept_of(result, pairid):
-    return [n["image"] for n in result["queries"][pairid]["negatives"]]
+    return [n.image for n in result.queries[pairid].negatives]

@@ -90,7 +90,7 @@ def test_the_report_of_a_two_round_experiment(experiment):
     for reason in ALL_REASONS:
         assert f"<tr><th>{reason}</th>" in text
     augmented = AugmentedSamples.read(experiment.augmented(1))
-    assert f"{augmented.stats['kept']} kept of {augmented.stats['pairs']} pairs" in text
+    assert f"{augmented.stats.kept} kept of {augmented.stats.pairs} pairs" in text
     assert (index.parent / "loss.png").is_file() and (index.parent / "metrics.png").is_file()
     assert any((experiment.dir / "tensorboard" / f"round_{i}").iterdir() for i in range(3))
 

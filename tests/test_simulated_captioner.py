@@ -27,6 +27,7 @@ from src.offline.garments.domain import GARMENTS_DOMAIN
 from src.offline.garments.garments import Garment
 from src.offline.simulated_captioner import SimulatedCaptioner, simulated_dataset_captioner
 from src.offline.synthetic.scenes import SceneObject, make_scene
+from src.records import Generation, Simulation
 
 
 @pytest.fixture(scope="module")
@@ -95,22 +96,22 @@ def test_each_mistake_comes_at_its_rate_and_the_judge_errs_at_its_rate(small_ben
     captioner = SimulatedCaptioner(small_benchmark)
     pairs = random_pairs(captioner, 3000)
     generations = captioner.generate(pairs)
-    records = [g["simulation"] for g in generations]
-    assert all(g["text"] is not None and g["finished"] for g in generations)
-    errors = Counter(r["error"] for r in records)
+    records = [g.simulation for g in generations]
+    assert all(g.text is not None and g.finished for g in generations)
+    errors = Counter(r.error for r in records)
     rates = asdict(DEFAULT_CAPTION_ERRORS)
     for kind in ERROR_KINDS:
         assert within(errors[kind], len(pairs), rates[kind]), (kind, errors[kind])
     # The truth: every text without a mistake is right; these three mistakes never are.
-    assert all(r["correct"] for r in records if r["error"] is None)
+    assert all(r.correct for r in records if r.error is None)
     wrong = ("wrong_value", "missed_change", "extra_change")
-    assert not any(r["correct"] for r in records if r["error"] in wrong)
-    assert all(r["named"] == min(2, r["differences"]) for r in records if r["error"] is None)
-    answers = captioner.yes_probabilities(pairs, [g["text"] for g in generations])
+    assert not any(r.correct for r in records if r.error in wrong)
+    assert all(r.named == min(2, r.differences) for r in records if r.error is None)
+    answers = captioner.yes_probabilities(pairs, [g.text for g in generations])
     assert set(answers) <= {0.0, 1.0}
     pairs_judged = list(zip(answers, records, strict=True))
-    wrong_texts = [a for a, r in pairs_judged if not r["correct"]]
-    right_texts = [a for a, r in pairs_judged if r["correct"]]
+    wrong_texts = [a for a, r in pairs_judged if not r.correct]
+    right_texts = [a for a, r in pairs_judged if r.correct]
     assert within(sum(a == 1.0 for a in wrong_texts), len(wrong_texts), DEFAULT_CAPTION_ERRORS.judge_false_yes)
     assert within(sum(a == 0.0 for a in right_texts), len(right_texts), DEFAULT_CAPTION_ERRORS.judge_false_no)
 
@@ -123,14 +124,14 @@ def test_each_mistake_on_both_domains(small_benchmark, garment_benchmark, kind):
         pairs = [p for p in random_pairs(captioner, 80, seed=1) if len(kinds(captioner, p)) >= 2][
             :60
         ]
-        records = [g["simulation"] for g in captioner.generate(pairs)]
-        assert Counter(r["error"] for r in records) == {kind: 60}
+        records = [g.simulation for g in captioner.generate(pairs)]
+        assert Counter(r.error for r in records) == {kind: 60}
         if kind in ("wrong_value", "missed_change", "extra_change"):
-            assert not any(r["correct"] for r in records)
+            assert not any(r.correct for r in records)
         if kind == "missed_change":
-            assert all(r["named"] == 1 for r in records)
+            assert all(r.named == 1 for r in records)
         if kind == "repeated_original":
-            assert [g["text"] for g in captioner.generate(pairs)] == [
+            assert [g.text for g in captioner.generate(pairs)] == [
                 p.original_caption for p in pairs
             ]
 
@@ -150,17 +151,17 @@ def test_an_impossible_mistake_falls_back_to_the_next(small_benchmark, garment_b
     # One difference: nothing to leave out, so a false change is added instead.
     captioner = SimulatedCaptioner(garment_benchmark, CaptionErrorRates(missed_change=1.0))
     records = [
-        g["simulation"]
+        g.simulation
         for g in captioner.generate(single_differences(captioner, garment_benchmark))
     ]
-    assert {r["error"] for r in records} == {"extra_change"}
-    assert all(r["differences"] == 1 and r["named"] == 2 for r in records)
+    assert {r.error for r in records} == {"extra_change"}
+    assert all(r.differences == 1 and r.named == 2 for r in records)
     # A lone resize has no other value (two sizes), and nothing to leave out.
     captioner = SimulatedCaptioner(small_benchmark, CaptionErrorRates(wrong_value=1.0))
     pairs = single_differences(captioner, small_benchmark)
     resized = [p for p in pairs if kinds(captioner, p) == ["resize"]]
     assert resized
-    assert {g["simulation"]["error"] for g in captioner.generate(resized)} == {"extra_change"}
+    assert {g.simulation.error for g in captioner.generate(resized)} == {"extra_change"}
 
 
 # ---------------------------------------------------------------- determinism
@@ -178,7 +179,7 @@ def test_the_same_pair_gets_the_same_text_in_any_batch_or_order(small_benchmark)
     ]
     apart = [g for i in range(0, len(renamed), 3) for g in second.generate(renamed[i : i + 3])]
     assert list(reversed(apart)) == together
-    texts = [g["text"] for g in together]
+    texts = [g.text for g in together]
     answers = first.yes_probabilities(pairs, texts)
     assert list(reversed(second.yes_probabilities(renamed, list(reversed(texts))))) == answers
     # The seed changes the draws; the original caption is part of the pair.
@@ -194,8 +195,8 @@ def test_the_judge_reads_descriptions_and_text_only(garment_benchmark):
     )
     pairs = random_pairs(truthful, 40, seed=3)
     generations = SimulatedCaptioner(garment_benchmark).generate(pairs)
-    texts = [g["text"] for g in generations]
-    truth = [1.0 if g["simulation"]["correct"] else 0.0 for g in generations]
+    texts = [g.text for g in generations]
+    truth = [1.0 if g.simulation.correct else 0.0 for g in generations]
     assert truthful.yes_probabilities(pairs, texts) == truth
     assert contrary.yes_probabilities(pairs, texts) == [1.0 - t for t in truth]
 
@@ -208,31 +209,24 @@ def test_many_differences_give_exactly_the_cap(small_benchmark, garment_benchmar
     many = [p for p in random_pairs(shapes, 300, seed=4) if len(kinds(shapes, p)) >= 5]
     assert many
     for generation in shapes.generate(many):
-        record = generation["simulation"]
-        assert record["differences"] >= 5
-        assert (record["correct"], record["error"], record["named"]) == (True, None, 2)
+        record = generation.simulation
+        assert record.differences >= 5
+        assert (record.correct, record.error, record.named) == (True, None, 2)
     garments = SimulatedCaptioner(garment_benchmark)
     all_six = next(p for p in random_pairs(garments, 500, seed=5) if len(kinds(garments, p)) == 6)
     for cap in range(1, 7):
         captioner = SimulatedCaptioner(garment_benchmark, CaptionErrorRates(max_named_changes=cap))
         (generation,) = captioner.generate([all_six])
-        assert generation["simulation"] == {
-            "correct": True,
-            "error": None,
-            "differences": 6,
-            "named": cap,
-        }
+        assert generation.simulation == Simulation(correct=True, error=None, differences=6, named=cap)
 
 
 def test_equal_images_get_no_text(small_benchmark):
     captioner = SimulatedCaptioner(small_benchmark, CaptionErrorRates(repeated_original=1.0))
     name = sorted(captioner.descriptions)[0]
     (generation,) = captioner.generate([pair(name, name)])
-    assert generation == {
-        "text": None,
-        "finished": True,
-        "simulation": {"correct": False, "error": None, "differences": 0, "named": 0},
-    }
+    assert generation == Generation(
+        text=None, finished=True, simulation=Simulation(correct=False, error=None, differences=0, named=0)
+    )
 
 
 def obj(cell: int, colour: str, shape: str, size: str = "small") -> SceneObject:

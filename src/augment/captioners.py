@@ -35,6 +35,7 @@ from src.data.images import load_image
 from src.errors import ArgumentError
 from src.model.encoder import default_device, logged_loading, resolve_dtype
 from src.model.registry import load_processor
+from src.records import Generation
 
 logger = logging.getLogger("augment")
 
@@ -47,9 +48,9 @@ class Captioner(Protocol):
 
     name: str
 
-    def generate(self, pairs: list[CaptionPair]) -> list[dict]:
-        """One {"text": str | None, "finished": bool} per pair; `finished`: the text ended
-        on its own rather than at the token limit."""
+    def generate(self, pairs: list[CaptionPair]) -> list[Generation]:
+        """One Generation per pair (`finished`: the text ended on its own rather than at
+        the token limit)."""
         ...
 
     def yes_probabilities(self, pairs: list[CaptionPair], texts: list[str]) -> list[float]:
@@ -277,14 +278,14 @@ class VisionLanguageCaptioner:
         return {i for i in [*eos, self.processor.tokenizer.eos_token_id] if i is not None}
 
     @torch.inference_mode()
-    def generate(self, pairs: list[CaptionPair]) -> list[dict]:
+    def generate(self, pairs: list[CaptionPair]) -> list[Generation]:
         inputs = self.caption_inputs(pairs)
         output = self.model.generate(**inputs, **self._generation_kwargs())
         new_tokens = output[:, inputs["input_ids"].shape[1] :].cpu()
         texts = self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         eos = torch.tensor(sorted(self._eos_ids()))
         finished = torch.isin(new_tokens, eos).any(dim=1).tolist()
-        return [{"text": t, "finished": f} for t, f in zip(texts, finished, strict=True)]
+        return [Generation(text=t, finished=f) for t, f in zip(texts, finished, strict=True)]
 
     def question_inputs(self, pairs: list[CaptionPair], texts: list[str]) -> BatchFeature:
         questions = [consistency_question(t, self.side_by_side) for t in texts]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from src.augment.filters import FilterResult, Rejection
 from src.augment.pairs import CaptionPair
 from src.augment.prompts import FINAL_MARKER
+from src.records import Generation
 
 # In the order they are checked.
 REJECTION_REASONS = (
@@ -155,14 +156,14 @@ def judge(raw: str | None, original: str, mode: str, finished: bool) -> Judged:
 
 
 def filter_generations(
-    pairs: list[CaptionPair], generations: dict[str, dict], mode: str
+    pairs: list[CaptionPair], generations: dict[str, Generation], mode: str
 ) -> FilterResult:
-    """Clean and judge each pair's generation ({"text", "finished"} by pairid); a text
-    already kept for the same reference image is a `duplicate`."""
+    """Clean and judge each pair's generation (by pairid); a text already kept for the
+    same reference image is a `duplicate`."""
     result, seen = FilterResult(), set()
     for pair in pairs:
         generation = generations[pair.pairid]
-        judged = judge(generation["text"], pair.original_caption, mode, generation["finished"])
+        judged = judge(generation.text, pair.original_caption, mode, generation.finished)
         if judged.reason is None:
             key = (pair.reference, normalize(judged.text))
             if key in seen:

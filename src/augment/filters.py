@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from src.artifacts import AugmentedSample, RejectedSample
 from src.augment.pairs import CaptionPair
+from src.records import ConsistencyAnswers, FilterDiagnostics, Generation, VerifyScores
 
 Kept = list[tuple[CaptionPair, str]]
 
@@ -36,7 +37,7 @@ class Decisions:
     """What became of each pair: kept (pair, text), rejections in order, and the scores the
     checks gave the kept samples ({pairid: (new, original)} each)."""
 
-    generations: dict[str, dict]
+    generations: dict[str, Generation]
     kept: Kept = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     consistency: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -51,29 +52,29 @@ class Decisions:
         self.kept = result.kept
         self.rejected.extend(result.rejected)
 
-    def filter_diagnostics(self) -> dict[str, dict] | None:
+    def filter_diagnostics(self) -> dict[str, FilterDiagnostics] | None:
         """How well each filter told wrong texts from right ones, where the generator knows
         which are right (a simulated captioner's records; None otherwise): per filter, the
         wrong and right texts that reached it, how many of each it removed, its precision
         (wrong among removed) and recall (removed among wrong)."""
-        records = [g.get("simulation") for g in self.generations.values()]
+        records = [g.simulation for g in self.generations.values()]
         if not records or any(record is None for record in records):
             return None
 
         def wrong(pairs: list[CaptionPair]) -> int:
-            return sum(not self.generations[p.pairid]["simulation"]["correct"] for p in pairs)
+            return sum(not self.generations[p.pairid].simulation.correct for p in pairs)
 
         diagnostics = {}
         for name, kept, removed in self.applied:
             wrong_in, wrong_removed = wrong(kept) + wrong(removed), wrong(removed)
-            diagnostics[name] = {
-                "wrong_in": wrong_in,
-                "right_in": len(kept) + len(removed) - wrong_in,
-                "wrong_removed": wrong_removed,
-                "right_removed": len(removed) - wrong_removed,
-                "precision": wrong_removed / len(removed) if removed else None,
-                "recall": wrong_removed / wrong_in if wrong_in else None,
-            }
+            diagnostics[name] = FilterDiagnostics(
+                wrong_in=wrong_in,
+                right_in=len(kept) + len(removed) - wrong_in,
+                wrong_removed=wrong_removed,
+                right_removed=len(removed) - wrong_removed,
+                precision=wrong_removed / len(removed) if removed else None,
+                recall=wrong_removed / wrong_in if wrong_in else None,
+            )
         return diagnostics
 
     def reasons(self, all_reasons: tuple[str, ...]) -> dict[str, int]:
@@ -89,8 +90,8 @@ class Decisions:
                 target=r.pair.negative,
                 reason=r.reason,
                 text=r.text,
-                raw_output=self.generations[r.pair.pairid]["text"],
-                simulation=self.generations[r.pair.pairid].get("simulation"),
+                raw_output=self.generations[r.pair.pairid].text,
+                simulation=self.generations[r.pair.pairid].simulation,
             )
             for r in self.rejected
         ]
@@ -103,10 +104,10 @@ class Decisions:
             consistency = verify = None
             if pair.pairid in self.consistency:
                 new_yes, original_yes = self.consistency[pair.pairid]
-                consistency = {"new_text_yes": new_yes, "original_text_yes": original_yes}
+                consistency = ConsistencyAnswers(new_text_yes=new_yes, original_text_yes=original_yes)
             if pair.pairid in self.verify:
                 new_score, original_score = self.verify[pair.pairid]
-                verify = {"new_target_score": new_score, "original_target_score": original_score}
+                verify = VerifyScores(new_target_score=new_score, original_target_score=original_score)
             samples.append(
                 AugmentedSample(
                     pairid=pair.pairid,
@@ -117,10 +118,10 @@ class Decisions:
                     original_caption=pair.original_caption,
                     original_target=pair.original_target,
                     generator=generator,
-                    raw_output=generation["text"],
+                    raw_output=generation.text,
                     consistency=consistency,
                     verify=verify,
-                    simulation=generation.get("simulation"),
+                    simulation=generation.simulation,
                 )
             )
         return samples

@@ -20,11 +20,12 @@ from src.augment.pairs import CaptionPair
 from src.distributed import is_main, merge_dicts, rank, world_size
 from src.errors import IntegrityError
 from src.faults import fault_point
+from src.records import Generation
 
 logger = logging.getLogger("augment")
 
 
-def read_partials(paths: list[Path], meta: dict) -> dict[str, dict]:
+def read_partials(paths: list[Path], meta: dict) -> dict[str, Generation]:
     """Texts already generated with this meta, from the partial files `paths`.
 
     A partial file that is damaged or was written with other settings is not reused.
@@ -48,10 +49,10 @@ def generate_texts(
     pairs: list[CaptionPair],
     batch_size: int,
     flush_every: int,
-    flush: Callable[[dict[str, dict]], None],
-) -> dict[str, dict]:
+    flush: Callable[[dict[str, Generation]], None],
+) -> dict[str, Generation]:
     """Generate a text for each pair in batches, calling `flush(generated so far)` every
-    `flush_every` pairs and at the end; returns {pairid: {"text", "finished"}}."""
+    `flush_every` pairs and at the end; returns {pairid: Generation}."""
     generated, unflushed = {}, 0
     bar = tqdm(total=len(pairs), desc="captioning", unit="sample", disable=not is_main())
     for start in range(0, len(pairs), batch_size):

@@ -12,11 +12,12 @@ from importlib import metadata
 
 from filelock import FileLock, Timeout
 
-from src.arguments import result_config
+from src.arguments import result_config, trainer_defaults
 from src.errors import ExperimentError
 from src.experiment.layout import CONFIG_NAME, ExperimentLayout
 from src.experiment.stage_log import now
-from src.experiment_io import read_json, write_json_atomic
+from src.experiment_io import write_json_atomic
+from src.records import ConfigChange, ExperimentRecord
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "faiss-cpu", "qwen-vl-utils")
 
@@ -29,12 +30,26 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def config_differences(saved: dict, current: dict) -> list[tuple[str, object, object]]:
+def config_differences(
+    saved: dict, current: dict, saved_defaults: dict | None = None
+) -> list[tuple[str, object, object]]:
     """Result-changing keys that differ, both sides read by the current rules (a flag that
-    no longer changes results is ignored; one added since counts only off its default)."""
-    saved, current = result_config(saved), result_config(current)
-    keys = sorted(set(saved) | set(current))
-    return [(k, saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)]
+    no longer changes results is ignored; one added since counts only off its default; a
+    Trainer field only off its default: the saved side's `saved_defaults` where the
+    experiment recorded them). Each difference: (key, saved value, current value)."""
+    saved_defaults = trainer_defaults() if saved_defaults is None else saved_defaults
+    kept_saved = result_config(saved, defaults=saved_defaults)
+    kept_current = result_config(current)
+    at_default = object()
+
+    def shown(kept: dict, raw: dict, key: str, defaults: dict) -> object:
+        return kept[key] if key in kept else raw.get(key, defaults.get(key))
+
+    return [
+        (k, shown(kept_saved, saved, k, saved_defaults), shown(kept_current, current, k, trainer_defaults()))
+        for k in sorted(set(kept_saved) | set(kept_current))
+        if kept_saved.get(k, at_default) != kept_current.get(k, at_default)
+    ]
 
 
 class ExperimentConfig:
@@ -50,10 +65,11 @@ class ExperimentConfig:
     def exists(self) -> bool:
         return self.path.is_file()
 
-    def arguments(self) -> dict:
+    def record(self) -> ExperimentRecord:
+        """The experiment's record, its arguments parsed back into the flag groups."""
         if not self.exists():
             raise ExperimentError(f"{self.layout.dir}: no {CONFIG_NAME}; is this an experiment directory?")
-        return read_json(self.path)["arguments"]
+        return ExperimentRecord.read(self.path)
 
     def check_start(self, arguments: dict, resuming: bool, allow_config_change: bool) -> list:
         """What `start` would refuse, raised before anything is written; returns the
@@ -71,7 +87,8 @@ class ExperimentConfig:
                 "from a round with --auto_resume --resume_from_iteration N, or pass another "
                 "--experiment_dir."
             )
-        differences = config_differences(read_json(self.path)["result_config"], arguments)
+        record = self.record()
+        differences = config_differences(record.result_config, arguments, record.trainer_defaults)
         if differences and not allow_config_change:
             listing = "\n".join(
                 f"  {key}: experiment {old!r} -> now {new!r}" for key, old, new in differences
@@ -87,24 +104,24 @@ class ExperimentConfig:
         else), or check it against a resumed one and record allowed changes."""
         differences = self.check_start(arguments, resuming, allow_config_change)
         if not self.exists() or not self.layout.has_work():
-            write_json_atomic(
-                self.path,
-                {
-                    "arguments": arguments,
-                    "result_config": result_config(arguments),
-                    "versions": package_versions(),
-                    "seed": arguments.get("seed"),
-                    "start_time": now(),
-                },
+            record = ExperimentRecord(
+                arguments=arguments,
+                result_config=result_config(arguments),
+                versions=package_versions(),
+                seed=arguments["seed"],
+                start_time=now(),
+                trainer_defaults=trainer_defaults(),
             )
+            write_json_atomic(self.path, record.to_json())
             return
         if differences:
-            saved = read_json(self.path)
-            saved.setdefault("config_changes", []).append(
-                {"time": now(), "changes": [list(d) for d in differences]}
+            record = self.record()
+            record.config_changes.append(
+                ConfigChange(time=now(), changes=[list(d) for d in differences])
             )
-            saved["result_config"] = result_config(arguments)
-            write_json_atomic(self.path, saved)
+            record.result_config = result_config(arguments)
+            record.trainer_defaults = trainer_defaults()
+            write_json_atomic(self.path, record.to_json())
 
 
 @contextlib.contextmanager

@@ -32,10 +32,11 @@ logger = logging.getLogger("experiment")
 
 @dataclasses.dataclass
 class StageOutput:
-    """What a stage's work gives: the artifact, and a summary for stages.jsonl."""
+    """What a stage's work gives: the artifact, and its summary for stages.jsonl (the
+    stage's record in src/records.py SUMMARIES)."""
 
     artifact: Artifact
-    summary: dict = dataclasses.field(default_factory=dict)
+    summary: object
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from src.integrity import DigestCache
+from src.records import ArtifactFiles, StageEntry
 
 
 def now() -> str:
@@ -24,37 +25,49 @@ class StageLog:
         self.path = path
         self.digests = digests
 
-    def record(self, stage: str, iteration: int, summary: dict, artifact: Path | None = None) -> None:
-        """Append a finished stage, with the size and hash of what it wrote."""
-        entry = {"stage": stage, "iteration": iteration, "time": now(), "meta": summary}
+    def record(self, stage: str, iteration: int, summary: object, artifact: Path | None = None) -> None:
+        """Append a finished stage (`summary`: its record, src/records.py SUMMARIES), with
+        the size and hash of what it wrote."""
+        files = None
         if artifact is not None:
             records = (
                 self.digests.directory(artifact)
                 if artifact.is_dir()
                 else self.digests.record(artifact)
             )
-            entry["artifact"] = {"name": artifact.name, "files": records}
+            files = ArtifactFiles(name=artifact.name, files=records)
+        entry = StageEntry(stage=stage, iteration=iteration, time=now(), summary=summary, artifact=files)
+        line = entry.to_json()
+        StageEntry.from_json(json.loads(json.dumps(line)), str(self.path))  # as it will read back
         with open(self.path, "a") as file:
-            file.write(json.dumps(entry) + "\n")
+            file.write(json.dumps(line) + "\n")
             file.flush()
             os.fsync(file.fileno())
 
-    def entries(self) -> list[dict]:
-        """Every entry; a line cut off by a crash mid-write is skipped."""
+    def entries(self) -> list[StageEntry]:
+        """Every entry; a line cut off by a crash mid-write is skipped, one that reads but
+        does not match its record is an error naming the file and field."""
         if not self.path.is_file():
             return []
         entries = []
-        for line in self.path.read_text().splitlines():
+        for number, line in enumerate(self.path.read_text().splitlines(), start=1):
+            data = None
             with contextlib.suppress(ValueError):
-                entries.append(json.loads(line))
+                data = json.loads(line)
+            if data is not None:
+                entries.append(StageEntry.from_json(data, f"{self.path} line {number}"))
         return entries
+
+    def latest(self) -> dict[tuple[str, int], object]:
+        """The summary of the last run of each (stage, iteration)."""
+        return {(entry.stage, entry.iteration): entry.summary for entry in self.entries()}
 
     def record_of(self, artifact: Path) -> dict | None:
         """The file records of the last stage that wrote `artifact` (None: never finished)."""
         records = None
         for entry in self.entries():
-            if entry.get("artifact", {}).get("name") == artifact.name:
-                records = entry["artifact"]["files"]
+            if entry.artifact is not None and entry.artifact.name == artifact.name:
+                records = entry.artifact.files
         return records
 
     def mismatch(self, artifact: Path) -> str | None:

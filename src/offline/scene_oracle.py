@@ -17,6 +17,7 @@ from pathlib import Path
 from src.augment.captioners import DatasetCaptioner
 from src.augment.pairs import CaptionPair
 from src.offline.domains import REQUIREMENT, is_synthetic_benchmark, require_domain
+from src.records import Generation
 
 
 class SceneOracle:
@@ -28,14 +29,14 @@ class SceneOracle:
         self.domain = require_domain(dataset_path)
         self.scenes = self.domain.load_descriptions(Path(dataset_path))
 
-    def generate(self, pairs: list[CaptionPair]) -> list[dict]:
+    def generate(self, pairs: list[CaptionPair]) -> list[Generation]:
         return [
-            {
-                "text": self.domain.describe_difference(
+            Generation(
+                text=self.domain.describe_difference(
                     self.scenes[p.reference], self.scenes[p.negative], random.Random(p.pairid)
                 ),
-                "finished": True,
-            }
+                finished=True,
+            )
             for p in pairs
         ]
 

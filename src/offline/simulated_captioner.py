@@ -32,6 +32,7 @@ from src.offline.caption_errors import (
 from src.offline.caption_truth import check_cap, describes, stated_or_none
 from src.offline.domain import Description
 from src.offline.domains import REQUIREMENT, is_synthetic_benchmark, require_domain
+from src.records import Generation, Simulation
 
 
 def stable_random(*parts: object) -> random.Random:
@@ -68,7 +69,7 @@ class SimulatedCaptioner:
             self.rates.max_named_changes,
         )
 
-    def _generate(self, pair: CaptionPair) -> dict:
+    def _generate(self, pair: CaptionPair) -> Generation:
         case = self._case(pair)
         rng = stable_random(
             self.seed, "caption", pair.reference, pair.negative, pair.original_caption
@@ -81,25 +82,25 @@ class SimulatedCaptioner:
             else:
                 error, text = make_mistake(case, error, rng)
         stated = stated_or_none(self.domain, case.reference, text)
-        return {
-            "text": text,
-            "finished": True,
-            "simulation": {
-                "correct": self._describes(case.reference, case.target, text),
-                "error": error,
-                "differences": len(case.differences),
-                "named": len(stated or ()),
-            },
-        }
+        return Generation(
+            text=text,
+            finished=True,
+            simulation=Simulation(
+                correct=self._describes(case.reference, case.target, text),
+                error=error,
+                differences=len(case.differences),
+                named=len(stated or ()),
+            ),
+        )
 
     def _describes(self, reference: Description, target: Description, text: str | None) -> bool:
         return describes(reference, target, text, self.rates.max_named_changes, self.domain)
 
-    def generate(self, pairs: list[CaptionPair]) -> list[dict]:
-        """Per pair: {"text", "finished": True, "simulation": {"correct": describes(...),
-        "error": the mistake made or None, "differences": n, "named": how many changes the
-        text states (0 when it is no text of the grammar)}}; text None when the images are
-        equal or no difference can be stated alone."""
+    def generate(self, pairs: list[CaptionPair]) -> list[Generation]:
+        """Per pair a finished Generation with its Simulation (correct: describes(...);
+        error: the mistake made or None; differences; named: how many changes the text
+        states, 0 when it is no text of the grammar); text None when the images are equal
+        or no difference can be stated alone."""
         return [self._generate(pair) for pair in pairs]
 
     def yes_probabilities(self, pairs: list[CaptionPair], texts: list[str]) -> list[float]:

@@ -51,6 +51,7 @@ from src.data.loading import load_split
 from src.errors import ExperimentError
 from src.experiment import Experiment
 from src.experiment.layout import CONFIG_NAME, MOVED_ASIDE_PREFIX, REPORT_NAME, ExperimentLayout
+from src.records import AugmentSkipped, AugmentStats, FilterDiagnostics, Simulation
 from src.report.curves import plot_curves, read_curves
 from src.report.table import MODALITY_LEGEND, modality_columns, plot_results
 
@@ -144,17 +145,15 @@ class MinedSection:
 
 
 @dataclass
-class Simulation:
+class SimulationMark:
     """A simulated captioner's record of one text: right or wrong, and its mistake."""
 
     correct: bool
     mistake: str | None = None
 
     @classmethod
-    def of(cls, record: dict | None) -> Simulation | None:
-        if not record or "correct" not in record:
-            return None
-        return cls(bool(record["correct"]), record.get("error"))
+    def of(cls, record: Simulation | None) -> SimulationMark | None:
+        return None if record is None else cls(record.correct, record.error)
 
 
 @dataclass
@@ -170,17 +169,17 @@ class FilterRow:
     recall: float | None
 
     @classmethod
-    def rows(cls, diagnostics: dict[str, dict] | None) -> list[FilterRow]:
-        """From `Decisions.filter_diagnostics` (None or absent: not a simulated captioner)."""
+    def rows(cls, diagnostics: dict[str, FilterDiagnostics] | None) -> list[FilterRow]:
+        """From `Decisions.filter_diagnostics` (None: not a simulated captioner)."""
         return [
             cls(
                 name,
-                counts["wrong_in"],
-                counts["wrong_removed"],
-                counts["right_in"],
-                counts["right_removed"],
-                counts.get("precision"),
-                counts.get("recall"),
+                counts.wrong_in,
+                counts.wrong_removed,
+                counts.right_in,
+                counts.right_removed,
+                counts.precision,
+                counts.recall,
             )
             for name, counts in (diagnostics or {}).items()
         ]
@@ -195,19 +194,19 @@ class TextCard:
     text: str | None  # None: the generator wrote nothing
     original: str | None = None
     rejection: str | None = None
-    simulation: Simulation | None = None
+    simulation: SimulationMark | None = None
 
 
-def _selection_line(stats: dict) -> str | None:
+def _selection_line(stats: AugmentStats) -> str | None:
     """Which pairs were captioned, in a sentence (None for a file written before
     --augment_selection existed)."""
-    if "selection" not in stats:
+    if stats.selection is None:
         return None
-    before = stats["queries_captioned_before"]
+    before = stats.queries_captioned_before
     return (
-        f"selection {stats['selection']}: {stats['failures']} failure pairs (negative ranked above "
-        f"the target) over {stats['failure_queries']} queries; {stats['pairs']} of "
-        f"{stats['pairs_available']} available pairs captioned"
+        f"selection {stats.selection}: {stats.failures} failure pairs (negative ranked above "
+        f"the target) over {stats.failure_queries} queries; {stats.pairs} of "
+        f"{stats.pairs_available} available pairs captioned"
         + ("" if before is None else f"; {before} of their queries were captioned the round before")
     )
 
@@ -311,17 +310,18 @@ class ExperimentPages:
 
     def __init__(self, experiment: Experiment, thumbs: Thumbnails, queries: int, seed: int):
         self.experiment, self.thumbs = experiment, thumbs
-        arguments = experiment.config.arguments()
-        self.arguments = arguments
+        self.flags = experiment.config.record().flags
+        data = self.flags.data
         splits = {}
         for name in ("train", "val"):
             splits[name] = load_split(
-                arguments["dataset_name"],
-                arguments["dataset_path"],
+                data.dataset_name,
+                data.dataset_path,
                 name,
                 check_files=False,
-                allow_external_images=arguments.get("allow_external_images", False),
+                allow_external_images=data.allow_external_images,
             )
+        self.summaries = experiment.log.latest()
         self.splits = splits
         self.val_by_pairid = {t.pairid: t for t in splits["val"].triplets}
         self.train_by_pairid = {t.pairid: t for t in splits["train"].triplets}
@@ -428,10 +428,10 @@ class ExperimentPages:
         stats = mined.stats
         return MinedSection(
             path.name,
-            stats.get("num_mined"),
-            stats.get("num_queries"),
-            stats.get("num_negatives"),
-            dict(stats.get("removed_by_filter") or {}),
+            stats.num_mined,
+            stats.num_queries,
+            stats.num_negatives,
+            dict(stats.removed_by_filter),
             cards,
         )
 
@@ -444,7 +444,7 @@ class ExperimentPages:
             images,
             sample.caption,
             original=sample.original_caption,
-            simulation=Simulation.of(sample.simulation),
+            simulation=SimulationMark.of(sample.simulation),
         )
 
     def rejected_card(self, rejected: RejectedSample) -> TextCard:
@@ -453,7 +453,7 @@ class ExperimentPages:
             [self.image("train", rejected.target, "pair target", "flag")],
             rejected.text or rejected.raw_output,
             rejection=rejected.reason,
-            simulation=Simulation.of(rejected.simulation),
+            simulation=SimulationMark.of(rejected.simulation),
         )
 
     def texts(self, iteration: int) -> TextsSection | None:
@@ -462,18 +462,20 @@ class ExperimentPages:
             return None
         payload = AugmentedSamples.read(path)
         stats = payload.stats
+        skipped = isinstance(stats, AugmentSkipped)
+        summary = self.summaries.get(("augment", iteration))
         section = TextsSection(
             file=path.name,
-            generator=str(payload.meta.get("generator")),
-            kept=stats.get("kept"),
-            pairs=stats.get("pairs"),
+            generator=summary.generator if summary is not None else "-",
+            kept=stats.kept,
+            pairs=None if skipped else stats.pairs,
             skipped=None,
-            rejections=list((stats.get("rejected") or {}).items()),
-            selection=_selection_line(stats),
-            filters=FilterRow.rows(stats.get("filters")),
+            rejections=[] if skipped else list(stats.rejected.items()),
+            selection=None if skipped else _selection_line(stats),
+            filters=[] if skipped else FilterRow.rows(stats.filters),
         )
         if not payload.samples and not payload.rejected:
-            section.skipped = str(stats.get("skipped", "none"))
+            section.skipped = stats.skipped if skipped else "none"
             return section
         rng = random.Random(iteration)
         kept = rng.sample(payload.samples, min(SHOWN_TEXTS, len(payload.samples)))
@@ -513,9 +515,9 @@ def single_report(experiment: Experiment, out: Path, queries: int, seed: int) ->
     loss = plot_curves(read_curves(experiment.dir), out / "loss.png", "training loss, every round")
     view = ExperimentView(
         name=name,
-        model=str(pages.arguments.get("model_name")),
-        dataset=str(pages.arguments["dataset_name"]),
-        dataset_path=str(pages.arguments["dataset_path"]),
+        model=str(pages.flags.model.model_name),
+        dataset=pages.flags.data.dataset_name,
+        dataset_path=str(pages.flags.data.dataset_path),
         evaluated=pages.rounds,
         metrics=metric_table(results) if results else None,
         metrics_plot=metrics_plot,

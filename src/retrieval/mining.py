@@ -25,12 +25,15 @@ every query or train longer before mining.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import numpy as np
 
 from src.arguments import MiningArguments
+from src.artifacts import MinedNegative, MinedQuery
 from src.data.records import Triplet
 from src.faults import fault_point
+from src.records import MiningStats, ScoreDistribution
 from src.retrieval.search import search_topk, target_ranks
 
 RANK_BINS = ((1, 1), (2, 5), (6, 10), (11, 50), (51, 100), (101, None))
@@ -49,20 +52,34 @@ def _histogram(ranks: np.ndarray) -> dict[str, int]:
     return histogram
 
 
-def _distribution(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"count": 0}
-    array = np.asarray(values, dtype=np.float64)
-    quantiles = np.quantile(array, [0.05, 0.25, 0.5, 0.75, 0.95])
+@dataclass
+class Mined:
+    """What mining gives: its statistics, and per mined query its negatives."""
+
+    stats: MiningStats
+    queries: dict[str, MinedQuery]
+
+
+def _mined(queries: dict[str, dict]) -> dict[str, MinedQuery]:
     return {
-        "count": int(array.size),
-        "mean": float(array.mean()),
-        "std": float(array.std()),
-        **{
-            f"p{int(q * 100)}": float(v)
-            for q, v in zip((0.05, 0.25, 0.5, 0.75, 0.95), quantiles, strict=True)
-        },
+        pairid: MinedQuery(
+            [MinedNegative(**n) for n in query["negatives"]],
+            query.get("target_rank"),
+            query.get("target_score"),
+        )
+        for pairid, query in queries.items()
     }
+
+
+def _distribution(values: list[float]) -> ScoreDistribution:
+    if not values:
+        return ScoreDistribution(count=0)
+    array = np.asarray(values, dtype=np.float64)
+    p5, p25, p50, p75, p95 = (float(v) for v in np.quantile(array, [0.05, 0.25, 0.5, 0.75, 0.95]))
+    return ScoreDistribution(
+        count=int(array.size), mean=float(array.mean()), std=float(array.std()),
+        p5=p5, p25=p25, p50=p50, p75=p75, p95=p95,
+    )  # fmt: skip
 
 
 def mine_hard_negatives(
@@ -74,11 +91,11 @@ def mine_hard_negatives(
     seed: int = 0,
     chunk_size: int = 1024,
     device: str | None = None,
-) -> dict:
-    """Mine negatives for every query; returns {"stats", "queries"} (`seed`: the random baseline's draws).
+) -> Mined:
+    """Mine negatives for every query (`seed`: the random baseline's draws).
 
     Row i of `query_emb` is `triplets[i]`. `queries` maps pairid to the target's rank and
-    score and the kept negatives ({"image", "score", "rank"}), for mined queries only.
+    score and the kept negatives (image, score, rank), for mined queries only.
     """
     index = {name: i for i, name in enumerate(gallery_names)}
     missing = [t.pairid for t in triplets if t.target not in index or t.reference not in index]
@@ -126,33 +143,33 @@ def mine_hard_negatives(
     negative_scores = [
         n["score"] for q in queries.values() for n in q["negatives"] if n["score"] is not None
     ]
-    stats = {
+    stats = MiningStats(
         **_counts(len(triplets), len(chosen), queries),
-        "train_recall@1": float((ranks <= 1).mean() * 100) if len(ranks) else 0.0,
-        "train_recall@5": float((ranks <= 5).mean() * 100) if len(ranks) else 0.0,
-        "target_rank_histogram": _histogram(ranks),
-        "removed_by_filter": removed,
-        "target_scores": _distribution([float(s) for s in target_scores]),
-        "negative_scores": _distribution(negative_scores),
-    }
-    return {"stats": stats, "queries": queries}
+        train_recall_at_1=float((ranks <= 1).mean() * 100) if len(ranks) else 0.0,
+        train_recall_at_5=float((ranks <= 5).mean() * 100) if len(ranks) else 0.0,
+        target_rank_histogram=_histogram(ranks),
+        removed_by_filter=removed,
+        target_scores=_distribution([float(s) for s in target_scores]),
+        negative_scores=_distribution(negative_scores),
+    )
+    return Mined(stats, _mined(queries))
 
 
-def random_negatives(triplets: list[Triplet], gallery_names: list[str], k: int, seed: int) -> dict:
+def random_negatives(triplets: list[Triplet], gallery_names: list[str], k: int, seed: int) -> Mined:
     """The random baseline over every query (`--negative_source random`, `--mine_scope all`):
     no ranking is needed to choose the queries, so nothing is encoded; the statistics have
     no recall."""
     queries = _random_negatives(triplets, range(len(triplets)), gallery_names, k, seed)
-    stats = {
+    stats = MiningStats(
         **_counts(len(triplets), len(triplets), queries),
-        "train_recall@1": None,
-        "train_recall@5": None,
-        "target_rank_histogram": {},
-        "removed_by_filter": {},
-        "target_scores": {"count": 0},
-        "negative_scores": {"count": 0},
-    }
-    return {"stats": stats, "queries": queries}
+        train_recall_at_1=None,
+        train_recall_at_5=None,
+        target_rank_histogram={},
+        removed_by_filter={},
+        target_scores=ScoreDistribution(count=0),
+        negative_scores=ScoreDistribution(count=0),
+    )
+    return Mined(stats, _mined(queries))
 
 
 def _counts(num_queries: int, num_mined: int, queries: dict) -> dict:

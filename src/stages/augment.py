@@ -40,6 +40,13 @@ from src.augment.verify import VERIFY_REASON, embedder_scores, filter_by_embedde
 from src.distributed import barrier, decided_by_main, is_main, merge_dicts, rank, world_size
 from src.experiment import Experiment, StageOutput
 from src.job import Job
+from src.records import (
+    AugmentSeconds,
+    AugmentSkipped,
+    AugmentSkippedSummary,
+    AugmentStats,
+    Generation,
+)
 from src.retrieval.checkpoint_encoding import CheckpointEncoder
 from src.retrieval.encode import EmbeddingCache
 from src.stages.step import Step
@@ -122,12 +129,11 @@ def augment_stage(job: Job, iteration: int) -> AugmentedSamples:
     def work() -> StageOutput:
         if job.captioner == "none":
             logger.info("augmentation skipped (--foundation_model_backbone none)")
-            artifact = AugmentedSamples({}, {"skipped": meta["skipped"], "kept": 0})
-        else:
-            artifact = _augment(job, iteration, selection, meta)
-        stats = artifact.stats
-        summary = {k: v for k, v in stats.items() if k not in ("seconds", "filters")}
-        return StageOutput(artifact, {"generator": job.captioner} | summary)
+            skipped = AugmentSkipped(skipped=meta["skipped"], kept=0)
+            summary = AugmentSkippedSummary(generator=job.captioner, **vars(skipped))
+            return StageOutput(AugmentedSamples({}, skipped), summary)
+        artifact = _augment(job, iteration, selection, meta)
+        return StageOutput(artifact, artifact.stats.summary(job.captioner))
 
     artifact = experiment.run_stage(
         "augment", iteration, experiment.augmented(iteration), AugmentedSamples, meta, work
@@ -173,7 +179,7 @@ def _augment(job: Job, iteration: int, selection: PairSelection, meta: dict) -> 
             "resuming: %d of %d pairs already generated", len(pairs) - len(pending), len(pairs)
         )
 
-    def flush(generated: dict[str, dict]) -> None:
+    def flush(generated: dict[str, Generation]) -> None:
         PartialGenerations(meta, own | generated).write(own_path)
 
     seconds, captioner, run_info = {}, None, {}
@@ -220,61 +226,61 @@ def _augment(job: Job, iteration: int, selection: PairSelection, meta: dict) -> 
             decisions.apply(filter_by_embedder(decisions.kept, decisions.verify), "verify_augmented")
     samples = decisions.samples(job.captioner)
     flagged = false_negatives(decisions.rejected)
-    stats = {
-        "selection": options.augment_selection,
-        "failures": selection.failures,
-        "failure_queries": selection.failure_queries,
-        "pairs_available": selection.available,
-        "pairs": len(pairs),
-        "queries_captioned_before": captioned_before(experiment, iteration, pairs),
-        "pairs_resumed": len(pairs) - len(pending),
-        "pairs_generated": len(generated),
-        "rejected": decisions.reasons(ALL_REASONS),
-        "kept": len(samples),
-        "false_negatives": sum(len(images) for images in flagged.values()),
-        "filters": decisions.filter_diagnostics(),
-        "run": run_info,
-        "seconds": seconds,
-    }
+    stats = AugmentStats(
+        selection=options.augment_selection,
+        failures=selection.failures,
+        failure_queries=selection.failure_queries,
+        pairs_available=selection.available,
+        pairs=len(pairs),
+        queries_captioned_before=captioned_before(experiment, iteration, pairs),
+        pairs_resumed=len(pairs) - len(pending),
+        pairs_generated=len(generated),
+        rejected=decisions.reasons(ALL_REASONS),
+        kept=len(samples),
+        false_negatives=sum(len(images) for images in flagged.values()),
+        filters=decisions.filter_diagnostics(),
+        run=run_info,
+        seconds=AugmentSeconds(**seconds),
+    )
     _log_summary(job.captioner, stats)
     return AugmentedSamples({}, stats, samples, decisions.rejected_records(), flagged)
 
 
-def _log_summary(captioner_name: str, stats: dict) -> None:
-    seconds = stats["seconds"].get("generation", 0.0)
-    rate = stats["pairs_generated"] / seconds if seconds > 0 else 0.0
-    before = stats["queries_captioned_before"]
+def _log_summary(captioner_name: str, stats: AugmentStats) -> None:
+    seconds = stats.seconds.generation
+    rate = stats.pairs_generated / seconds if seconds > 0 else 0.0
+    before = stats.queries_captioned_before
     logger.info(
         "pairs (%s): %d failures over %d queries; captioning %d of %d available%s",
-        stats["selection"],
-        stats["failures"],
-        stats["failure_queries"],
-        stats["pairs"],
-        stats["pairs_available"],
+        stats.selection,
+        stats.failures,
+        stats.failure_queries,
+        stats.pairs,
+        stats.pairs_available,
         "" if before is None else f"; {before} of their queries were captioned the round before",
     )
     logger.info(
         "augmentation (%s): generated %d texts in %.1f s (%.2f samples/s; %d resumed from a "
         "partial file); kept %d of %d pairs, %d false negatives flagged",
         captioner_name,
-        stats["pairs_generated"],
+        stats.pairs_generated,
         seconds,
         rate,
-        stats["pairs_resumed"],
-        stats["kept"],
-        stats["pairs"],
-        stats["false_negatives"],
+        stats.pairs_resumed,
+        stats.kept,
+        stats.pairs,
+        stats.false_negatives,
     )
-    counted = {reason: n for reason, n in stats["rejected"].items() if n}
+    counted = {reason: n for reason, n in stats.rejected.items() if n}
     logger.info(
         "rejected: %s", ", ".join(f"{r} {n}" for r, n in counted.items()) if counted else "none"
     )
-    for name, filtered in (stats["filters"] or {}).items():
+    for name, filtered in (stats.filters or {}).items():
         logger.info(
             "%s: removed %d of %d wrong texts and %d of %d right ones",
             name,
-            filtered["wrong_removed"],
-            filtered["wrong_in"],
-            filtered["right_removed"],
-            filtered["right_in"],
+            filtered.wrong_removed,
+            filtered.wrong_in,
+            filtered.right_removed,
+            filtered.right_in,
         )

@@ -11,17 +11,16 @@ import logging
 import time
 
 from src.arguments import result_config
-from src.artifacts import HardNegatives, MinedQuery
+from src.artifacts import HardNegatives
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.experiment import StageOutput
 from src.job import Job
+from src.records import MineSummary, MiningStats
 from src.retrieval.checkpoint_encoding import CheckpointEncoder
 from src.retrieval.encode import EmbeddingCache
 from src.stages.step import Step
 
 logger = logging.getLogger("rounds")
-
-SUMMARY_KEYS = ("num_queries", "num_mined", "num_negatives", "train_recall@1", "train_recall@5")
 
 
 def mine_meta(job: Job, checkpoint_iteration: int) -> dict:
@@ -68,39 +67,37 @@ def mine_stage(job: Job, iteration: int, checkpoint_iteration: int) -> HardNegat
         cache = EmbeddingCache(experiment.embeddings_dir)
         with CheckpointEncoder(checkpoint.path, checkpoint.fingerprint, cache, job.encoding) as encoder:
             mined = dataset.mine_hard_negatives(encoder, job.dataset_name, job.mining, job.seed)
-        log_mining_summary(mined["stats"])
-        queries = {pairid: MinedQuery.from_json(q) for pairid, q in mined["queries"].items()}
+        log_mining_summary(mined.stats)
         extra = {"checkpoint": str(checkpoint.path), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        artifact = HardNegatives(extra, mined["stats"], queries)
-        return StageOutput(artifact, {"stats": {k: mined["stats"][k] for k in SUMMARY_KEYS}})
+        artifact = HardNegatives(extra, mined.stats, mined.queries)
+        return StageOutput(artifact, MineSummary(stats=mined.stats.headline()))
 
     return experiment.run_stage(
         "mine", iteration, experiment.hard_negatives(iteration), HardNegatives, meta, work
     )
 
 
-def log_mining_summary(stats: dict) -> None:
+def log_mining_summary(stats: MiningStats) -> None:
     recall = [
-        "n/a" if stats[key] is None else f"{stats[key]:.1f}"
-        for key in ("train_recall@1", "train_recall@5")
+        "n/a" if value is None else f"{value:.1f}"
+        for value in (stats.train_recall_at_1, stats.train_recall_at_5)
     ]
     logger.info(
         "mined %d of %d queries, %d negatives; train R@1 %s R@5 %s",
-        stats["num_mined"],
-        stats["num_queries"],
-        stats["num_negatives"],
+        stats.num_mined,
+        stats.num_queries,
+        stats.num_negatives,
         *recall,
     )
-    logger.info("target rank histogram: %s", stats["target_rank_histogram"])
-    logger.info("candidates removed by filter: %s", stats["removed_by_filter"])
-    for name in ("target_scores", "negative_scores"):
-        distribution = stats[name]
-        if distribution.get("count"):
+    logger.info("target rank histogram: %s", stats.target_rank_histogram)
+    logger.info("candidates removed by filter: %s", stats.removed_by_filter)
+    for name, distribution in (("target scores", stats.target_scores), ("negative scores", stats.negative_scores)):
+        if distribution.count:
             logger.info(
                 "%s: mean %.3f, p5 %.3f, median %.3f, p95 %.3f",
-                name.replace("_", " "),
-                distribution["mean"],
-                distribution["p5"],
-                distribution["p50"],
-                distribution["p95"],
+                name,
+                distribution.mean,
+                distribution.p5,
+                distribution.p50,
+                distribution.p95,
             )

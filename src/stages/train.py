@@ -31,6 +31,7 @@ from src.experiment import Experiment, StageOutput
 from src.experiment.layout import PARTIAL_SUFFIX, STAGE_RECORD_NAME
 from src.job import Job
 from src.model.encoder import VLM2VecEncoder, build_encoder
+from src.records import TrainSkipped
 from src.stages.step import Step
 from src.training import optimizer_steps, train_round
 
@@ -125,7 +126,9 @@ def train_stage(job: Job, iteration: int) -> CheckpointRecord:
             counts["with_hard_negatives"],
         )
         if iteration == 0 and job.run.skip_round0:
-            summary = {"skipped": "checkpoint_iter_0 is the base model (--skip_round0)"}
+            summary = TrainSkipped(
+                skipped="checkpoint_iter_0 is the base model (--skip_round0)", num_samples=len(dataset)
+            )
         else:
             summary = train_round(
                 encoder,
@@ -138,7 +141,6 @@ def train_stage(job: Job, iteration: int) -> CheckpointRecord:
                 job.image_store,
             )
         state["encoder"] = encoder
-        summary = summary | {"num_samples": len(dataset)}
         return StageOutput(CheckpointRecord({}, iteration, summary, fingerprint=""), summary)
 
     def save(path: Path, output: StageOutput) -> None:

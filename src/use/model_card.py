@@ -21,6 +21,13 @@ from src.experiment.stage_log import now
 from src.model.encoder import EmbedderConfig
 from src.model.prompts import EmbedderPrompts
 from src.model.registry import get_backbone
+from src.records import (
+    AugmentSkippedSummary,
+    AugmentSummary,
+    MineSummary,
+    TrainSkipped,
+    TrainSummary,
+)
 from src.use.trained_round import TrainedRound
 
 DATASET_TITLES = {"cirr": "CIRR", "fashioniq": "FashionIQ"}
@@ -101,37 +108,33 @@ def settings_section(config: EmbedderConfig, prompts: EmbedderPrompts, dtype: st
     return _table(["setting", "value"], rows)
 
 
-def _latest(entries: list[dict]) -> dict[tuple[str, int], dict]:
-    """The summary of the last run of each (stage, round) in stages.jsonl."""
-    return {(e.get("stage"), e.get("iteration")): e.get("meta") or {} for e in entries}
-
-
 def rounds_section(trained: TrainedRound) -> str:
     """Every round up to the exported one and what it did (from stages.jsonl)."""
-    done = _latest(trained.experiment.log.entries())
+    done = trained.experiment.log.latest()
     rows = []
     for r in range(trained.iteration + 1):
-        train = done.get(("train", r), {})
-        trained_on = (
-            f"{train.get('num_samples', '-')} triplets, {train.get('steps', '-')} steps, "
-            f"loss {_number(train.get('train_loss'), 3)}"
-            if train
-            else "-"
-        )
-        mined = (done.get(("mine", r - 1), {}).get("stats") or {}) if r else {}
+        train = done.get(("train", r))
+        if isinstance(train, TrainSummary):
+            trained_on = f"{train.num_samples} triplets, {train.steps} steps, loss {_number(train.train_loss, 3)}"
+        elif isinstance(train, TrainSkipped):
+            trained_on = f"{train.num_samples} triplets, - steps, loss -"
+        else:
+            trained_on = "-"
+        mined = done.get(("mine", r - 1)) if r else None
         negatives = (
-            f"{mined.get('num_negatives', '-')} for {mined.get('num_mined', '-')} queries, "
-            f"mined with round {r - 1}"
-            if mined
+            f"{mined.stats.num_negatives} for {mined.stats.num_mined} queries, mined with round {r - 1}"
+            if isinstance(mined, MineSummary)
             else "-"
         )
-        augment = done.get(("augment", r), {}) if r else {}
-        texts = (
-            f"{augment.get('kept', 0)} kept of {augment.get('pairs', 0)} pairs ({augment.get('generator')})"
-            if augment
-            else "-"
-        )
-        metrics = done.get(("evaluate", r), {})
+        augment = done.get(("augment", r)) if r else None
+        if isinstance(augment, AugmentSummary):
+            texts = f"{augment.kept} kept of {augment.pairs} pairs ({augment.generator})"
+        elif isinstance(augment, AugmentSkippedSummary):
+            texts = f"{augment.kept} kept of 0 pairs ({augment.generator})"
+        else:
+            texts = "-"
+        metrics = done.get(("evaluate", r))
+        metrics = metrics if isinstance(metrics, dict) else {}
         validation = ", ".join(
             f"{name} {_number(metrics[name])}" for name in HEADLINE_METRICS if name in metrics
         )
@@ -160,7 +163,7 @@ def model_index(trained: TrainedRound, metrics: dict[str, float], model_name: st
             task_type=TASK[0],
             task_name=TASK[1],
             dataset_type=dataset,
-            dataset_name=f"{title} at {trained.arguments['dataset_path']}",
+            dataset_name=f"{title} at {trained.flags.data.dataset_path}",
             dataset_split="validation",
             metric_type=name,
             metric_name=name,
@@ -190,13 +193,13 @@ def model_card(trained: TrainedRound, export_dir: Path, prompts: EmbedderPrompts
         if metrics
         else "This round was not evaluated."
     )
-    versions = json.loads(experiment.config.path.read_text()).get("versions", {})
+    versions = trained.record.versions
     body = f"""# {name}
 
 An embedder for composed image retrieval (a reference image and a modification text find
 the target image), VLM2Vec-style: {config.backbone}, the last token's hidden state,
 L2-normalised. Round {i} of the iterative experiment `{experiment.dir}`, trained on
-{title} (`{trained.arguments['dataset_path']}`) from `{config.base_model}`.
+{title} (`{trained.flags.data.dataset_path}`) from `{config.base_model}`.
 
 ## Use it
 
@@ -222,7 +225,7 @@ negatives with round i - 1, writes new texts for them and trains on both):
 Flags that change results, where this run differs from the defaults (every flag:
 `experiment_config.json` in the experiment):
 
-{flags_section(trained.arguments)}
+{flags_section(trained.record.arguments)}
 
 ## Provenance
 

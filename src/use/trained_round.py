@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from src.arguments import Flags
 from src.artifacts import Evaluation
 from src.data.images import check_images
 from src.data.loading import load_split, split_names
@@ -23,12 +24,12 @@ from src.experiment import Experiment, VerifiedCheckpoint
 from src.model.encoder import EmbedderConfig, load_embedder_config
 from src.model.prompts import EmbedderPrompts
 from src.model.registry import get_backbone
+from src.records import ExperimentRecord
 from src.retrieval.checkpoint_encoding import EncodeSettings
 from src.retrieval.retriever import Gallery, Hit, Retriever, check_query
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 FOLDER_CACHE_NAME = "folder"  # the embedding cache's name for a folder gallery
-DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # --max_image_pixels's default, for older experiments
 
 
 @dataclass
@@ -38,7 +39,11 @@ class TrainedRound:
 
     experiment: Experiment
     iteration: int
-    arguments: dict  # the experiment's recorded arguments
+    record: ExperimentRecord  # experiment_config.json, its arguments as flag groups
+
+    @property
+    def flags(self) -> Flags:
+        return self.record.flags
 
     @cached_property
     def checkpoint(self) -> VerifiedCheckpoint:
@@ -48,7 +53,7 @@ class TrainedRound:
     def open(cls, directory: str | Path, iteration: int | None = None) -> TrainedRound:
         """Round `iteration` (default: the last evaluated one, else the last trained one)."""
         experiment = Experiment(directory)
-        arguments = experiment.config.arguments()
+        record = experiment.config.record()
         trained = experiment.finished_checkpoints()
         if not trained:
             raise ExperimentError(f"{experiment.dir}: no round was trained (no finished checkpoint_iter_i)")
@@ -60,11 +65,11 @@ class TrainedRound:
                 f"{experiment.dir}: round {iteration} was never trained (trained rounds: "
                 f"{', '.join(map(str, trained))})"
             )
-        return cls(experiment, iteration, arguments)
+        return cls(experiment, iteration, record)
 
     @property
     def dataset_name(self) -> str:
-        return self.arguments["dataset_name"]
+        return self.flags.data.dataset_name
 
     def embedder_config(self) -> EmbedderConfig:
         config = load_embedder_config(self.checkpoint.path)
@@ -126,14 +131,11 @@ class GallerySource:
 def gallery_source(trained: TrainedRound, spec: str, dataset_path: str | None = None) -> GallerySource:
     """`spec` as a split name of the experiment's dataset, else as a folder of images (every
     image file under it, named by its path relative to it; each checked readable)."""
-    arguments = trained.arguments
+    data = trained.flags.data
     if spec in split_names(trained.dataset_name):
-        root = dataset_path or arguments["dataset_path"]
+        root = dataset_path or data.dataset_path
         split = load_split(
-            trained.dataset_name,
-            root,
-            spec,
-            allow_external_images=arguments.get("allow_external_images", False),
+            trained.dataset_name, root, spec, allow_external_images=data.allow_external_images
         )
         return GallerySource(f"{split.name} split of {trained.dataset_name} at {root}", split)
     folder = Path(spec)
@@ -146,7 +148,7 @@ def gallery_source(trained: TrainedRound, spec: str, dataset_path: str | None = 
     if not files:
         raise ArgumentError(f"--gallery {spec}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it")
     paths = [str(p) for p in files]
-    check_images(paths, max_pixels=arguments.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
+    check_images(paths, max_pixels=data.max_image_pixels)
     names = [p.relative_to(folder).as_posix() for p in files]
     return GallerySource(f"folder {folder}", None, names, paths)
 

@@ -53,7 +53,7 @@ def test_a_truncated_checkpoint_is_retrained_on_auto_resume(copy, finished, resu
     assert train_main(resume) == 0
     log = capsys.readouterr().out
     assert f"{weights} has 1000 bytes" in log and "redoing it" in log
-    assert [s["stage"] for s in copy.log.entries()][-2:] == ["train", "evaluate"]
+    assert [s.stage for s in copy.log.entries()][-2:] == ["train", "evaluate"]
     fingerprint = CheckpointRecord.read(copy.checkpoint_record(1)).fingerprint
     assert fingerprint == CheckpointRecord.read(finished.checkpoint_record(1)).fingerprint
     assert any(copy.dir.glob("moved_aside_*/checkpoint_iter_1"))  # kept, not deleted
@@ -67,7 +67,7 @@ def test_a_truncated_mined_file_is_mined_again(copy, finished, resume, capsys):
     assert f"{mined} has 200 bytes" in log and "redoing it" in log
     assert HardNegatives.read(mined).queries == HardNegatives.read(finished.hard_negatives(0)).queries
     assert read_json(copy.evaluation_results) == read_json(finished.evaluation_results)
-    assert [s["stage"] for s in copy.log.entries()][-1] == "mine", log  # same data: nothing retrained
+    assert [s.stage for s in copy.log.entries()][-1] == "mine", log  # same data: nothing retrained
 
 
 def test_a_trainer_checkpoint_counts_only_if_its_weight_files_verify(finished, tmp_path):

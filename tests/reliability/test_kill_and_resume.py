@@ -73,12 +73,12 @@ def test_killed_at_every_named_point_resumes_to_the_same_artifacts(job_argv, tmp
 
     assert train_main(resume) == 0
     assert artifacts(killed) == artifacts(baseline)
-    stages = [(s["stage"], s["iteration"]) for s in killed.log.entries()]
+    stages = [(s.stage, s.iteration) for s in killed.log.entries()]
     assert sorted(stages) == sorted(set(stages)), f"a finished stage ran twice: {stages}"
-    train_1 = [s for s in killed.log.entries() if s["stage"] == "train" and s["iteration"] == 1][0]
-    assert train_1["meta"]["resumed_from"].endswith("checkpoint-4")
-    augment_1 = [s for s in killed.log.entries() if s["stage"] == "augment"][0]
-    assert augment_1["meta"]["pairs_resumed"] == 4
+    train_1 = [s for s in killed.log.entries() if s.stage == "train" and s.iteration == 1][0]
+    assert train_1.summary.resumed_from.endswith("checkpoint-4")
+    augment_1 = [s for s in killed.log.entries() if s.stage == "augment"][0]
+    assert augment_1.summary.pairs_resumed == 4
 
 
 def test_resume_from_iteration_reruns_and_keeps_the_old_artifacts(copied, job_argv, two_round_flags):

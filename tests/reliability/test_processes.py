@@ -50,8 +50,8 @@ def test_sigterm_during_training_saves_a_checkpoint_and_exits_cleanly(job_argv, 
 
     argv = job_argv(experiment.dir, *flags, "--auto_resume")
     assert train_main(argv) == 0
-    train = [s for s in experiment.log.entries() if s["stage"] == "train"][0]
-    assert train["meta"]["resumed_from"] == str(saved) and train["meta"]["steps"] == 40
+    train = [s for s in experiment.log.entries() if s.stage == "train"][0]
+    assert train.summary.resumed_from == str(saved) and train.summary.steps == 40
     straight = Experiment(tmp_path / "straight")
     assert train_main(job_argv(straight.dir, *flags)) == 0
     fingerprint = read_json(experiment.checkpoint(0) / "stage.json")["fingerprint"]

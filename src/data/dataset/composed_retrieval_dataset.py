@@ -103,10 +103,9 @@ class ComposedRetrievalDataset(Dataset):
 
     def mine_hard_negatives(
         self, encoder: CheckpointEncoder, instruction_set: str, options: MiningArguments, seed: int
-    ) -> dict:
-        """Mine negatives for this dataset's triplets by retrieval over its split's gallery.
-
-        Returns the miner's {"stats", "queries"} (src/retrieval/mining.py). Random negatives
+    ) -> mining.Mined:
+        """Mine negatives for this dataset's triplets by retrieval over its split's gallery
+        (src/retrieval/mining.py). Random negatives
         for every query need no ranking, so nothing is encoded.
         """
         if options.negative_source == "random" and options.mine_scope == "all":
