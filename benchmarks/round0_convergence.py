@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     if train_main(argv_run) != 0:
         raise SystemExit("round 0 failed")
     trained = time.perf_counter() - start
-    settings = EncodeSettings(batch_size=parsed.run.encode_batch_size)
+    settings = EncodeSettings(parsed.encode)
     rows = evaluate_checkpoints(experiment, dataset, settings)
     chosen = converged_at(rows, args.tolerance)
     full = len(load_split("cirr", source, "train").triplets)

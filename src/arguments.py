@@ -35,6 +35,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from src.errors import ArgumentError
 from src.model.registry import BACKBONE_ALIASES, BACKBONES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from src.record_base import RecordError, parse_value
 
 FOUNDATION_MODEL_BACKBONES = ("qwen2_vl", "qwen2_5_vl", "llava", "generic")
 CAPTIONERS = (*FOUNDATION_MODEL_BACKBONES, "scene_oracle", "simulated_captioner", "none")
@@ -66,11 +67,15 @@ def flag(
 ) -> Any:
     """A flag: its default, help and range, and whether it changes results.
 
-    `since`: the experiment-config version that added it; an experiment written before
+    `choices` (and `value_aliases`) are appended to the help, from the same tuple
+    `check_flags` checks against. `since`: the experiment-config version that added it; an experiment written before
     knows nothing of it, so the flag counts as a result only where it leaves its default
     (older experiments then resume unchanged). `value_aliases` map spellings users bring
     (`llava`) to the canonical value (`llava_next`).
     """
+    if choices is not None:  # every accepted value in the help, from the list the check uses
+        spelled = "".join(f"; {alias} is read as {value}" for alias, value in (value_aliases or {}).items())
+        help = f"{help} Choices: {', '.join(map(str, choices))}{spelled}."
     meta: dict[str, Any] = {"help": help, RESULTS: results, SINCE: since}
     for key, value in ((AT_LEAST, at_least), (ABOVE, above), (AT_MOST, at_most), (BELOW, below)):
         if value is not None:
@@ -123,6 +128,13 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+# --fast_mode: what it sets, each only where that flag was not given (on the command line
+# or in a preset): a flag given explicitly wins over the mode.
+FAST_MODE = {"max_steps": 12, "max_train_samples": 200, "max_eval_samples": 100}
+# ... and, with the offline benchmark (no --dataset_path), a small one
+FAST_MODE_BENCHMARK = {"synthetic_train_images": 600, "synthetic_val_images": 300, "synthetic_test_images": 120}
+
+
 @dataclass
 class RunArguments:
     """The run itself: rounds, the experiment directory, resuming, reporting."""
@@ -135,7 +147,14 @@ class RunArguments:
         3, "Rounds after round 0 (0 trains round 0 only).", results=False, at_least=0
     )
     skip_round0: bool = flag(False, "Use the given model as checkpoint_iter_0 without training it.")
-    fast_mode: bool = flag(False, "A quick check: a small subset of the data and few steps.")
+    fast_mode: bool = flag(
+        False,
+        "A quick check: a small subset of the data and few steps ("
+        + ", ".join(f"--{k} {v}" for k, v in FAST_MODE.items())
+        + "; the offline benchmark at "
+        + ", ".join(f"--{k} {v}" for k, v in FAST_MODE_BENCHMARK.items())
+        + "; --save_steps half the steps), each only where that flag is not given.",
+    )
     auto_resume: bool = flag(
         False, "Continue an existing experiment from its first unfinished stage.", results=False
     )
@@ -157,12 +176,6 @@ class RunArguments:
     no_report: bool = flag(
         False, "Do not write the HTML report (report/index.html) at the end of the run.", results=False
     )
-    report_queries: int = flag(
-        24, "Validation queries the report shows per round (a fixed sample).", results=False, at_least=1
-    )
-    encode_batch_size: int = flag(
-        64, "Batch size for encoding galleries and queries.", results=False, at_least=1
-    )
 
     def __post_init__(self) -> None:
         check_flags(self)
@@ -176,6 +189,48 @@ class RunArguments:
     @property
     def resuming(self) -> bool:
         return self.auto_resume or self.resume_from_iteration is not None
+
+
+@dataclass
+class ReportArguments:
+    """The HTML report (train_iterative.py writes it at the end; eval_iterative.py --report)."""
+
+    report_queries: int = flag(
+        24, "Validation queries the report shows per round (a fixed sample).", results=False, at_least=1
+    )
+
+    def __post_init__(self) -> None:
+        check_flags(self)
+
+
+@dataclass
+class EncodeArguments:
+    """How a checkpoint is encoded (mining, evaluation, the check of new texts, a query), for
+    train_iterative.py and eval_iterative.py alike. Its result-changing flags are part of
+    the embedding-cache key and of the evaluation's meta, from these declarations."""
+
+    encode_batch_size: int = flag(
+        64, "Batch size for encoding galleries and queries.", results=False, at_least=1
+    )
+    encode_max_pixels: int | None = flag(
+        None,
+        "Encode images at this pixel budget instead of each checkpoint's own (the one it was "
+        "trained with), e.g. to evaluate at another budget.",
+        at_least=PIXELS_PER_TOKEN,
+        since=4,
+    )
+    encode_min_pixels: int | None = flag(
+        None,
+        "Smallest pixel count for encoding, instead of each checkpoint's own.",
+        at_least=PIXELS_PER_TOKEN,
+        since=4,
+    )
+
+    def __post_init__(self) -> None:
+        check_flags(self)
+        low, high = self.encode_min_pixels, self.encode_max_pixels
+        if low and high and low > high:
+            _refuse("encode_min_pixels", low, f"must be <= --encode_max_pixels ({high})")
 
 
 @dataclass
@@ -194,8 +249,7 @@ class ModelArguments:
     )
     model_backbone: str | None = flag(
         None,
-        f"{', '.join(BACKBONES)} (llava is read as llava_next). Default: read from the "
-        "checkpoint's config.",
+        "The embedder's architecture. Default: read from the checkpoint's config.",
         choices=tuple(BACKBONES),
         value_aliases=BACKBONE_ALIASES,
     )
@@ -216,15 +270,15 @@ class ModelArguments:
     )
     torch_dtype: str = flag(
         "auto",
-        "auto (float32 for weights that full fine-tuning updates, with --bf16 autocast on a "
-        "GPU; bfloat16 for a frozen LoRA base and inference on a GPU that has it; float32 on "
-        "a CPU), float32, bfloat16 or float16 (these two with --lora only).",
+        "The weights' dtype. auto: float32 for weights that full fine-tuning updates, with "
+        "--bf16 autocast on a GPU; bfloat16 for a frozen LoRA base and inference on a GPU "
+        "that has it; float32 on a CPU. bfloat16 and float16 with --lora only.",
         choices=("auto", "float32", "bfloat16", "float16"),
     )
     attn_implementation: str = flag(
         "sdpa",
-        "The attention kernel: sdpa (PyTorch's fused attention), flash_attention_2 (needs the "
-        "flash-attn package, GPU only) or eager. Recorded in the embedder's config.",
+        "The attention kernel: sdpa is PyTorch's fused attention; flash_attention_2 needs the "
+        "flash-attn package (GPU only). Recorded in the embedder's config.",
         choices=("sdpa", "flash_attention_2", "eager"),
         since=2,
     )
@@ -266,7 +320,7 @@ class DataArguments:
     """The dataset, and the offline benchmark built when none is given."""
 
     dataset_name: str = flag(
-        "cirr", "cirr or fashioniq (annotation layout and instruction).", choices=("cirr", "fashioniq")
+        "cirr", "The dataset's annotation layout and instruction.", choices=("cirr", "fashioniq")
     )
     dataset_path: str | None = flag(
         None,
@@ -307,8 +361,8 @@ class DataArguments:
     )
     synthetic_domain: str = flag(
         "shapes",
-        "Offline benchmark: shapes (coloured shapes on a grid, the default) or garments (one "
-        "garment per image, FashionIQ-like captions; never used for tuning).",
+        "Offline benchmark: shapes (coloured shapes on a grid) or garments (one garment per "
+        "image, FashionIQ-like captions; never used for tuning).",
         choices=("shapes", "garments"),
         since=2,
     )
@@ -389,9 +443,10 @@ class AugmentArguments:
     )
     foundation_model_backbone: str | None = flag(
         None,
-        "qwen2_vl, qwen2_5_vl, llava, generic, scene_oracle (synthetic data only) or none "
-        "(skip augmentation). Default: from --foundation_model_path's config; scene_oracle on "
-        "the synthetic benchmark.",
+        "Who writes the new texts: a foundation model's architecture (qwen2_vl, qwen2_5_vl, "
+        "llava, generic: with --foundation_model_path), scene_oracle or simulated_captioner "
+        "(synthetic benchmarks only), or none (no augmentation). Default: from "
+        "--foundation_model_path's config; scene_oracle on the synthetic benchmark.",
         choices=CAPTIONERS,
     )
     foundation_batch_size: int = flag(8, "Pairs per generation batch.", results=False, at_least=1)
@@ -528,12 +583,6 @@ class AugmentArguments:
             if item.name.startswith("simulated_")
         }
 
-    def result_options(self) -> dict:
-        """The flags of this group that change which texts come out (recorded in the meta;
-        the captioner and its checkpoint are recorded resolved, beside them)."""
-        options = result_config(dataclasses.asdict(self), type(self))
-        return {k: v for k, v in options.items() if not k.startswith("foundation_model_")}
-
     @property
     def pair_cap(self) -> int | None:
         return self.max_augmented_per_iteration or None
@@ -626,6 +675,8 @@ class IterativeTrainingArguments(TrainingArguments):
 
 GROUPS = (
     RunArguments,
+    ReportArguments,
+    EncodeArguments,
     ModelArguments,
     DataArguments,
     MiningArguments,
@@ -703,17 +754,21 @@ class UseArguments:
 
 @dataclass
 class Flags:
-    """Every flag of a run, by group."""
+    """Every flag of a run, by group; `given`: the flags set on the command line or in a
+    `--config` preset (a mode never overrides them)."""
 
     run: RunArguments
+    report: ReportArguments
+    encode: EncodeArguments
     model: ModelArguments
     data: DataArguments
     mining: MiningArguments
     augment: AugmentArguments
     training: IterativeTrainingArguments
+    given: frozenset[str] = frozenset()
 
     def groups(self) -> tuple:
-        return (self.run, self.model, self.data, self.mining, self.augment, self.training)
+        return tuple(getattr(self, item.name) for item in dataclasses.fields(self) if item.name != "given")
 
     def as_dict(self) -> dict:
         """Every flag by name (the Trainer's too), as experiment_config.json records them."""
@@ -731,6 +786,21 @@ def _declared_flags() -> dict[str, dataclasses.Field]:
         for item in dataclasses.fields(group)
         if RESULTS in item.metadata
     }
+
+
+def result_options(*groups: object, leave_out: tuple[str, ...] = ()) -> dict:
+    """The result-changing flags of these flag-group instances, by their own declarations
+    (a flag added to a group, in a subclass too, is in; one added since version 1 only
+    where it leaves its default), sorted by name."""
+    kept = {}
+    for group in groups:
+        for item in dataclasses.fields(group):
+            if not is_flag(item) or not item.metadata[RESULTS] or item.name in leave_out:
+                continue
+            value = getattr(group, item.name)
+            if item.metadata[SINCE] == 1 or value != item.default:
+                kept[item.name] = value
+    return dict(sorted(kept.items()))
 
 
 def _as_json(value: object) -> object:
@@ -813,10 +883,10 @@ def default_training_arguments() -> dict:
 
 
 class FlagParser(HfArgumentParser):
-    """HfArgumentParser over the groups; our metadata keys are kept from argparse."""
+    """HfArgumentParser over flag groups; our metadata keys are kept from argparse."""
 
-    def __init__(self, groups: tuple[type, ...] = GROUPS) -> None:
-        super().__init__(groups)
+    def __init__(self, groups: tuple[type, ...] = GROUPS, **kwargs) -> None:
+        super().__init__(groups, **kwargs)
 
     def add_argument(self, *args, **kwargs):
         for key in _OURS:
@@ -824,8 +894,28 @@ class FlagParser(HfArgumentParser):
         return super().add_argument(*args, **kwargs)
 
 
+def _field_of(name: str, groups: tuple[type, ...] = GROUPS) -> tuple[type, dataclasses.Field] | None:
+    for group in groups:
+        for item in dataclasses.fields(group):
+            if item.name == name:
+                return group, item
+    return None
+
+
+def check_preset_types(preset: dict, source: str) -> None:
+    """Each preset value of the type its flag (or Trainer field) is declared with."""
+    for key, value in preset.items():
+        group, item = _field_of(key)
+        try:
+            parse_value(declared_type(group, item), value, source, key)
+        except RecordError as error:
+            raise ArgumentError(str(error)) from None
+        except TypeError:  # a Trainer field typed beyond JSON's types: transformers checks it
+            continue
+
+
 def read_preset(path: str) -> dict:
-    """A `--config` preset: a JSON object of known flag names."""
+    """A `--config` preset: a JSON object of known flag names, each of its declared type."""
     config_path = Path(path)
     if not config_path.is_file():
         raise ArgumentError(f"--config {config_path}: no such file")
@@ -838,23 +928,41 @@ def read_preset(path: str) -> dict:
         ) from None
     if not isinstance(preset, dict):
         raise ArgumentError(f"--config {config_path}: the top level must be a JSON object of flags")
-    known = {item.name for group in GROUPS for item in dataclasses.fields(group)}
-    unknown = sorted(set(preset) - known)
+    unknown = sorted(key for key in preset if _field_of(key) is None)
     if unknown:
         raise ArgumentError(f"--config {config_path}: unknown keys {unknown}")
+    check_preset_types(preset, f"--config {config_path}")
     return preset
 
 
-def parse_arguments(argv: list[str] | None = None) -> Flags:
-    """Parse flags; `--config FILE` (or `--config=FILE`) supplies defaults that flags override."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def fast_mode_defaults(flags: Flags, given: frozenset[str]) -> dict:
+    """The values --fast_mode gives the flags that were not given; `save_steps`: half the
+    steps (at least 1), so a quick run still saves a mid-round checkpoint."""
+    values = dict(FAST_MODE)
+    if flags.data.dataset_path is None:
+        values |= FAST_MODE_BENCHMARK
+    steps = flags.training.max_steps if "max_steps" in given else values["max_steps"]
+    if steps > 0:
+        values["save_steps"] = max(1, steps // 2)
+    return {key: value for key, value in values.items() if key not in given}
+
+
+def given_values(argv: list[str], groups: tuple[type, ...] = GROUPS) -> dict[str, object]:
+    """The flags `argv` sets, with their values (whatever their spelling: --x, --x=1, --no_x,
+    a prefix)."""
+    quiet = FlagParser(groups, add_help=False)
+    for action in quiet._actions:  # not given: absent from the namespace
+        action.default = argparse.SUPPRESS
+    namespace, _ = quiet.parse_known_args(argv)
+    return vars(namespace)
+
+
+def _parse(argv: list[str], preset: dict, mode: dict | None = None) -> Flags:
+    """The flags of `argv`, over the preset's values, over a mode's, over the defaults."""
     parser = FlagParser()
     parser.set_defaults(**default_training_arguments())
-    preset_reader = argparse.ArgumentParser(add_help=False)
-    preset_reader.add_argument("--config")
-    preset, _ = preset_reader.parse_known_args(argv)
-    if preset.config is not None:
-        parser.set_defaults(**read_preset(preset.config))
+    parser.set_defaults(**(mode or {}))
+    parser.set_defaults(**preset)
     try:
         groups = parser.parse_args_into_dataclasses(args=argv)
     except ArgumentError:
@@ -864,6 +972,137 @@ def parse_arguments(argv: list[str] | None = None) -> Flags:
     except metadata.PackageNotFoundError as error:
         raise ArgumentError(f"a flag needs a package that is not installed: {error}") from None
     return Flags(*groups)
+
+
+def parse_arguments(argv: list[str] | None = None) -> Flags:
+    """Parse flags; `--config FILE` (or `--config=FILE`) supplies values that flags on the
+    command line override; `--fast_mode` fills in only the flags neither gave."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    preset_reader = argparse.ArgumentParser(add_help=False)
+    preset_reader.add_argument("--config")
+    path = preset_reader.parse_known_args(argv)[0].config
+    preset = read_preset(path) if path is not None else {}
+    explicit = preset | given_values(argv)
+    given = frozenset(explicit)
+    batch, per_device = explicit.get("batch_size"), explicit.get("per_device_train_batch_size")
+    if None not in (batch, per_device) and batch != per_device:
+        _refuse("per_device_train_batch_size", per_device, f"--batch_size {batch} sets it too; give one of the two")
+    flags = _parse(argv, preset)
+    if flags.run.fast_mode:
+        flags = _parse(argv, preset, fast_mode_defaults(flags, given))
+    return dataclasses.replace(flags, given=given)
+
+
+def preset_repeats(preset: dict) -> list[str]:
+    """The keys of a preset that change nothing: without them, the run's flags are the same
+    (a key that only repeats a default). A key the others need (a checkpoint path beside
+    its backbone) is not one."""
+    whole = _parse([], preset).as_dict()
+
+    def repeats(key: str) -> bool:
+        try:
+            return _parse([], {k: v for k, v in preset.items() if k != key}).as_dict() == whole
+        except ArgumentError:
+            return False
+
+    return [key for key in preset if repeats(key)]
+
+
+# ---------------------------------------------------------------- eval_iterative.py
+
+EVAL_DATASETS = {
+    "cirr_val": ("cirr", "val"),
+    "cirr_test": ("cirr", "test1"),
+    "fashioniq_val": ("fashioniq", "val"),
+}
+
+
+@dataclass
+class EvalArguments:
+    """eval_iterative.py: which experiment, split and rounds, and where the results go."""
+
+    experiment_dir: str | None = flag(
+        None,
+        "The experiment directory (with --report: or a folder of experiments). Required.",
+        results=False,
+    )
+    eval_dataset: str = flag(
+        "cirr_val",
+        "The split to evaluate (the synthetic benchmark answers to the cirr_* names); cirr_test "
+        "writes the two CIRR submission files instead of metrics.",
+        results=False,
+        choices=tuple(EVAL_DATASETS),
+    )
+    iterations: str | None = flag(
+        None,
+        'Comma-separated rounds, e.g. "1,3,5". Default: every finished checkpoint. With '
+        "--export, --query_image or --export_index: one round, default the last evaluated.",
+        results=False,
+    )
+    dataset_path: str | None = flag(None, "Dataset root. Default: the experiment's own.", results=False)
+    output_file: str | None = flag(
+        None,
+        "Results JSON to update. Default: evaluation_results.json in the experiment. With "
+        "--query_image: the ranking as JSON, and its page beside it (.html).",
+        results=False,
+    )
+    report: bool = flag(
+        False,
+        "Write the HTML report (report/index.html) of the experiment, or of a folder of "
+        "experiments (an ablation: one column per experiment).",
+        results=False,
+    )
+    debug: bool = flag(False, "Show the traceback of a user error (also CIR_DEBUG=1).", results=False)
+
+    def __post_init__(self) -> None:
+        check_flags(self)
+        if self.experiment_dir is None:
+            raise ArgumentError("--experiment_dir is required")
+
+
+EVAL_GROUPS = (EvalArguments, ReportArguments, EncodeArguments, UseArguments)
+# eval_iterative.py's earlier spellings of the encoding flags (EncodeArguments)
+EVAL_SPELLINGS = {
+    "--batch_size": "--encode_batch_size",
+    "--max_pixels": "--encode_max_pixels",
+    "--min_pixels": "--encode_min_pixels",
+}
+EVAL_DESCRIPTION = (
+    "Evaluate the checkpoints of an iterative experiment, or use one round: export it "
+    "(--export), ask it a query (--query_image, --query_text), write a gallery index "
+    "(--export_index)."
+)
+
+
+@dataclass
+class EvalFlags:
+    """Every flag of eval_iterative.py, by group (the report's and the encoding's are the
+    training run's own groups)."""
+
+    eval: EvalArguments
+    report: ReportArguments
+    encode: EncodeArguments
+    use: UseArguments
+
+
+def _respell(item: str) -> str:
+    name, equals, value = item.partition("=")
+    return EVAL_SPELLINGS.get(name, name) + equals + value
+
+
+def eval_parser() -> FlagParser:
+    return FlagParser(EVAL_GROUPS, description=EVAL_DESCRIPTION)
+
+
+def parse_eval_arguments(argv: list[str]) -> EvalFlags:
+    """eval_iterative.py's flags, from the same declarations as the training run's."""
+    try:
+        groups = eval_parser().parse_args_into_dataclasses(args=[_respell(item) for item in argv])
+    except ArgumentError:
+        raise
+    except ValueError as error:  # an unknown flag
+        raise ArgumentError(str(error)) from None
+    return EvalFlags(*groups)
 
 
 def flag_table() -> str:

@@ -123,6 +123,11 @@ class HardNegatives(Artifact):
     stats: MiningStats
     queries: dict[str, MinedQuery]
 
+    @property
+    def checkpoint_fingerprint(self) -> str:
+        """The fingerprint of the checkpoint that mined these negatives (from the meta)."""
+        return self.meta["checkpoint_fingerprint"]
+
     def negative_images(self) -> dict[str, list[str]]:
         """{pairid: the mined images, in rank order}."""
         return {pairid: [n.image for n in query.negatives] for pairid, query in self.queries.items()}

@@ -7,7 +7,6 @@ shows its traceback too. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -15,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from src.arguments import FlagParser, Flags, UseArguments, parse_arguments
+from src.arguments import EVAL_DATASETS, EvalFlags, Flags, parse_arguments, parse_eval_arguments
 from src.artifacts import Evaluation
 from src.data.loading import load_split
 from src.distributed import (
@@ -43,18 +42,13 @@ from src.report.table import format_modality_table, format_table, plot_results
 from src.retrieval.checkpoint_encoding import EncodeSettings
 from src.retrieval.retriever import check_query
 from src.rounds import run_job
-from src.stages.evaluate import evaluate_stage
+from src.stages.evaluate import evaluate_step
 from src.use.export import check_new_folder, export_index, export_round
 from src.use.trained_round import TrainedRound, ask, gallery_source
 
 DEBUG_ENV = "CIR_DEBUG"
 # HF TrainingArguments has a `--debug <option>` of its own; only a bare --debug is ours.
 HF_DEBUG_OPTIONS = ("underflow_overflow", "tpu_metrics_debug")
-EVAL_DATASETS = {
-    "cirr_val": ("cirr", "val"),
-    "cirr_test": ("cirr", "test1"),
-    "fashioniq_val": ("fashioniq", "val"),
-}
 
 
 def setup_logging() -> None:
@@ -141,60 +135,10 @@ def _train(argv: list[str]) -> int:
             print(table)
         plot = plot_results(results, experiment.evaluation_plot, str(experiment.dir))
         if not flags.run.no_report:
-            print(f"report: {build_report(experiment.dir, flags.run.report_queries)}")
+            print(f"report: {build_report(experiment.dir, flags.report.report_queries)}")
         elapsed = time.perf_counter() - start
         print(f"\nexperiment directory: {experiment.dir} (plot: {plot.name}); {elapsed:.0f} s")
     return 0
-
-
-def _eval_parser() -> argparse.ArgumentParser:
-    parser = FlagParser((UseArguments,))  # --export, --query_image, ...: declared in src/arguments.py
-    parser.description = (
-        "Evaluate the checkpoints of an iterative experiment, or use one round: export it "
-        "(--export), ask it a query (--query_image, --query_text), write a gallery index "
-        "(--export_index)."
-    )
-    parser.add_argument("--experiment_dir", required=True, help="The experiment directory.")
-    parser.add_argument(
-        "--eval_dataset",
-        default="cirr_val",
-        choices=sorted(EVAL_DATASETS),
-        help="Split to evaluate (the synthetic benchmark answers to the cirr_* names).",
-    )
-    parser.add_argument(
-        "--iterations",
-        default=None,
-        help='Comma-separated, e.g. "1,3,5". Default: every checkpoint. With --export, '
-        "--query_image or --export_index: one round, default the last evaluated.",
-    )
-    parser.add_argument(
-        "--dataset_path", default=None, help="Dataset root. Default: the experiment's own."
-    )
-    parser.add_argument(
-        "--output_file",
-        default=None,
-        help="Results JSON to update. Default: evaluation_results.json in the experiment. "
-        "With --query_image: the ranking as JSON, and its page beside it (.html).",
-    )
-    parser.add_argument("--batch_size", type=int, default=64, help="Encoding batch size.")
-    parser.add_argument(
-        "--max_pixels",
-        type=int,
-        default=None,
-        help="Pixel budget per image (Qwen2-VL / Qwen2.5-VL). Default: each checkpoint's own.",
-    )
-    parser.add_argument(
-        "--min_pixels", type=int, default=None, help="Smallest pixel count. Default: the checkpoint's."
-    )
-    parser.add_argument(
-        "--report",
-        action="store_true",
-        help="Write the HTML report (report/index.html) of the experiment, or of a folder of "
-        "experiments (an ablation: one column per experiment).",
-    )
-    parser.add_argument("--report_queries", type=int, default=24, help="Queries shown per round.")
-    parser.add_argument("--debug", action="store_true", help="Show tracebacks of user errors.")
-    return parser
 
 
 def _iterations(text: str | None, available: list[int], experiment: Experiment) -> list[int]:
@@ -212,17 +156,10 @@ def _iterations(text: str | None, available: list[int], experiment: Experiment) 
     return iterations
 
 
-def _encode_settings(args: argparse.Namespace, saved: Flags) -> EncodeSettings:
-    """How eval_iterative.py encodes: its flags, and the run's dtype and image store (the
-    same pixel values, decoded once)."""
-    return EncodeSettings(
-        args.batch_size,
-        0,
-        saved.model.torch_dtype,
-        args.min_pixels,
-        args.max_pixels,
-        image_store_dir(saved.data),
-    )
+def _encode_settings(flags: EvalFlags, saved: Flags) -> EncodeSettings:
+    """How eval_iterative.py encodes: its encoding flags (the run's own group), and the
+    run's dtype and image store (the same pixel values, decoded once)."""
+    return EncodeSettings(flags.encode, 0, saved.model.torch_dtype, image_store_dir(saved.data))
 
 
 def _one_round(text: str | None) -> int | None:
@@ -237,9 +174,10 @@ def _one_round(text: str | None) -> int | None:
         ) from None
 
 
-def _use(args: argparse.Namespace, use: UseArguments) -> int:
+def _use(flags: EvalFlags) -> int:
     """--export / --query_image / --export_index: every check first, then the work, through
     the Python API (src/use/, src/retrieval/retriever.py)."""
+    args, use = flags.eval, flags.use
     if args.report:
         raise UsageError("--report does not go with --export, --query_image or --export_index")
     asking = use.query_image is not None or use.query_text is not None
@@ -260,7 +198,7 @@ def _use(args: argparse.Namespace, use: UseArguments) -> int:
         print(f"exported: {export_round(trained, use.export, use.export_dtype)}")
     if source is None:
         return 0
-    with trained.retriever(_encode_settings(args, trained.flags)) as retriever:
+    with trained.retriever(_encode_settings(flags, trained.flags)) as retriever:
         gallery = source.encode(retriever)
         how = "read from the embedding cache" if gallery.from_cache else "encoded and cached"
         print(f"gallery: {source.description}: {len(gallery.names)} images, {how}")
@@ -275,18 +213,14 @@ def _use(args: argparse.Namespace, use: UseArguments) -> int:
 
 
 def _evaluate(argv: list[str]) -> int:
-    parser = _eval_parser()
-    use, args, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # exit status 2, as argparse
+    flags = parse_eval_arguments(argv)  # the declarations of src/arguments.py
+    args = flags.eval
     setup_logging()
-    if args.batch_size < 1:
-        raise UsageError(f"--batch_size {args.batch_size}: must be >= 1")
-    if use.requested:
-        return _use(args, use)
+    if flags.use.requested:
+        return _use(flags)
     experiment = Experiment(args.experiment_dir)
     if args.report and not experiment.config.exists():  # a folder of experiments
-        print(f"report: {build_report(experiment.dir, args.report_queries)}")
+        print(f"report: {build_report(experiment.dir, flags.report.report_queries)}")
         return 0
     saved = experiment.config.record().flags
     dataset_name, split_name = EVAL_DATASETS[args.eval_dataset]
@@ -302,8 +236,10 @@ def _evaluate(argv: list[str]) -> int:
         split_name,
         allow_external_images=saved.data.allow_external_images,
     )
-    settings = _encode_settings(args, saved)
-    evaluations = {i: evaluate_stage(experiment, i, split, dataset_name, settings) for i in iterations}
+    settings = _encode_settings(flags, saved)
+    evaluations = {
+        i: evaluate_step(experiment, i, split, dataset_name, settings).run() for i in iterations
+    }
     if not is_main():
         return 0
     if not split.has_labels:
@@ -327,5 +263,5 @@ def _evaluate(argv: list[str]) -> int:
     plot = plot_results(results, output.with_suffix(".png"), str(experiment.dir))
     print(f"\nresults: {output}; plot: {plot}")
     if args.report:
-        print(f"report: {build_report(experiment.dir, args.report_queries)}")
+        print(f"report: {build_report(experiment.dir, flags.report.report_queries)}")
     return 0

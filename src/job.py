@@ -2,7 +2,8 @@
 
 `resolve_job` fills in what the user left out (the offline default model and benchmark,
 handed in as `RunDefaults` by the entry point, since the product code does not depend on
-src/offline/), applies `--fast_mode`, loads the splits and resolves the captioner. The
+src/offline/), loads the splits and resolves the captioner (`--fast_mode` is applied when
+the flags are parsed, src/arguments.py, so a flag given explicitly keeps its value). The
 stages take the flag groups themselves as their options (src/arguments.py), so nothing is
 copied here.
 """
@@ -30,9 +31,6 @@ from src.distributed import main_process_first
 from src.errors import ArgumentError
 from src.experiment import Experiment
 from src.retrieval.checkpoint_encoding import EncodeSettings
-
-FAST_MODE = {"train_images": 600, "val_images": 300, "test_images": 120, "max_steps": 12}
-FAST_MODE_SAMPLES = {"train": 200, "eval": 100}
 
 
 class RunDefaults(Protocol):
@@ -101,7 +99,7 @@ class Job:
     @property
     def encoding(self) -> EncodeSettings:
         return EncodeSettings(
-            self.run.encode_batch_size,
+            self.flags.encode,
             self.training.dataloader_num_workers,
             self.model.torch_dtype,
             image_store=self.image_store,
@@ -149,18 +147,6 @@ def subset(triplets: list[Triplet], limit: int | None) -> list[Triplet]:
     return chosen
 
 
-def apply_fast_mode(data: DataArguments, training: IterativeTrainingArguments) -> None:
-    """--fast_mode: a small benchmark (when it is the offline one), a subset, few steps."""
-    training.max_steps = FAST_MODE["max_steps"]
-    training.save_steps = max(1, FAST_MODE["max_steps"] // 2)
-    if data.dataset_path is None:
-        data.synthetic_train_images = FAST_MODE["train_images"]
-        data.synthetic_val_images = FAST_MODE["val_images"]
-        data.synthetic_test_images = FAST_MODE["test_images"]
-    data.max_train_samples = data.max_train_samples or FAST_MODE_SAMPLES["train"]
-    data.max_eval_samples = data.max_eval_samples or FAST_MODE_SAMPLES["eval"]
-
-
 def resolve_paths(
     model: ModelArguments, data: DataArguments, defaults: RunDefaults | None
 ) -> tuple[str, str, str, str]:
@@ -181,10 +167,8 @@ def resolve_paths(
 
 
 def resolve_job(flags: Flags, defaults: RunDefaults | None = None) -> Job:
-    """Fill in the defaults and the fast mode, load the splits, resolve the captioner."""
+    """Fill in the defaults, load the splits, resolve the captioner."""
     data = flags.data
-    if flags.run.fast_mode:
-        apply_fast_mode(data, flags.training)
     model_path, dataset_path, model_label, dataset_label = resolve_paths(flags.model, data, defaults)
     directory = flags.run.experiment_dir or f"experiments/{model_label}_{dataset_label}_iterative"
     external = data.allow_external_images

@@ -27,6 +27,7 @@ from src.arguments import FOUNDATION_MODEL_BACKBONES
 from src.devices import device_name, measured_throughput
 from src.distributed import world_size
 from src.errors import IntegrityError
+from src.experiment.step import Step
 from src.job import Job
 from src.model.architectures import (
     architecture_signature,
@@ -50,7 +51,6 @@ from src.model.registry import (
     load_processor,
 )
 from src.rounds import job_steps
-from src.stages.step import Step
 
 GIB = 1024**3
 TEXT_SAMPLE = 2000
@@ -269,7 +269,7 @@ def memory_estimate(
     inference_bytes = _dtype_bytes(resolve_dtype(job.model.torch_dtype))
     if device == "cuda" and job.model.torch_dtype == "auto":
         inference_bytes = 2  # bfloat16 where the GPU supports it (resolve_dtype)
-    batch = job.run.encode_batch_size
+    batch = job.flags.encode.encode_batch_size
     encoding = memory.forward_memory(
         shape,
         process,

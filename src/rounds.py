@@ -9,8 +9,10 @@ round i   mine with checkpoint_iter_{i-1}                  -> hard_negatives_ite
 every     evaluate on the validation split                 -> evaluation_val_iter_{i}.json
 
 `job_steps` is the one place that says this: `run_rounds` executes its steps and `--plan`
-prints them (src/plan.py). Each step goes through `Experiment.run_stage`, which skips it
-when its artifact is done. docs/architecture.md draws the whole.
+prints them (src/plan.py). Each step (src/experiment/step.py) declares what it reads and
+depends on, its meta derived from those, and goes through the one runner,
+`Experiment.run_step`, which skips it when its artifact is done. docs/architecture.md
+draws the whole.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ import contextlib
 import logging
 
 from src.distributed import barrier, is_main
+from src.experiment.step import Step
 from src.job import Job
-from src.stages.augment import augment_request, augment_step
+from src.stages.augment import augment_step, pair_selection
 from src.stages.evaluate import evaluate_step
 from src.stages.mine import mine_step
-from src.stages.step import Step
 from src.stages.train import train_step
 
 logger = logging.getLogger("rounds")
@@ -32,7 +34,7 @@ logger = logging.getLogger("rounds")
 def captioned_pairs(job: Job, iteration: int) -> int:
     """Pairs round `iteration` captions: exact once its negatives are mined, else the bound."""
     with contextlib.suppress(OSError, KeyError, ValueError):
-        return len(augment_request(job, iteration)[1].pairs)
+        return len(pair_selection(job, iteration)[1].pairs)
     pairs = len(job.train_split.triplets) * job.augment.augment_pairs_per_query
     return min(pairs, job.augment.pair_cap or pairs)
 

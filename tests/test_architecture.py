@@ -10,7 +10,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Lowest first: a module may import modules of its own layer or of a lower one.
 LAYERS = (
-    ("src.errors", "src.experiment_io", "src.integrity", "src.distributed", "src.faults", "src.devices", "src.memory"),
+    ("src.errors", "src.experiment_io", "src.record_base", "src.integrity", "src.distributed", "src.faults",
+     "src.devices", "src.memory"),
     ("src.arguments", "src.model.registry"),
     ("src.data", "src.model", "src.loss", "src.artifacts", "src.records"),
     ("src.retrieval", "src.data.dataset", "src.augment", "src.trainer_iterative", "src.training"),

@@ -18,7 +18,7 @@ import pytest
 import src.retrieval.checkpoint_encoding as checkpoint_encoding
 import src.retrieval.encode as encode
 import src.stages.augment as stage
-from src.arguments import parse_arguments
+from src.arguments import EncodeArguments, parse_arguments
 from src.artifacts import (
     AugmentedSamples,
     CheckpointRecord,
@@ -36,9 +36,10 @@ from src.job import Job, resolve_job
 from src.model.encoder import build_encoder
 from src.offline import OFFLINE_DEFAULTS
 from src.offline.scene_oracle import SceneOracle
+from src.records import MiningStats, ScoreDistribution, TrainSkipped
 from src.retrieval.checkpoint_encoding import CheckpointEncoder, EncodeSettings
 from src.retrieval.encode import EmbeddingCache
-from src.stages.augment import ALL_REASONS, augment_stage
+from src.stages.augment import ALL_REASONS, augment_step
 from src.stages.train import round_inputs, save_checkpoint
 
 NUM_MINED = 4
@@ -80,7 +81,19 @@ def with_mined_near_misses(job: Job) -> Job:
         near_misses = [m for m in t.group if m not in (t.reference, t.target)]
         negatives = [MinedNegative(m, 0.5 - 0.01 * r, r) for r, m in enumerate(near_misses)]
         queries[t.pairid] = MinedQuery(negatives, len(near_misses), 0.4)
-    mined = HardNegatives({"checkpoint_fingerprint": "mined-by-test"}, {}, queries)
+    stats = MiningStats(
+        num_queries=len(job.train_split.triplets),
+        num_mined=len(queries),
+        num_negatives=sum(len(q.negatives) for q in queries.values()),
+        queries_without_negatives=sum(not q.negatives for q in queries.values()),
+        train_recall_at_1=None,
+        train_recall_at_5=None,
+        target_rank_histogram={},
+        removed_by_filter={},
+        target_scores=ScoreDistribution(count=0),
+        negative_scores=ScoreDistribution(count=0),
+    )
+    mined = HardNegatives({"checkpoint_fingerprint": "mined-by-test"}, stats, queries)
     mined.write(job.experiment.hard_negatives(0))
     return job
 
@@ -134,7 +147,7 @@ def test_round_generates_cleans_filters_and_writes_with_provenance(make_job,
         return captioner
 
     monkeypatch.setattr(stage, "load_captioner", load_and_watch)
-    augment_stage(job, 1)
+    augment_step(job, 1).run()
 
     assert len(loaded) == 1 and loaded[0]() is None  # released before training
     payload = AugmentedSamples.read(job.experiment.augmented(1))
@@ -211,7 +224,7 @@ def test_kill_mid_generation_and_resume(make_job, ending_models, small_benchmark
         stage, "load_captioner", lambda *a, **k: load_counting(*a, kill_after_batches=3, **k)
     )
     with pytest.raises(Killed):
-        augment_stage(job, 1)
+        augment_step(job, 1).run()
     assert not job.experiment.augmented(1).exists()
     (partial,) = partial_files(job.experiment, 1)
     first_run = list(generated)
@@ -222,7 +235,7 @@ def test_kill_mid_generation_and_resume(make_job, ending_models, small_benchmark
     monkeypatch.setattr(
         stage, "load_captioner", lambda *a, **k: load_counting(*a, kill_after_batches=None, **k)
     )
-    augment_stage(job, 1)
+    augment_step(job, 1).run()
     payload = AugmentedSamples.read(job.experiment.augmented(1))
     assert len(generated) == 2 and not set(generated) & set(first_run)
     assert payload.stats.pairs_resumed == 6 and payload.stats.pairs_generated == 2
@@ -253,7 +266,7 @@ def test_consistency_answers_drop_samples_and_false_negatives(make_job,
         return values
 
     monkeypatch.setattr(SceneOracle, "yes_probabilities", answers)
-    augment_stage(job, 1)
+    augment_step(job, 1).run()
     payload = AugmentedSamples.read(job.experiment.augmented(1))
     check_accounting(payload)
     kept_sources = {s.source_pairid for s in payload.samples}
@@ -279,11 +292,13 @@ def test_verify_keeps_what_the_current_embedder_prefers(make_job,
     )  # fmt: skip
     encoder = build_encoder(tiny_qwen)
     checkpoint = job.experiment.checkpoint(0)
-    save_checkpoint(job.experiment, encoder, checkpoint, CheckpointRecord({}, 0, {}, ""))
-    job.experiment.log.record("train", 0, {}, checkpoint)
+    untrained = TrainSkipped(skipped="the base model", num_samples=0)
+    save_checkpoint(job.experiment, encoder, checkpoint, CheckpointRecord({}, 0, untrained, ""))
+    job.experiment.log.record("train", 0, untrained, checkpoint)
     verified = job.experiment.verified_checkpoint(0)
     cache = EmbeddingCache(job.experiment.embeddings_dir)
-    with CheckpointEncoder(checkpoint, verified.fingerprint, cache, EncodeSettings(32)) as reader:
+    settings = EncodeSettings(EncodeArguments(encode_batch_size=32))
+    with CheckpointEncoder(checkpoint, verified.fingerprint, cache, settings) as reader:
         encoded = reader.encode_split(job.train_split, [], job.dataset_name)  # as mining does
     encoded_rows = []
 
@@ -292,7 +307,7 @@ def test_verify_keeps_what_the_current_embedder_prefers(make_job,
         return ENCODE_ROWS(encoder, rows, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint_encoding, "encode_rows", counting)
-    augment_stage(job, 1)
+    augment_step(job, 1).run()
     assert encoded_rows == ["queries"]  # the gallery came from the cache
     payload = AugmentedSamples.read(job.experiment.augmented(1))
     check_accounting(payload)
@@ -301,8 +316,8 @@ def test_verify_keeps_what_the_current_embedder_prefers(make_job,
     assert payload.samples and failed  # a random tiny embedder gets some right, some wrong
     for sample in payload.samples:
         scores = sample.verify
-        assert scores["new_target_score"] > scores["original_target_score"]
-        assert scores["original_target_score"] == pytest.approx(
+        assert scores.new_target_score > scores.original_target_score
+        assert scores.original_target_score == pytest.approx(
             float(gallery[sample.original_target] @ _query(job, encoder, sample)), abs=1e-4
         )
 
@@ -315,7 +330,7 @@ def _query(job, encoder, sample):
 
 def test_none_skips_and_says_so(make_job, tiny_qwen, small_benchmark, tmp_path):
     job = make_job(tmp_path, tiny_qwen, small_benchmark, "--foundation_model_backbone", "none")
-    augment_stage(job, 1)
+    augment_step(job, 1).run()
     payload = AugmentedSamples.read(job.experiment.augmented(1))
     assert payload.meta["generator"] == "none" and "none" in payload.meta["skipped"]
     assert payload.samples == []
@@ -333,12 +348,12 @@ def test_a_finished_file_is_redone_only_when_its_meta_changes(make_job,
         "generate",
         lambda self, pairs: calls.append(len(pairs)) or generate(self, pairs),
     )
-    augment_stage(job, 1)
+    augment_step(job, 1).run()
     assert sum(calls) == NUM_MINED
-    augment_stage(job, 1)
+    augment_step(job, 1).run()
     assert sum(calls) == NUM_MINED
     job.augment.augment_pairs_per_query = 2
-    augment_stage(job, 1)
+    augment_step(job, 1).run()
     assert sum(calls) == NUM_MINED + 2 * NUM_MINED
     assert AugmentedSamples.read(job.experiment.augmented(1)).stats.pairs == 2 * NUM_MINED
     assert [s.stage for s in job.experiment.log.entries()] == ["augment", "augment"]
@@ -346,11 +361,11 @@ def test_a_finished_file_is_redone_only_when_its_meta_changes(make_job,
 
 def test_pool_current_or_cumulative(make_job, tiny_qwen, small_benchmark, tmp_path):
     job = make_job(tmp_path, tiny_qwen, small_benchmark, "--max_augmented_per_iteration", "3")
-    augment_stage(job, 1)
+    augment_step(job, 1).run()
     mined = HardNegatives.read(job.experiment.hard_negatives(0))
     mined.meta["checkpoint_fingerprint"] = "round-1"
     mined.write(job.experiment.hard_negatives(1))
-    augment_stage(job, 2)
+    augment_step(job, 2).run()
     current = [t for t in round_data(job, 2).triplets if t.source != "original"]
     job.augment.augmented_pool = "cumulative"
     cumulative = [t for t in round_data(job, 2).triplets if t.source != "original"]
@@ -391,13 +406,13 @@ def test_fast_mode_trains_round_1_on_original_plus_augmented(tmp_path, capsys):
 DISTRIBUTED_SCRIPT = """
 import sys
 import torch.distributed as dist
-from src.arguments import parse_arguments
+from src.arguments import EncodeArguments, parse_arguments
 from src.job import resolve_job
 from src.offline import OFFLINE_DEFAULTS
-from src.stages.augment import augment_stage
+from src.stages.augment import augment_step
 
 dist.init_process_group("gloo")
-augment_stage(resolve_job(parse_arguments(sys.argv[1:]), OFFLINE_DEFAULTS), 1)
+augment_step(resolve_job(parse_arguments(sys.argv[1:]), OFFLINE_DEFAULTS), 1).run()
 dist.destroy_process_group()
 """
 
@@ -414,7 +429,7 @@ def test_two_processes_share_the_work_and_write_what_one_writes(make_job,
         "--consistency_filter",
     ]  # fmt: skip
     one = make_job(tmp_path / "one", ending_models["qwen2_vl"], small_benchmark, *flags)
-    augment_stage(one, 1)
+    augment_step(one, 1).run()
     two = make_job(tmp_path / "two", ending_models["qwen2_vl"], small_benchmark, *flags)
     script = tmp_path / "augment_two.py"
     script.write_text(DISTRIBUTED_SCRIPT)
@@ -460,7 +475,7 @@ def test_the_simulations_right_or_wrong_labels_never_reach_training(make_job, en
         "--foundation_model_backbone", "simulated_captioner", "--augment_pairs_per_query", "2",
         "--simulated_wrong_value", "0.5",
     )  # fmt: skip
-    augment_stage(job, 1)
+    augment_step(job, 1).run()
     path = job.experiment.augmented(1)
     payload = AugmentedSamples.read(path)
     labels = [s.simulation.correct for s in payload.samples]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import src.retrieval.checkpoint_encoding as checkpoint_encoding
+from src.arguments import EncodeArguments
 from src.model.encoder import build_encoder
 from src.retrieval.checkpoint_encoding import CheckpointEncoder, EncodeSettings
 from src.retrieval.encode import (
@@ -64,7 +65,7 @@ def test_cache_hit_and_a_miss_on_each_key_change(
     encoder, checkpoint, small_train_split, tmp_path, counted
 ):
     cache = EmbeddingCache(tmp_path / "cache")
-    settings = EncodeSettings(batch_size=4)
+    settings = EncodeSettings(EncodeArguments(encode_batch_size=4))
     names = small_train_split.gallery_names()[:6]
     rows = gallery_rows(small_train_split, TOKEN, names)
     reader = CheckpointEncoder(checkpoint, "weights-1", cache, settings)
@@ -110,7 +111,7 @@ def test_text_only_queries_have_no_image_and_a_cache_entry_of_their_own(
         f"{triplets[0].caption}\n"
     )
     cache = EmbeddingCache(tmp_path / "cache")
-    with CheckpointEncoder(checkpoint, "w", cache, EncodeSettings(batch_size=2)) as reader:
+    with CheckpointEncoder(checkpoint, "w", cache, EncodeSettings(EncodeArguments(encode_batch_size=2))) as reader:
         encoded = reader.encode_split(small_train_split, triplets, "cirr", text_only=True)
         assert counted == ["gallery", "queries", "text_queries"]
         again = reader.text_queries(small_train_split, triplets, "cirr")
@@ -127,10 +128,10 @@ def test_text_only_queries_have_no_image_and_a_cache_entry_of_their_own(
 
 def test_a_fully_cached_split_never_loads_the_weights(checkpoint, small_train_split, tmp_path, monkeypatch):
     cache = EmbeddingCache(tmp_path / "cache")
-    with CheckpointEncoder(checkpoint, "w", cache, EncodeSettings(batch_size=8)) as reader:
+    with CheckpointEncoder(checkpoint, "w", cache, EncodeSettings(EncodeArguments(encode_batch_size=8))) as reader:
         encoded = reader.encode_split(small_train_split, small_train_split.triplets[:5], "cirr")
     monkeypatch.setattr(checkpoint_encoding, "load_encoder", None)  # any load would fail
-    with CheckpointEncoder(checkpoint, "w", cache, EncodeSettings(batch_size=8)) as reader:
+    with CheckpointEncoder(checkpoint, "w", cache, EncodeSettings(EncodeArguments(encode_batch_size=8))) as reader:
         again = reader.encode_split(small_train_split, small_train_split.triplets[:5], "cirr")
     np.testing.assert_array_equal(again.gallery, encoded.gallery)
     np.testing.assert_array_equal(again.queries, encoded.queries)
@@ -139,7 +140,7 @@ def test_a_fully_cached_split_never_loads_the_weights(checkpoint, small_train_sp
 def test_a_damaged_cache_entry_is_encoded_again(checkpoint, small_train_split, tmp_path, counted):
     cache = EmbeddingCache(tmp_path / "cache")
     rows = gallery_rows(small_train_split, TOKEN, small_train_split.gallery_names()[:3])
-    reader = CheckpointEncoder(checkpoint, "w", cache, EncodeSettings(batch_size=8))
+    reader = CheckpointEncoder(checkpoint, "w", cache, EncodeSettings(EncodeArguments(encode_batch_size=8)))
     first = reader.encode(rows, "train")
     (matrix_file,) = (tmp_path / "cache").glob("*.npy")
     data = matrix_file.read_bytes()

@@ -37,7 +37,9 @@ def config_differences(
     no longer changes results is ignored; one added since counts only off its default; a
     Trainer field only off its default: the saved side's `saved_defaults` where the
     experiment recorded them). Each difference: (key, saved value, current value)."""
-    saved_defaults = trainer_defaults() if saved_defaults is None else saved_defaults
+    today = trainer_defaults()
+    # a field the experiment predates had, for it, today's default
+    saved_defaults = today if saved_defaults is None else today | saved_defaults
     kept_saved = result_config(saved, defaults=saved_defaults)
     kept_current = result_config(current)
     at_default = object()
@@ -46,7 +48,7 @@ def config_differences(
         return kept[key] if key in kept else raw.get(key, defaults.get(key))
 
     return [
-        (k, shown(kept_saved, saved, k, saved_defaults), shown(kept_current, current, k, trainer_defaults()))
+        (k, shown(kept_saved, saved, k, saved_defaults), shown(kept_current, current, k, today))
         for k in sorted(set(kept_saved) | set(kept_current))
         if kept_saved.get(k, at_default) != kept_current.get(k, at_default)
     ]

@@ -2,8 +2,8 @@
 
 A stage is done when its artifact exists, matches the size and hash recorded in
 stages.jsonl when it was written, and the meta stored with it matches the current run's
-(every key, each side read by the current format: src/artifacts.py). `run_stage` is the
-one place that decides this (on rank 0, for every process), runs the stage on every
+(every key, each side read by the current format: src/artifacts.py). `run_step` is the
+one place that decides this (on rank 0, for every process), runs the step on every
 process when it is not done, writes the artifact from rank 0 and waits for the others.
 """
 
@@ -14,9 +14,10 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from src.artifacts import Artifact, CheckpointRecord, Evaluation
 from src.distributed import barrier, decided_by_main, is_main
@@ -26,6 +27,9 @@ from src.experiment.layout import STAGE_RECORD_NAME, ExperimentLayout, round_of
 from src.experiment.stage_log import StageLog
 from src.experiment_io import write_json_atomic
 from src.integrity import DigestCache
+
+if TYPE_CHECKING:
+    from src.experiment.step import Step
 
 logger = logging.getLogger("experiment")
 
@@ -105,23 +109,18 @@ class Experiment(ExperimentLayout):
             return f"{path.name} was made with other settings ({', '.join(changed)})"
         return None
 
-    def run_stage(
-        self,
-        stage: str,
-        iteration: int,
-        path: Path,
-        kind: type[Artifact],
-        meta: dict,
-        work: Callable[[], StageOutput],
-        save: Callable[[Path, StageOutput], None] | None = None,
-    ) -> Artifact:
-        """Run a stage unless its artifact is done; returns the artifact.
+    def run_step(self, step: Step) -> Artifact:
+        """Run a step unless its artifact is done; returns the artifact. The one runner of
+        every step (src/experiment/step.py).
 
-        `work` runs on every process; rank 0 then writes the artifact (a JSON file with
-        `meta` in it; a directory: through `save`), records it in stages.jsonl, and every
-        process waits at a barrier. An artifact that exists but is not done is reported; a
-        JSON file is rewritten, a directory is moved aside with every later round.
+        The step's meta is derived once; `step.produce` runs on every process; rank 0 then
+        writes the artifact (a JSON file with the meta in it; a directory: through
+        `step.save`), records it in stages.jsonl, and every process waits at a barrier. An
+        artifact that exists but is not done is reported; a JSON file is rewritten, a
+        directory is moved aside with every later round.
         """
+        stage, iteration, path, kind = step.stage, step.iteration, step.artifact, step.kind
+        meta = step.meta()
         reason, exists = decided_by_main(lambda: (self.why_not_done(path, kind, meta), path.exists()))
         if reason is None:
             logger.info("%s %d: %s is done, skipping", stage, iteration, path.name)
@@ -133,13 +132,13 @@ class Experiment(ExperimentLayout):
             barrier()
         start = time.perf_counter()
         logger.info("== %s %d -> %s", stage, iteration, path.name)
-        output = work()
+        output = step.produce()
         output.artifact.meta = {**output.artifact.meta, **meta}
         if is_main():
-            if save is None:
+            if step.save is None:
                 output.artifact.write(path)
             else:
-                save(path, output)
+                step.save(path, output)
             self.log.record(stage, iteration, output.summary, path)
         barrier()
         logger.info("== %s %d done in %.1f s", stage, iteration, time.perf_counter() - start)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import gc
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from src.arguments import EncodeArguments, ModelArguments, result_options
 from src.data.records import Split, Triplet
 from src.distributed import decided_by_main, is_main
 from src.model.encoder import VLM2VecEncoder, load_embedder_config, load_encoder
@@ -36,15 +37,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EncodeSettings:
-    """How to run an encoder: batch size, DataLoader workers, dtype, a pixel budget that
-    overrides the checkpoint's own (None: the budget it was trained with), and the image
+    """How to run an encoder: the encoding flags (`EncodeArguments`: batch size, a pixel
+    budget that overrides the checkpoint's own; its result-changing flags are part of the
+    cache key), DataLoader workers, the weights' dtype (--torch_dtype's), and the image
     store's directory (None: decode every image each time; the embeddings are the same)."""
 
-    batch_size: int = 64
+    options: EncodeArguments = field(default_factory=EncodeArguments)
     num_workers: int = 0
-    dtype: str = "auto"
-    min_pixels: int | None = None
-    max_pixels: int | None = None
+    dtype: str = ModelArguments.torch_dtype
     image_store: str | None = None
 
 
@@ -69,7 +69,8 @@ class CheckpointEncoder:
         self.backbone_name = config.backbone
         self.image_token = backbone.image_token
         self.processor = load_processor(self.checkpoint)
-        backbone.apply_pixel_budget(self.processor, settings.min_pixels, settings.max_pixels)
+        options = settings.options
+        backbone.apply_pixel_budget(self.processor, options.encode_min_pixels, options.encode_max_pixels)
         self._encoder: VLM2VecEncoder | None = None
         self.encoded_rows = 0  # rows run through the model (not read from the cache)
 
@@ -85,8 +86,8 @@ class CheckpointEncoder:
             self._encoder = load_encoder(
                 self.checkpoint,
                 dtype=settings.dtype,
-                min_pixels=settings.min_pixels,
-                max_pixels=settings.max_pixels,
+                min_pixels=settings.options.encode_min_pixels,
+                max_pixels=settings.options.encode_max_pixels,
             )
         return self._encoder
 
@@ -103,7 +104,9 @@ class CheckpointEncoder:
         cache = self.cache if use_cache else None
         key = None
         if cache is not None:
-            key = cache.key(rows, split_name, self.fingerprint, self.backbone_name, self.processor)
+            key = cache.key(
+                rows, split_name, self.fingerprint, self.backbone_name, self.processor, self.options()
+            )
             if decided_by_main(lambda: cache.verified(key)):  # every process encodes, or none
                 cached = cache.read(key)
                 logger.info(
@@ -117,7 +120,7 @@ class CheckpointEncoder:
         matrix = encode_rows(
             self._model(),
             rows,
-            settings.batch_size,
+            settings.options.encode_batch_size,
             settings.num_workers,
             f"encode {split_name} {rows.kind}",
             settings.image_store,
@@ -126,6 +129,10 @@ class CheckpointEncoder:
         if cache is not None and is_main():
             cache.save(key, rows.names, matrix)
         return matrix
+
+    def options(self) -> dict:
+        """The encoding flags that change embeddings (part of every cache key)."""
+        return result_options(self.settings.options)
 
     def gallery(self, split: Split) -> tuple[list[str], np.ndarray]:
         rows = gallery_rows(split, self.image_token)

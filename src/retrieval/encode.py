@@ -207,8 +207,14 @@ class EmbeddingCache:
         fingerprint: str,
         backbone: str,
         processor: ProcessorMixin,
+        options: dict | None = None,
     ) -> dict:
-        return {
+        """What an entry was made from: the rows (what is encoded, with which prompt), the
+        weights, the processor, and `options`, the result-changing encoding flags
+        (`result_options(EncodeArguments)`: a flag declared there is in the key with no
+        edit here; left out while none is off its default, so entries written before the
+        key had them still match)."""
+        key = {
             "kind": rows.kind,
             "split": split_name,
             "weights": fingerprint,
@@ -217,6 +223,7 @@ class EmbeddingCache:
             "processor": digest(processor_settings(processor)),
             "backbone": backbone,
         }
+        return key | ({"options": options} if options else {})
 
     def _paths(self, key: dict) -> tuple[Path, Path]:
         stem = f"{key['split']}_{key['kind']}_{digest(key)[:20]}"

@@ -39,6 +39,7 @@ from src.augment.prompts import PROMPT_VERSION
 from src.augment.verify import VERIFY_REASON, embedder_scores, filter_by_embedder
 from src.distributed import barrier, decided_by_main, is_main, merge_dicts, rank, world_size
 from src.experiment import Experiment, StageOutput
+from src.experiment.step import DependsOn, Reads, Step
 from src.job import Job
 from src.records import (
     AugmentSeconds,
@@ -49,7 +50,6 @@ from src.records import (
 )
 from src.retrieval.checkpoint_encoding import CheckpointEncoder
 from src.retrieval.encode import EmbeddingCache
-from src.stages.step import Step
 
 logger = logging.getLogger("augment")
 
@@ -69,15 +69,14 @@ def _release() -> None:
         torch.cuda.empty_cache()
 
 
-def augment_request(job: Job, iteration: int) -> tuple[dict, PairSelection]:
-    """The meta augmented_samples_iter_{iteration}.json must have to count as done, and the
-    pairs to caption with what they were chosen from (src/augment/pairs.py)."""
+SKIPPED = "--foundation_model_backbone none: no augmentation"
+
+
+def pair_selection(job: Job, iteration: int) -> tuple[HardNegatives, PairSelection]:
+    """The mined file round `iteration` captions from, and the pairs chosen from it, with
+    what they were chosen from (src/augment/pairs.py)."""
     options = job.augment
-    if job.captioner == "none":
-        skipped = {"generator": "none", "skipped": "--foundation_model_backbone none: no augmentation"}
-        return skipped, PairSelection([], 0, 0, 0)
-    mined_file = job.experiment.hard_negatives(iteration - 1)
-    mined = HardNegatives.read(mined_file)
+    mined = HardNegatives.read(job.experiment.hard_negatives(iteration - 1))
     selection = select_pairs(
         job.train_split.triplets,
         job.train_split.images,
@@ -88,61 +87,88 @@ def augment_request(job: Job, iteration: int) -> tuple[dict, PairSelection]:
         options.augment_selection,
         random_seed=job.seed if options.augment_negatives == "random" else None,
     )
-    path = options.foundation_model_path
-    dataset_captioner = job.dataset_captioners.get(job.captioner)
-    meta = {
-        "generator": job.captioner,
-        "hard_negatives": mined_file.name,
-        "hard_negatives_fingerprint": mined.meta["checkpoint_fingerprint"],
-        "checkpoint": None if path is None else str(Path(path).resolve()),
-        "stands_in_for_a_foundation_model": dataset_captioner is not None,
-        "simulation": dataset_captioner.settings if dataset_captioner is not None else None,
-        "prompt_version": PROMPT_VERSION,
-        "pairs_digest": digest(pair_rows(selection.pairs)),
-        "options": options.result_options(),
-        "seed": job.seed,
-    }
-    return meta, selection
+    return mined, selection
 
 
-def augment_step(job: Job, iteration: int, pairs: int) -> Step:
-    """Round `iteration`'s new texts (`pairs`: how many will be captioned, at most)."""
-    pairs = 0 if job.captioner == "none" else pairs
-    return Step(
-        stage="augment",
-        round=iteration,
-        iteration=iteration,
-        artifact=job.experiment.augmented(iteration),
-        kind=AugmentedSamples,
-        meta=lambda: augment_request(job, iteration)[0],
-        run=lambda: augment_stage(job, iteration),
-        describes=f"{job.captioner}: caption up to {pairs} pairs",
-        work={"caption": pairs},
-    )
-
-
-def augment_stage(job: Job, iteration: int) -> AugmentedSamples:
-    """Write augmented_samples_iter_{iteration}.json unless a matching one exists."""
-    experiment = job.experiment
-    meta, selection = augment_request(job, iteration)
-
-    def work() -> StageOutput:
-        if job.captioner == "none":
-            logger.info("augmentation skipped (--foundation_model_backbone none)")
-            skipped = AugmentSkipped(skipped=meta["skipped"], kept=0)
-            summary = AugmentSkippedSummary(generator=job.captioner, **vars(skipped))
-            return StageOutput(AugmentedSamples({}, skipped), summary)
-        artifact = _augment(job, iteration, selection, meta)
-        return StageOutput(artifact, artifact.stats.summary(job.captioner))
-
-    artifact = experiment.run_stage(
-        "augment", iteration, experiment.augmented(iteration), AugmentedSamples, meta, work
-    )
+def _remove_partials(experiment: Experiment, iteration: int) -> None:
     if is_main():
         for partial in experiment.partial_augmented_files(iteration):
             partial.unlink()
     barrier()
-    return artifact
+
+
+def augment_step(job: Job, iteration: int, pairs: int = 0) -> Step:
+    """Round `iteration`'s new texts (`pairs`: how many will be captioned, at most) ->
+    augmented_samples_iter_{iteration}.json. It reads the mined file (through the pairs it
+    selects) and the captioner's checkpoint, and depends on the augmentation flags (the
+    captioner and its checkpoint are recorded resolved, beside them) and the seed."""
+    experiment = job.experiment
+    common = dict(
+        stage="augment",
+        round=iteration,
+        iteration=iteration,
+        artifact=experiment.augmented(iteration),
+        kind=AugmentedSamples,
+        experiment=experiment,
+        after=lambda artifact: _remove_partials(experiment, iteration),
+    )
+    if job.captioner == "none":
+
+        def skip() -> StageOutput:
+            logger.info("augmentation skipped (--foundation_model_backbone none)")
+            skipped = AugmentSkipped(skipped=SKIPPED, kept=0)
+            summary = AugmentSkippedSummary(generator=job.captioner, **vars(skipped))
+            return StageOutput(AugmentedSamples({}, skipped), summary)
+
+        return Step(
+            **common,
+            produce=skip,
+            facts=lambda: {"generator": "none", "skipped": SKIPPED},
+            describes=f"{job.captioner}: caption up to 0 pairs",
+            work={"caption": 0},
+        )
+    mined_file, path = experiment.hard_negatives(iteration - 1), job.augment.foundation_model_path
+    dataset_captioner = job.dataset_captioners.get(job.captioner)
+
+    def facts() -> dict:
+        return {
+            "generator": job.captioner,
+            "stands_in_for_a_foundation_model": dataset_captioner is not None,
+            "simulation": dataset_captioner.settings if dataset_captioner is not None else None,
+            "prompt_version": PROMPT_VERSION,
+        }
+
+    def produce() -> StageOutput:
+        _, selection = pair_selection(job, iteration)
+        artifact = _augment(job, iteration, selection, step.meta())
+        return StageOutput(artifact, artifact.stats.summary(job.captioner))
+
+    step = Step(
+        **common,
+        produce=produce,
+        reads=(
+            Reads("hard_negatives", lambda: mined_file.name, mined_file),
+            Reads(
+                "hard_negatives_fingerprint",
+                lambda: pair_selection(job, iteration)[0].checkpoint_fingerprint,
+                mined_file,
+            ),
+            Reads("pairs_digest", lambda: digest(pair_rows(pair_selection(job, iteration)[1].pairs))),
+            Reads(
+                "checkpoint",
+                lambda: None if path is None else str(Path(path).resolve()),
+                None if path is None else Path(path),
+            ),
+        ),
+        depends_on=(
+            DependsOn("options", (job.augment,), leave_out=("foundation_model_path", "foundation_model_backbone")),
+            DependsOn("seed", (job.training,), only="seed"),
+        ),
+        facts=facts,
+        describes=f"{job.captioner}: caption up to {pairs} pairs",
+        work={"caption": pairs},
+    )
+    return step
 
 
 def _load(job: Job) -> Captioner:

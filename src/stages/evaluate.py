@@ -7,8 +7,9 @@ reference image alone and with its text alone (src/retrieval/metrics.py), the sh
 queries one modality solves and the recall on the others (`Evaluation.modalities`,
 each query's `image_rank` and `text_rank`). CIRR's test1 has no labels, so it gives the
 two official submission files instead, named in the artifact. The meta names the
-checkpoint's fingerprint and the split's rows, so a changed checkpoint or split is
-evaluated again, and, for a labelled split, the rankings made (`RANKINGS`), so a file
+checkpoint's fingerprint, the split's rows and the encoding flags that change embeddings
+(`EncodeArguments`, e.g. another pixel budget), so a changed checkpoint, split or
+encoding is evaluated again, and, for a labelled split, the rankings made (`RANKINGS`), so a file
 written before the image-only and text-only rankings existed is evaluated again on resume
 (seconds: the gallery and composed queries come from the embedding cache, only the texts
 are encoded). The embeddings come from the cache whenever mining already made them.
@@ -22,8 +23,10 @@ from src.artifacts import Evaluation, QueryRanking, digest
 from src.data.records import Split
 from src.distributed import is_main
 from src.experiment import Experiment, StageOutput
+from src.experiment.step import DependsOn, Reads, Step
 from src.experiment_io import write_json_atomic
 from src.faults import fault_point
+from src.records import SubmissionSummary
 from src.retrieval.checkpoint_encoding import CheckpointEncoder, EncodeSettings
 from src.retrieval.encode import EmbeddingCache
 from src.retrieval.evaluate import (
@@ -32,7 +35,6 @@ from src.retrieval.evaluate import (
     split_rankings,
     submission_files,
 )
-from src.stages.step import Step
 
 logger = logging.getLogger("rounds")
 
@@ -41,50 +43,26 @@ logger = logging.getLogger("rounds")
 RANKINGS = ["composed", "image_only", "text_only"]
 
 
-def evaluate_meta(experiment: Experiment, iteration: int, split: Split, dataset_name: str) -> dict:
-    """What evaluation_{split}_iter_{iteration}.json must have been made from to count as done."""
+def split_rows(split: Split) -> str:
+    """The digest of what a split evaluates: its queries and its gallery."""
     rows = [[t.pairid, t.reference, t.caption, t.target] for t in split.triplets]
-    meta = {
-        "checkpoint_fingerprint": experiment.verified_checkpoint(iteration).fingerprint,
-        "dataset": dataset_name,
-        "split": split.name,
-        "rows": digest([rows, sorted(split.images)]),
-    }
-    if split.has_labels:
-        meta["rankings"] = RANKINGS
-    return meta
+    return digest([rows, sorted(split.images)])
 
 
 def evaluate_step(
     experiment: Experiment, iteration: int, split: Split, dataset_name: str, settings: EncodeSettings
 ) -> Step:
-    return Step(
-        stage="evaluate",
-        round=iteration,
-        iteration=iteration,
-        artifact=experiment.evaluation(split.name, iteration),
-        kind=Evaluation,
-        meta=lambda: evaluate_meta(experiment, iteration, split, dataset_name),
-        run=lambda: evaluate_stage(experiment, iteration, split, dataset_name, settings),
-        describes=f"encode {len(split.images)} gallery images + {len(split.triplets)} queries"
-        + (" (+ their texts alone), metrics" if split.has_labels else ", submission files"),
-        work={"encode": len(split.images) + len(split.triplets)},
-    )
+    """checkpoint_iter_{iteration} on `split` -> evaluation_{split}_iter_{iteration}.json (metrics
+    for a labelled split, the submission files for test1). It reads the checkpoint and the
+    split's rows and depends on the encoding flags (`settings.options`)."""
 
+    def facts() -> dict:
+        return {"dataset": dataset_name, "split": split.name} | (
+            {"rankings": RANKINGS} if split.has_labels else {}
+        )
 
-def evaluate_stage(
-    experiment: Experiment,
-    iteration: int,
-    split: Split,
-    dataset_name: str,
-    settings: EncodeSettings,
-) -> Evaluation:
-    """Evaluate checkpoint_iter_{iteration} on `split` (metrics for a labelled split, the
-    submission files for test1)."""
-    checkpoint = experiment.verified_checkpoint(iteration)
-    meta = evaluate_meta(experiment, iteration, split, dataset_name)
-
-    def work() -> StageOutput:
+    def produce() -> StageOutput:
+        checkpoint = experiment.verified_checkpoint(iteration)
         cache = EmbeddingCache(experiment.embeddings_dir)
         with CheckpointEncoder(checkpoint.path, checkpoint.fingerprint, cache, settings) as encoder:
             encoded = encoder.encode_split(
@@ -98,7 +76,8 @@ def evaluate_stage(
                 if is_main():
                     write_json_atomic(path, payload)
                 written.append(path.name)
-            return StageOutput(Evaluation({}, submission_files=written), {"submission_files": written})
+            artifact = Evaluation({}, submission_files=written)
+            return StageOutput(artifact, SubmissionSummary(submission_files=written))
         metrics = split_metrics(encoded, split, dataset_name)
         logger.info(
             "iter_%d: %s", iteration, ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
@@ -112,12 +91,33 @@ def evaluate_stage(
         }
         return StageOutput(Evaluation({}, metrics, queries, modalities=modalities), metrics)
 
-    evaluation = experiment.run_stage(
-        "evaluate", iteration, experiment.evaluation(split.name, iteration), Evaluation, meta, work
+    def after(evaluation: Evaluation) -> None:
+        if split.has_labels and is_main():
+            experiment.write_results_summary()
+
+    return Step(
+        stage="evaluate",
+        round=iteration,
+        iteration=iteration,
+        artifact=experiment.evaluation(split.name, iteration),
+        kind=Evaluation,
+        experiment=experiment,
+        produce=produce,
+        reads=(
+            Reads(
+                "checkpoint_fingerprint",
+                lambda: experiment.verified_checkpoint(iteration).fingerprint,
+                experiment.checkpoint(iteration),
+            ),
+            Reads("rows", lambda: split_rows(split)),
+        ),
+        depends_on=(DependsOn("encoding", (settings.options,), omit_empty=True),),
+        facts=facts,
+        after=after,
+        describes=f"encode {len(split.images)} gallery images + {len(split.triplets)} queries"
+        + (" (+ their texts alone), metrics" if split.has_labels else ", submission files"),
+        work={"encode": len(split.images) + len(split.triplets)},
     )
-    if split.has_labels and is_main():
-        experiment.write_results_summary()
-    return evaluation
 
 
 def modality_line(modalities: dict) -> str:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from src.arguments import result_config
 from src.artifacts import (
     AugmentedSamples,
     CheckpointRecord,
@@ -29,48 +28,65 @@ from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.distributed import world_size
 from src.experiment import Experiment, StageOutput
 from src.experiment.layout import PARTIAL_SUFFIX, STAGE_RECORD_NAME
+from src.experiment.step import DependsOnArguments, Reads, Step
 from src.job import Job
 from src.model.encoder import VLM2VecEncoder, build_encoder
 from src.records import TrainSkipped
-from src.stages.step import Step
 from src.training import optimizer_steps, train_round
 
 logger = logging.getLogger("rounds")
 
 
+def mined_input(job: Job, iteration: int) -> HardNegatives | None:
+    """The mined negatives round `iteration` trains with (None: round 0, or nothing reads them)."""
+    if iteration == 0 or not job.uses_mining:
+        return None
+    return HardNegatives.read(job.experiment.hard_negatives(iteration - 1))
+
+
+def augmented_inputs(job: Job, iteration: int) -> list[tuple[int, AugmentedSamples]]:
+    """The augmented files (round, content) round `iteration` trains on."""
+    if iteration == 0:
+        return []
+    rounds = [iteration] if job.augment.augmented_pool == "current" else range(1, iteration + 1)
+    return [(i, AugmentedSamples.read(job.experiment.augmented(i))) for i in rounds]
+
+
 def round_inputs(job: Job, iteration: int) -> tuple[HardNegatives | None, list[tuple[int, AugmentedSamples]]]:
     """The mined negatives and the augmented files (round, content) round `iteration` uses."""
-    if iteration == 0:
-        return None, []
+    return mined_input(job, iteration), augmented_inputs(job, iteration)
+
+
+def _reads(job: Job, iteration: int) -> tuple[Reads, ...]:
+    """What a round trains from, by content: the start checkpoint and the round's data (a
+    mined or augmented file written again with the same data does not retrain)."""
     experiment = job.experiment
-    mined = HardNegatives.read(experiment.hard_negatives(iteration - 1)) if job.uses_mining else None
-    rounds = [iteration] if job.augment.augmented_pool == "current" else range(1, iteration + 1)
-    return mined, [(i, AugmentedSamples.read(experiment.augmented(i))) for i in rounds]
-
-
-def _input_digests(job: Job, iteration: int) -> dict:
-    """What the round trains from, by content: the start checkpoint and the round's data
-    (a mined or augmented file written again with the same data does not retrain)."""
     if iteration == 0:
-        return {"start": "base model"}
-    mined, augmented = round_inputs(job, iteration)
-    return {
-        "start": job.experiment.verified_checkpoint(iteration - 1).fingerprint,
-        "hard_negatives": digest(mined.queries_json() if mined else None),
-        "augmented": {str(i): digest(payload.training_content()) for i, payload in augmented},
-    }
+        return (Reads("inputs.start", lambda: "base model", Path(job.model_path)),)
 
+    def mined_digest() -> str:
+        mined = mined_input(job, iteration)
+        return digest(mined.queries_json() if mined else None)
 
-def train_meta(job: Job, iteration: int) -> dict:
-    """What checkpoint_iter_{iteration} must have been made from to count as done."""
-    meta = {"inputs": _input_digests(job, iteration)}
-    if not job.run.allow_config_change:
-        meta["config"] = result_config(job.arguments())
-    return meta
+    def augmented_digests() -> dict:
+        return {str(i): digest(payload.training_content()) for i, payload in augmented_inputs(job, iteration)}
+
+    return (
+        Reads(
+            "inputs.start",
+            lambda: experiment.verified_checkpoint(iteration - 1).fingerprint,
+            experiment.checkpoint(iteration - 1),
+        ),
+        Reads("inputs.hard_negatives", mined_digest, experiment.hard_negatives(iteration - 1)),
+        Reads("inputs.augmented", augmented_digests, experiment.augmented(iteration)),
+    )
 
 
 def train_step(job: Job, iteration: int, augmented_pairs: int = 0) -> Step:
-    """Round `iteration`'s training (`augmented_pairs`: at most that many new triplets)."""
+    """Round `iteration`'s training (`augmented_pairs`: at most that many new triplets), into
+    checkpoint_iter_{iteration}: it depends on every result-changing argument (unless
+    --allow_config_change) and reads the start checkpoint and the round's data."""
+    experiment = job.experiment
     original = len(job.train_split.triplets)
     steps = optimizer_steps(job.training, original + augmented_pairs, world_size())
     if iteration == 0:
@@ -85,26 +101,9 @@ def train_step(job: Job, iteration: int, augmented_pairs: int = 0) -> Step:
             f"train {original} original + up to {augmented_pairs} augmented triplets, "
             f"{job.training.num_hard_negatives} hard negative(s) each, up to {steps} steps"
         )
-    return Step(
-        stage="train",
-        round=iteration,
-        iteration=iteration,
-        artifact=job.experiment.checkpoint(iteration),
-        kind=CheckpointRecord,
-        meta=lambda: train_meta(job, iteration),
-        run=lambda: train_stage(job, iteration),
-        describes=describes,
-        work={"train": steps},
-    )
-
-
-def train_stage(job: Job, iteration: int) -> CheckpointRecord:
-    """Train round `iteration` into checkpoint_iter_{iteration} unless it is already there."""
-    experiment = job.experiment
-    meta = train_meta(job, iteration)
     state: dict = {}
 
-    def work() -> StageOutput:
+    def produce() -> StageOutput:
         start_from = job.model_path if iteration == 0 else experiment.checkpoint(iteration - 1)
         set_seed(job.seed)
         encoder = build_encoder(start_from, job.model)
@@ -146,8 +145,19 @@ def train_stage(job: Job, iteration: int) -> CheckpointRecord:
     def save(path: Path, output: StageOutput) -> None:
         save_checkpoint(experiment, state.pop("encoder"), path, output.artifact)
 
-    return experiment.run_stage(
-        "train", iteration, experiment.checkpoint(iteration), CheckpointRecord, meta, work, save
+    return Step(
+        stage="train",
+        round=iteration,
+        iteration=iteration,
+        artifact=experiment.checkpoint(iteration),
+        kind=CheckpointRecord,
+        experiment=experiment,
+        produce=produce,
+        reads=_reads(job, iteration),
+        depends_on=() if job.run.allow_config_change else (DependsOnArguments("config", job.arguments),),
+        save=save,
+        describes=describes,
+        work={"train": steps},
     )
 
 

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from src.artifacts import Evaluation
 from src.errors import ExperimentError
 from src.experiment import Experiment
 from src.experiment_io import read_json, write_json_atomic
+from src.records import TrainSkipped
 
 REPO = Path(__file__).resolve().parents[2]
 ARGS = {
@@ -31,7 +33,7 @@ def test_new_then_resume_requires_auto_resume(tmp_path):
     # a run that stopped before writing anything else: a corrected rerun may start afresh
     experiment.config.start(ARGS | {"seed": 3}, resuming=False, allow_config_change=False)
     assert read_json(experiment.config_file)["arguments"]["seed"] == 3
-    experiment.log.record("train", 0, {})
+    experiment.log.record("train", 0, TrainSkipped(skipped="a test", num_samples=0))
     with pytest.raises(ExperimentError, match="--auto_resume"):
         experiment.config.start(ARGS, resuming=False, allow_config_change=False)
     experiment.config.start(
@@ -42,7 +44,7 @@ def test_new_then_resume_requires_auto_resume(tmp_path):
 def test_mismatched_resume_names_every_differing_key(tmp_path):
     experiment = Experiment(tmp_path / "exp")
     experiment.config.start(ARGS, resuming=False, allow_config_change=False)
-    experiment.log.record("train", 0, {})
+    experiment.log.record("train", 0, TrainSkipped(skipped="a test", num_samples=0))
     changed = ARGS | {"seed": 1, "hard_negative_k": 7}
     with pytest.raises(ExperimentError) as error:
         experiment.config.start(changed, resuming=True, allow_config_change=False)
@@ -106,7 +108,7 @@ def test_resume_from_iteration_moves_rounds_aside(tmp_path):
         experiment.checkpoint(i).mkdir(parents=True)
         write_json_atomic(experiment.hard_negatives(i), {"i": i})
         write_json_atomic(experiment.augmented(i), {"i": i})
-        write_json_atomic(experiment.evaluation("val", i), {"metrics": {"r": i}})
+        Evaluation({}, {"r": i}).write(experiment.evaluation("val", i))
     experiment.write_results_summary()
     moved = experiment.move_rounds_aside(1)
     assert sorted(p.name for p in moved.iterdir()) == sorted(
