@@ -209,9 +209,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("ablation", help="an ablation's output folder, run with --keep_experiments")
     parser.add_argument("--arms", default="C,Dsim,D", help="the first is the baseline")
     parser.add_argument("--round", type=int, default=3)
+    parser.add_argument(
+        "--resummarise", action="store_true",
+        help="read nothing but texts_analysis.json: recompute its paired differences by today's rules",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     folder = Path(args.ablation)
-    report = analyse(folder, args.arms.split(","), args.round)
+    if args.resummarise:
+        report = json.loads((folder / "texts_analysis.json").read_text())
+        base, arms = report["arms"][0], report["arms"][1:]
+        report["gain_by_kind"] = {arm: {kind: _paired(report["recall_by_kind"], arm, base, kind)
+                                        for kind in report["kinds"]} for arm in arms}  # fmt: skip
+    else:
+        report = analyse(folder, args.arms.split(","), args.round)
     (folder / "texts_analysis.json").write_text(json.dumps(report, indent=1))
     (folder / "texts_analysis.md").write_text(markdown(report))
     print(markdown(report))
