@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils.environment import str_to_bool
 from transformers import HfArgumentParser, TrainingArguments
 
 from src.errors import ArgumentError
@@ -523,12 +524,40 @@ class AugmentArguments:
         return self.max_augmented_per_iteration or None
 
 
-# Why, in docs/notes.md ("DeepSpeed"): what was tried and what it did.
-DEEPSPEED_REFUSAL = (
-    "--deepspeed is not supported (docs/notes.md, DeepSpeed): drop it and run DDP with "
-    "./run_iterative_training.sh --nproc N; --lora, --gradient_checkpointing and --grad_cache "
-    "cut memory"
+# Why, in docs/notes.md ("DeepSpeed", "FSDP"): what was tried and what it did.
+DDP_INSTEAD = (
+    "run DDP with ./run_iterative_training.sh --nproc N (or accelerate launch --multi_gpu); "
+    "--lora, --gradient_checkpointing and --grad_cache cut memory"
 )
+DEEPSPEED_REFUSAL = f"--deepspeed is not supported (docs/notes.md, DeepSpeed): drop it and {DDP_INSTEAD}"
+# `accelerate launch` with a DeepSpeed or FSDP config exports these; transformers and
+# accelerate then build the engine without any flag of ours (docs/notes.md).
+ENGINE_ENVIRONMENT = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_FSDP": "FSDP"}
+
+
+def _switched_on(value: str) -> bool:
+    """Whether accelerate reads an environment flag as on (a value it cannot read: on too,
+    so that a typo never starts an engine silently)."""
+    try:
+        return bool(str_to_bool(value))
+    except ValueError:
+        return True
+
+
+def check_engines(fsdp: object = None) -> None:
+    """Refuse DeepSpeed and FSDP however they are asked for (the flag is checked by the
+    caller for --deepspeed): --fsdp, or accelerate's environment flags. One line naming the
+    engine, before transformers looks for its package."""
+    for variable, engine in ENGINE_ENVIRONMENT.items():
+        value = os.environ.get(variable)
+        if value is not None and _switched_on(value):
+            raise ArgumentError(
+                f"{variable}={value} asks for {engine} (accelerate launch exports it from a "
+                f"{engine} config), which is not supported (docs/notes.md, {engine}): unset it "
+                f"or launch without that config, and {DDP_INSTEAD}"
+            )
+    if fsdp:
+        raise ArgumentError(f"--fsdp is not supported (docs/notes.md, FSDP): drop it and {DDP_INSTEAD}")
 
 
 # TrainingArguments flags that only change how a run is operated (our own flags say so in
@@ -576,6 +605,7 @@ class IterativeTrainingArguments(TrainingArguments):
         check_flags(self)
         if self.deepspeed is not None:  # before transformers looks for the package
             raise ArgumentError(DEEPSPEED_REFUSAL)
+        check_engines(self.fsdp)
         if self.batch_size is not None:
             self.per_device_train_batch_size = self.batch_size
         super().__post_init__()
