@@ -210,18 +210,35 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def data_parallel_refusal(gpus: int, why: str = "") -> ArgumentError:
+    """The one line for a process that would drive several GPUs with nn.DataParallel."""
+    return ArgumentError(
+        f"{why}this process sees {gpus} GPUs and would train with nn.DataParallel, which this "
+        f"toolkit does not support: run ./run_iterative_training.sh --nproc {gpus} ... "
+        "(one process per GPU), or CUDA_VISIBLE_DEVICES=0 python train_iterative.py ... "
+        "for one GPU"
+    )
+
+
 def check_one_process_per_gpu() -> None:
     """Refuse one process that sees several GPUs: the Trainer would wrap the model in
     nn.DataParallel, which splits `pixel_values` (rows per image patch) and
-    `image_grid_thw` (rows per image) differently and replays only cuda:0's random state."""
+    `image_grid_thw` (rows per image) differently and replays only cuda:0's random state.
+
+    A process is one of several (DDP) only with LOCAL_RANK: accelerate and transformers read
+    it, not WORLD_SIZE, so a launcher that exports WORLD_SIZE alone gets DataParallel too.
+    `IterativeTrainer` refuses `args.n_gpu > 1` itself, for the doors that skip this check
+    (the benchmark scripts build it directly)."""
     gpus = visible_gpus()
-    if launched_processes() == 1 and gpus > 1:
-        raise ArgumentError(
-            f"this process sees {gpus} GPUs and would train with nn.DataParallel, which this "
-            f"toolkit does not support: run ./run_iterative_training.sh --nproc {gpus} ... "
-            "(one process per GPU), or CUDA_VISIBLE_DEVICES=0 python train_iterative.py ... "
-            "for one GPU"
+    if gpus > 1 and "LOCAL_RANK" not in os.environ:
+        launched = launched_processes()
+        why = (
+            f"WORLD_SIZE={launched} is set but LOCAL_RANK is not, so the processes do not run "
+            "DDP and "
+            if launched > 1
+            else ""
         )
+        raise data_parallel_refusal(gpus, why)
 
 
 def check_shared_directory(directory: Path, flag: str = "--experiment_dir") -> None:

@@ -26,7 +26,7 @@ from transformers import Trainer, TrainerCallback
 
 from src.arguments import IterativeTrainingArguments
 from src.data.grouped_sampler import GroupedBatchSampler
-from src.distributed import gather_with_local_grad
+from src.distributed import data_parallel_refusal, gather_with_local_grad
 from src.loss import ContrastiveBatch, contrastive_loss
 from src.model.encoder import VLM2VecEncoder, load_weights_into
 
@@ -67,6 +67,8 @@ class IterativeTrainer(Trainer):
     args: IterativeTrainingArguments
 
     def __init__(self, model: VLM2VecEncoder, args: IterativeTrainingArguments, **kwargs):
+        if args.n_gpu > 1:  # the Trainer would wrap the model in nn.DataParallel
+            raise data_parallel_refusal(args.n_gpu)
         if args.ddp_find_unused_parameters is None:
             # Otherwise DDP walks the graph after every backward (the encoder is no
             # PreTrainedModel, so the Trainer would assume unused parameters).

@@ -58,9 +58,24 @@ def test_one_process_that_sees_several_gpus_stops_before_any_work(monkeypatch, t
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
     status = train_main(["--cache_dir", str(tmp_path / "cache"), "--experiment_dir", str(tmp_path / "exp")])
     error = capsys.readouterr().err
     assert status == 2
     assert "sees 4 GPUs" in error and "./run_iterative_training.sh --nproc 4" in error
     assert "CUDA_VISIBLE_DEVICES=0" in error and error.count("\n") == 1
     assert not (tmp_path / "cache").exists() and not (tmp_path / "exp").exists()
+
+
+def test_a_launcher_that_exports_world_size_but_not_local_rank_is_refused(monkeypatch, tmp_path, capsys):
+    """accelerate and transformers read LOCAL_RANK: without it every process would drive all
+    the node's GPUs with nn.DataParallel, whatever WORLD_SIZE says."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    status = train_main(["--cache_dir", str(tmp_path / "cache"), "--experiment_dir", str(tmp_path / "exp")])
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1
+    assert "WORLD_SIZE=8 is set but LOCAL_RANK is not" in error and "nn.DataParallel" in error
+    assert not (tmp_path / "cache").exists()

@@ -227,3 +227,15 @@ def test_full_fine_tuning_keeps_float32_weights_so_small_updates_land(
     assert (after != before).float().mean() > 0.9
     before, after = norm_weights_after_one_step(torch.bfloat16)
     assert torch.equal(after, before)
+
+
+def test_the_trainer_refuses_to_drive_several_gpus_with_data_parallel(tiny_qwen, tmp_path):
+    """Built directly (the GPU check, the benchmark scripts) on a node whose process sees
+    several GPUs, the Trainer would wrap the model in nn.DataParallel; it refuses instead."""
+    from src.errors import ArgumentError
+
+    args = trainer_args(tmp_path)
+    assert args.n_gpu == 0  # the CPU here
+    args._n_gpu = 4  # what TrainingArguments finds without LOCAL_RANK on a 4-GPU node
+    with pytest.raises(ArgumentError, match="sees 4 GPUs and would train with nn.DataParallel"):
+        IterativeTrainer(model=build_encoder(tiny_qwen, dtype="float32"), args=args)
