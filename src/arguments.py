@@ -32,6 +32,7 @@ import torch
 from accelerate.utils.environment import str_to_bool
 from transformers import HfArgumentParser, TrainingArguments
 
+from src.devices import bf16_capable
 from src.errors import ArgumentError
 from src.model.registry import BACKBONE_ALIASES, BACKBONES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
@@ -717,12 +718,38 @@ def default_training_arguments() -> dict:
         "dataloader_pin_memory": torch.cuda.is_available(),
         # Mixed precision where the GPU has fast bfloat16: autocast over float32 weights for
         # full fine-tuning, over a bfloat16 base for LoRA (src/model/encoder.py resolve_dtype).
-        "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        # None: decided by `resolve_bf16` once this process's GPU is set (its own capability).
+        "bf16": None,
         # Without a GPU, accelerate sets up several torchrun processes as one unless told to
         # use the CPU (then gloo): each would train on its own, without DDP (docs/notes.md).
         "use_cpu": not torch.cuda.is_available(),
         "ddp_backend": "gloo" if several_cpu_processes else None,
     }
+
+
+def resolve_bf16(args: TrainingArguments) -> str | None:
+    """Settle --bf16 on this process's own device, after the device is set up.
+
+    Not given (None): on where the GPU runs bfloat16 natively (compute capability >= 8.0,
+    src/devices.py), off elsewhere. Given on a GPU without it (V100, T4: emulated, slower
+    than float32): turned off. Returns the one line said when it falls back (None if not).
+    """
+    device = args.device  # sets up the process group and this process's GPU (set_device)
+    on_gpu = device.type == "cuda"
+    capable = on_gpu and bf16_capable(device)
+    asked, fallback = args.bf16, None
+    if on_gpu and not capable and (asked or asked is None):
+        major, minor = torch.cuda.get_device_capability(device)
+        fallback = (
+            f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) has no "
+            "native bfloat16: training in float32 (--bf16 off; bfloat16 needs 8.0 or later)"
+        )
+    args.bf16 = bool(capable if asked is None else asked and (capable or not on_gpu))
+    if args.bf16:
+        args.mixed_precision = "bf16"
+    elif args.mixed_precision == "bf16":  # as TrainingArguments.__post_init__ set it
+        args.mixed_precision = "fp16" if args.fp16 else "no"
+    return fallback
 
 
 class FlagParser(HfArgumentParser):

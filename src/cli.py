@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from src.arguments import parse_arguments
+from src.arguments import parse_arguments, resolve_bf16
 from src.data.loading import load_split
 from src.distributed import (
     check_one_process_per_gpu,
@@ -108,7 +108,11 @@ def _train(argv: list[str]) -> int:
     start = time.perf_counter()
     check_one_process_per_gpu()
     flags = parse_arguments(argv)
-    flags.training.device  # noqa: B018  (sets up the process group under torchrun / accelerate)
+    # Sets up the process group under torchrun / accelerate and this process's GPU, then
+    # --bf16 from that GPU's own capability.
+    fallback = resolve_bf16(flags.training)
+    if fallback and is_main():
+        logging.getLogger("cli").warning(fallback)
     job = resolve_job(flags, OFFLINE_DEFAULTS)
     if not flags.run.plan:
         check_shared_directory(job.experiment.dir)

@@ -61,6 +61,27 @@ PEAK_BF16_TFLOPS = {
 }
 
 
+# bfloat16 tensor cores: compute capability 8.0 (Ampere) and later. Earlier cards (V100 7.0,
+# T4 7.5) run bfloat16 only through emulation, slower than float32, although
+# torch.cuda.is_bf16_supported() says True there (its `including_emulation` default).
+BF16_COMPUTE_CAPABILITY = (8, 0)
+
+
+def bf16_capable(device: torch.device | str | None = None) -> bool:
+    """Whether `device` (default: the current CUDA device) runs bfloat16 natively.
+
+    Ask with the process's own device, after it is set (`torch.cuda.set_device`, done by
+    accelerate from LOCAL_RANK): asking earlier, with no device, queries GPU 0 from every
+    process. A CPU device, or no GPU at all: False.
+    """
+    if not torch.cuda.is_available():
+        return False
+    device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+    if device.type != "cuda":
+        return False
+    return tuple(torch.cuda.get_device_capability(device)) >= BF16_COMPUTE_CAPABILITY
+
+
 def device_name() -> str:
     """The name this process's device reports ("cpu" without a GPU)."""
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"

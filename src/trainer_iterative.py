@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
-from src.arguments import IterativeTrainingArguments
+from src.arguments import IterativeTrainingArguments, resolve_bf16
 from src.data.grouped_sampler import GroupedBatchSampler
 from src.distributed import data_parallel_refusal, gather_with_local_grad
 from src.loss import ContrastiveBatch, contrastive_loss
@@ -69,6 +69,9 @@ class IterativeTrainer(Trainer):
     def __init__(self, model: VLM2VecEncoder, args: IterativeTrainingArguments, **kwargs):
         if args.n_gpu > 1:  # the Trainer would wrap the model in nn.DataParallel
             raise data_parallel_refusal(args.n_gpu)
+        fallback = resolve_bf16(args)  # --bf16 from this process's own GPU (CLI: done already)
+        if fallback:
+            logger.warning(fallback)
         if args.ddp_find_unused_parameters is None:
             # Otherwise DDP walks the graph after every backward (the encoder is no
             # PreTrainedModel, so the Trainer would assume unused parameters).

@@ -23,11 +23,11 @@ class Loaded(Exception):
 
 @pytest.fixture
 def second_gpu(monkeypatch):
-    """This process is local rank 1 of a node whose GPUs support bfloat16 (simulated); every
+    """This process is local rank 1 of a node whose GPUs run bfloat16 natively (simulated); every
     from_pretrained records its arguments and stops."""
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     asked: list[dict] = []
 
     def record(*args, **kwargs):

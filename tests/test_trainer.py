@@ -204,7 +204,7 @@ def test_full_fine_tuning_keeps_float32_weights_so_small_updates_land(
     weights. The same step on bfloat16 weights leaves them where they were: 1.0 +- 1e-5
     rounds back to 1.0 (bfloat16's step near 1.0 is 2^-7)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert resolve_dtype("auto") == torch.bfloat16  # inference and a frozen LoRA base
     assert resolve_dtype("auto", trains_all_weights=True) == torch.float32
     monkeypatch.undo()

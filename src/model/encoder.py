@@ -28,6 +28,7 @@ from torch import nn
 from transformers import PreTrainedModel, ProcessorMixin
 
 from src.arguments import ModelArguments, check_attn_implementation
+from src.devices import bf16_capable
 from src.errors import ArgumentError
 from src.model.registry import (
     ADAPTER_CONFIG_NAME,
@@ -186,12 +187,14 @@ def resolve_dtype(name: str, trains_all_weights: bool = False) -> torch.dtype:
     loses every update smaller than a bfloat16 step (a norm weight near 1.0 moves in steps
     of 2^-7, far above learning rate x gradient), so parts of the model would silently
     never learn; the speed comes from `--bf16` autocast instead. Frozen weights (a LoRA
-    base) and inference get bfloat16 on a GPU that supports it; float32 elsewhere.
+    base) and inference get bfloat16 on a GPU that runs it natively (compute capability
+    8.0 or later: src/devices.py `bf16_capable`, asked of this process's own GPU); float32
+    elsewhere.
     """
     if name == "auto":
         if trains_all_weights:
             return torch.float32
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        if bf16_capable(default_device()):  # natively: compute capability >= 8.0
             return torch.bfloat16
         return torch.float32
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
