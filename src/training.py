@@ -16,6 +16,7 @@ import math
 import re
 import shutil
 import signal
+import time
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -25,7 +26,7 @@ from src.arguments import IterativeTrainingArguments
 from src.data.collator import ContrastiveCollator
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.data.image_store import ModelImages
-from src.distributed import any_process, decided_by_main
+from src.distributed import any_process, barrier, decided_by_main, shared_directory_wait_s, world_size
 from src.errors import TrainingInterrupted
 from src.experiment_io import read_json, write_json_atomic
 from src.faults import fault_point
@@ -39,17 +40,41 @@ CHECKPOINT_FILES_NAME = "checkpoint_files.json"
 
 
 class RecordCheckpointFiles(TrainerCallback):
-    """After the Trainer saved checkpoint-N: record its files (rank 0), then the fault point."""
+    """After the Trainer saved checkpoint-N: record its files (rank 0), then the fault point.
+
+    Every process writes its own files into checkpoint-N (`rng_state_{rank}.pth`), and the
+    Trainer does not wait for them before the callbacks run; so every process waits here
+    first (a barrier), and rank 0 then waits until it sees every process's file (a network
+    filesystem may list a new name late, src/distributed.py `shared_directory_wait_s`). A file
+    recorded late would be "added after" its record, and a resume would discard the
+    checkpoint and restart the round.
+    """
 
     def __init__(self, iteration: int):
         self.iteration = iteration
 
     def on_save(self, args, state, control, **kwargs):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        barrier()  # every process has written its part of checkpoint-N
         if state.is_world_process_zero and checkpoint.is_dir():
+            _wait_for_every_process_file(checkpoint)
             records = DigestCache().directory(checkpoint, skip=(CHECKPOINT_FILES_NAME,))
             write_json_atomic(checkpoint / CHECKPOINT_FILES_NAME, records)
         fault_point("training", state.global_step, self.iteration)
+
+
+def _wait_for_every_process_file(checkpoint: Path) -> None:
+    """Until every process's RNG state is listed in `checkpoint` (several processes only)."""
+    processes = world_size()
+    if processes == 1:
+        return
+    expected = {f"rng_state_{r}.pth" for r in range(processes)}
+    deadline = time.monotonic() + shared_directory_wait_s()
+    while missing := expected - {path.name for path in checkpoint.iterdir()}:
+        if time.monotonic() > deadline:
+            logger.warning("%s: %s not seen before recording its files", checkpoint, sorted(missing))
+            return
+        time.sleep(0.2)
 
 
 class StopOnSigterm(TrainerCallback):

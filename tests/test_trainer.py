@@ -239,3 +239,31 @@ def test_the_trainer_refuses_to_drive_several_gpus_with_data_parallel(tiny_qwen,
     args._n_gpu = 4  # what TrainingArguments finds without LOCAL_RANK on a 4-GPU node
     with pytest.raises(ArgumentError, match="sees 4 GPUs and would train with nn.DataParallel"):
         IterativeTrainer(model=build_encoder(tiny_qwen, dtype="float32"), args=args)
+
+
+def test_checkpoint_records_wait_for_every_process_files(tmp_path, monkeypatch):
+    """Every process writes its own RNG state into checkpoint-N and the Trainer does not wait
+    for them before its callbacks: the record is written only after a barrier, so a file of
+    another process is never "added after" it (a resume would otherwise discard the
+    checkpoint and restart the round)."""
+    from types import SimpleNamespace
+
+    from src import training
+
+    checkpoint = tmp_path / "checkpoint-2"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    (checkpoint / "rng_state_0.pth").write_bytes(b"rank 0")
+    arrived = []
+
+    def other_process_finishes_saving():
+        (checkpoint / "rng_state_1.pth").write_bytes(b"rank 1")
+        arrived.append(True)
+
+    monkeypatch.setattr(training, "barrier", other_process_finishes_saving, raising=False)
+    state = SimpleNamespace(global_step=2, is_world_process_zero=True)
+    training.RecordCheckpointFiles(0).on_save(SimpleNamespace(output_dir=str(tmp_path)), state, None)
+    if not arrived:  # nothing waited: rank 1's file lands after rank 0 recorded the folder
+        other_process_finishes_saving()
+    assert training._incomplete(checkpoint) is None
+    assert training.last_complete_checkpoint(tmp_path) == str(checkpoint)
