@@ -23,6 +23,7 @@ from src.data.images import check_images
 from src.data.records import Split
 from src.distributed import decided_by_main, main_process_first, world_size
 from src.errors import AnnotationError, ArgumentError, ExperimentError
+from src.experiment.config import flock_works, soft_lock_line
 from src.job import Job
 from src.model.architectures import build_from_path
 from src.model.encoder import check_lora_targets as check_lora_targets_of
@@ -131,6 +132,8 @@ def check_experiment(job: Job) -> None:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ExperimentError(f"--experiment_dir {experiment.dir}: {existing} is not writable")
+    if not flock_works(existing):  # the run's lock will be a soft one (src/experiment/config.py)
+        logger.warning(soft_lock_line(experiment.dir))
     experiment.config.check_start(job.arguments(), run.resuming, run.allow_config_change)
     first = run.resume_from_iteration
     if first is not None and first > 0:
