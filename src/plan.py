@@ -270,15 +270,19 @@ def memory_estimate(
     if device == "cuda" and job.model.torch_dtype == "auto":
         inference_bytes = 2  # bfloat16 where the GPU supports it (resolve_dtype)
     batch = job.run.encode_batch_size
+    unmerged = job.model.lora and inference_bytes < 4  # src/model/encoder.py load_encoder
     encoding = memory.forward_memory(
         shape,
         process,
         weight_bytes=inference_bytes,
         compute_bytes=inference_bytes,
         chunk=memory.Chunk(batch, sequence, batch * patches_per_row),
+        adapters=model.trainable if unmerged else 0,
         heap_held=training.heap_left,
     )
-    encoding.describes = f"mining and evaluation, batch {batch}, LoRA merged"
+    encoding.describes = f"mining and evaluation, batch {batch}" + (
+        ", LoRA unmerged on the bfloat16 base" if unmerged else ", LoRA merged" if job.model.lora else ""
+    )
     stages = [training, encoding]
     options = job.augment
     if job.captioner in FOUNDATION_MODEL_BACKBONES and options.foundation_model_path:

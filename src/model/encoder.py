@@ -376,9 +376,12 @@ def load_encoder(
     """Load a saved embedder with the pixel budget it was saved with, unless `min_pixels` /
     `max_pixels` override it; a plain Hugging Face checkpoint loads as an untrained embedder.
 
-    For inference (not `trainable`) a LoRA adapter is merged into its base: mining and
-    evaluation then run one matrix product per layer instead of three, with the same
-    embeddings to float tolerance (tests/test_encoder.py).
+    For inference (not `trainable`) a LoRA adapter on a float32 base is merged into it:
+    mining and evaluation then run one matrix product per layer instead of three, with the
+    same embeddings to float tolerance (tests/test_encoder.py). On a bfloat16 (or float16)
+    base it stays unmerged, as it was trained: merging would round every weight's update
+    smaller than half a bfloat16 step of that weight away (2^-9 of it), and mining and
+    evaluation would measure another model than the one trained.
     """
     checkpoint_dir = Path(checkpoint_dir)
     config = load_embedder_config(checkpoint_dir)
@@ -395,7 +398,8 @@ def load_encoder(
         model = PeftModel.from_pretrained(
             base, str(checkpoint_dir), is_trainable=trainable, torch_device=str(default_device())
         )
-        model = model if trainable else model.merge_and_unload()
+        if not trainable and torch_dtype == torch.float32:
+            model = model.merge_and_unload()
     else:
         model = _load_hf_model(checkpoint_dir, backbone, torch_dtype, config.attn_implementation)
         freeze_unused_head(model)
