@@ -17,7 +17,9 @@ import json
 import re
 from pathlib import Path
 
+import psutil
 import torch
+from accelerate.utils.memory import clear_device_cache
 
 THROUGHPUT_FILE = Path(__file__).with_name("throughput.json")
 
@@ -121,3 +123,22 @@ def record_throughput(signature: str, name: str, rates: dict[str, float], source
     entry.update(rates)
     entry["source"] = source
     THROUGHPUT_FILE.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+
+
+def release_device_memory() -> None:
+    """Collect unreachable objects (reference cycles included) and return the allocator's
+    cached blocks to the device (accelerate's `clear_device_cache`)."""
+    clear_device_cache(garbage_collection=True)
+
+
+def memory_line() -> str:
+    """What this process holds now: on a GPU, allocated / reserved / peak allocated since the
+    last reset of the peak; on a CPU, the resident set."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        device = torch.cuda.current_device()
+        gib = [torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device),
+               torch.cuda.max_memory_allocated(device)]  # fmt: skip
+        return "cuda:{} allocated {:.2f} GiB, reserved {:.2f} GiB, peak {:.2f} GiB".format(
+            device, *(value / 2**30 for value in gib)
+        )
+    return f"cpu resident {psutil.Process().memory_info().rss / 2**30:.2f} GiB"

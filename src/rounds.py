@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
+from src.devices import memory_line, release_device_memory
 from src.distributed import barrier, decided_by_main, is_main
 from src.job import Job
 from src.stages.augment import augment_request, augment_step
@@ -70,6 +71,8 @@ def run_rounds(job: Job) -> dict:
         logger.info("no mining: nothing uses hard negatives")
     for step in job_steps(job):
         step.run()
+        release_device_memory()  # what the stage held (its model) is gone before the next
+        logger.info("memory after %s %d: %s", step.stage, step.round, memory_line())
     return job.experiment.write_results_summary() if is_main() else {}
 
 

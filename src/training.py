@@ -146,6 +146,7 @@ def train_round(
     if last:
         logger.info("resuming training from %s", last)
     result = trainer.train(resume_from_checkpoint=last)
+    release_trainer(trainer)
     if stop.received:
         raise TrainingInterrupted(
             f"stopped by SIGTERM after saving {output_dir}/checkpoint-{result.global_step}; "
@@ -157,6 +158,23 @@ def train_round(
         "resumed_from": last,
         "processes": trainer.args.world_size,  # DDP really spans them (docs/notes.md)
     }
+
+
+def release_trainer(trainer: IterativeTrainer) -> None:
+    """Let the trained model go as soon as its last holder drops it.
+
+    Under mixed precision accelerate replaces the prepared model's `forward` with a wrapper
+    bound to the model (kept in the model's own `__dict__`, beside `_original_forward`): a
+    reference cycle, which only the garbage collector frees, so the model (and on a GPU its
+    memory) would stay into mining and evaluation. The wrapper is removed (the class's own
+    forward serves again) and accelerate drops its references to models, optimizers and
+    loaders (`free_memory`).
+    """
+    for module in {id(m): m for m in (trainer.model_wrapped, *trainer.model.modules())}.values():
+        if "_original_forward" in module.__dict__:
+            module.__dict__.pop("forward", None)
+            module.__dict__.pop("_original_forward", None)
+    trainer.accelerator.free_memory()
 
 
 def last_complete_checkpoint(output_dir: Path) -> str | None:

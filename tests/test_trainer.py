@@ -267,3 +267,28 @@ def test_checkpoint_records_wait_for_every_process_files(tmp_path, monkeypatch):
         other_process_finishes_saving()
     assert training._incomplete(checkpoint) is None
     assert training.last_complete_checkpoint(tmp_path) == str(checkpoint)
+
+
+def test_the_trained_model_is_freed_when_the_round_drops_it(tiny_qwen, small_train_split, tmp_path):
+    """Under mixed precision accelerate wraps the model's forward in a method bound to the
+    model: a reference cycle that kept the trained model (on a GPU: its memory) alive into
+    mining and evaluation, until a garbage collection that nothing ran. bf16 autocast on the
+    CPU installs the same wrapper."""
+    import gc
+    import weakref
+
+    from src.training import train_round
+
+    def train_and_drop() -> weakref.ref:
+        encoder = build_encoder(tiny_qwen, ModelArguments(lora=True, lora_r=4))
+        dataset = ComposedRetrievalDataset(small_train_split, small_train_split.triplets[:8])
+        train_round(encoder, dataset, trainer_args(tmp_path, bf16=True), "cirr", tmp_path / "round")
+        return weakref.ref(encoder)
+
+    gc.collect()
+    gc.disable()
+    try:
+        trained = train_and_drop()
+        assert trained() is None
+    finally:
+        gc.enable()
