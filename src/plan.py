@@ -35,10 +35,10 @@ from src.model.architectures import (
     vision_parameters,
 )
 from src.model.encoder import (
+    embedder_processor,
     is_vision_module,
     load_embedder_config,
     lora_target_counts,
-    new_embedder_processor,
     resolve_dtype,
 )
 from src.model.prompts import candidate_text, query_text
@@ -47,7 +47,6 @@ from src.model.registry import (
     detect_backbone,
     get_backbone,
     image_token_count,
-    load_processor,
 )
 from src.rounds import job_steps
 from src.stages.step import Step
@@ -166,16 +165,7 @@ def model_facts(job: Job) -> ModelFacts:
 
 def token_facts(job: Job, backbone: str, image_sizes: dict[str, tuple[int, int]]) -> dict:
     """Image tokens per image (mean / max over the splits' images) and text tokens per row."""
-    embedder = load_embedder_config(job.model_path)
-    if embedder is not None:
-        processor = load_processor(job.model_path)
-        get_backbone(backbone).apply_pixel_budget(
-            processor, job.model.min_pixels, job.model.max_pixels
-        )
-    else:
-        processor, _, _ = new_embedder_processor(
-            job.model_path, backbone, job.model.min_pixels, job.model.max_pixels
-        )
+    _, processor = embedder_processor(job.model_path, job.model)
     counts: dict[tuple[int, int], int] = {}
     tokens = []
     for width, height in image_sizes.values():

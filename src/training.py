@@ -26,7 +26,13 @@ from src.arguments import IterativeTrainingArguments
 from src.data.collator import ContrastiveCollator
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.data.image_store import ModelImages
-from src.distributed import any_process, barrier, decided_by_main, shared_directory_wait_s, world_size
+from src.distributed import (
+    any_process,
+    barrier,
+    decided_by_main,
+    shared_directory_wait_s,
+    world_size,
+)
 from src.errors import TrainingInterrupted
 from src.experiment_io import read_json, write_json_atomic
 from src.faults import fault_point

@@ -111,6 +111,9 @@ class VLM2VecEncoder(nn.Module):
         return hf_model.model
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        pixels = inputs.get("pixel_values")
+        if pixels is not None and pixels.dtype == torch.uint8:  # packed for the device (`pack`)
+            inputs = inputs | {"pixel_values": self.backbone.device_pixel_values(self.processor, pixels)}
         outputs = self._trunk()(**inputs, use_cache=False, return_dict=True)
         pooled = last_token_pool(outputs.last_hidden_state, inputs["attention_mask"]).float()
         return F.normalize(pooled, dim=-1) if self.config.normalize else pooled
@@ -329,6 +332,18 @@ def new_embedder_processor(
     processor = load_processor(model_name)
     backbone_entry.apply_pixel_budget(processor, min_pixels, max_pixels)
     return processor, min_pixels, max_pixels
+
+
+def embedder_processor(model_path: str | Path, options: ModelArguments) -> tuple[str, ProcessorMixin]:
+    """(backbone, processor) of the embedder a run builds from `model_path` with `options`
+    (a saved embedder: its own, with `options`' budget if set), read without any weight."""
+    saved = load_embedder_config(model_path)
+    backbone = saved.backbone if saved else options.model_backbone or detect_backbone(model_path)
+    if saved is None:
+        return backbone, new_embedder_processor(model_path, backbone, options.min_pixels, options.max_pixels)[0]
+    processor = load_processor(model_path)
+    get_backbone(backbone).apply_pixel_budget(processor, options.min_pixels, options.max_pixels)
+    return backbone, processor
 
 
 def lora_target_counts(
