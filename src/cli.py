@@ -20,8 +20,10 @@ from src.data.loading import load_split
 from src.distributed import (
     check_one_process_per_gpu,
     check_shared_directory,
+    checked_everywhere,
     is_main,
     process_group,
+    record_error_line,
 )
 from src.errors import (
     INTERRUPTED_EXIT_STATUS,
@@ -88,11 +90,18 @@ def run_entry(main: Callable[[list[str]], int], argv: list[str] | None) -> int:
     except UsageError as error:
         if debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}")
         return USAGE_EXIT_STATUS
     except TrainingInterrupted as interrupted:
-        print(f"interrupted: {interrupted}", file=sys.stderr)
+        say(f"interrupted: {interrupted}")
         return INTERRUPTED_EXIT_STATUS
+
+
+def say(line: str) -> None:
+    """The one line that ends the process: on stderr, or, under the launcher's torchrun,
+    left for the launcher to print last (src/launch.py)."""
+    if not record_error_line(line):
+        print(line, file=sys.stderr)
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -113,7 +122,9 @@ def _train(argv: list[str]) -> int:
     fallback = resolve_bf16(flags.training)
     if fallback and is_main():
         logging.getLogger("cli").warning(fallback)
-    job = resolve_job(flags, OFFLINE_DEFAULTS)
+    # Every process reads the model, splits and images itself; one that cannot see a path
+    # stops every process with the same line (src/distributed.py `checked_everywhere`).
+    job = checked_everywhere(lambda: resolve_job(flags, OFFLINE_DEFAULTS))
     if not flags.run.plan:
         check_shared_directory(job.experiment.dir)
     image_sizes = preflight(job)

@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +35,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from src.errors import ArgumentError, ExperimentError
+from src.errors import ArgumentError, ExperimentError, UsageError
 
 T = TypeVar("T")
 
@@ -172,6 +174,41 @@ def decided_by_main(decide: Callable[[], T]) -> T:
     return payload
 
 
+def checked_everywhere(check: Callable[[], T]) -> T:
+    """`check()` run on every process; if it failed on any, every process stops, with the
+    same line (a collective: call it on all).
+
+    A check that fails on one node only (a model, split or image path that node cannot
+    see) would stop that node with its line while the others waited at their next
+    collective until the NCCL timeout. Every process's outcome is gathered, as
+    `check_shared_directory` does: a user error on any process is raised on every process,
+    the first failing rank's, naming that rank and its host; any other error is raised
+    where it happened and, naming it, as a RuntimeError on the others.
+    """
+    if world_size() == 1:
+        return check()
+    value, failure, report = None, None, None
+    try:
+        value = check()
+    except Exception as error:  # every rank must reach the gather, then raise
+        failure = error
+        kind = type(error) if isinstance(error, UsageError) else None
+        report = (kind, f"{type(error).__name__}: {error}" if kind is None else str(error))
+    reports = gather_objects((socket.gethostname(), report))
+    failed = [(r, host, found) for r, (host, found) in enumerate(reports) if found is not None]
+    if not failed:
+        return value
+    first, host, (kind, message) = failed[0]
+    where = f"rank {first} on {host}" + (
+        f", and {len(failed) - 1} other process(es)" if len(failed) > 1 else ""
+    )
+    if kind is not None:
+        raise kind(f"{message} ({where})")
+    if failure is not None:
+        raise failure
+    raise RuntimeError(f"{where} failed: {message}")
+
+
 def gather_with_local_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate `tensor` from every process (rank order), rows may differ in number.
 
@@ -276,3 +313,50 @@ def check_shared_directory(directory: Path, flag: str = "--experiment_dir") -> N
             f"files the others write there within {wait:.0f} s); put it on "
             "a filesystem that every node mounts at the same path"
         )
+
+
+# Set by the launcher for the processes torchrun starts: where each writes the one line that
+# ends it (a user error, an interruption), so that the launcher ends with that line.
+ERROR_LINE_DIR_ENV = "CIR_ERROR_LINE_DIR"
+
+
+def record_error_line(line: str) -> bool:
+    """Under the launcher, leave the line that ends this process for the launcher to print
+    last; False when not under it (the caller prints the line itself)."""
+    directory = os.environ.get(ERROR_LINE_DIR_ENV)
+    if not directory:
+        return False
+    try:
+        (Path(directory) / f"rank{os.environ.get('RANK', '0')}").write_text(line)
+    except OSError:
+        return False
+    return True
+
+
+def run_torchrun(arguments: list[str], project_statuses: tuple[int, ...]) -> int:
+    """torchrun (`torch.distributed.run`) in this process, with `arguments` as on its
+    command line; returns the exit status.
+
+    When the workers end with one of the project's statuses (a user error: 2; SIGTERM after
+    saving: 143) the agent's ChildFailedError traceback is not printed: the run ends with
+    the workers' one line (recorded by `record_error_line`) and their status. Any other
+    failure keeps torchrun's report and traceback.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    with tempfile.TemporaryDirectory(prefix="cir_lines_") as lines:
+        os.environ[ERROR_LINE_DIR_ENV] = lines
+        try:
+            run(parse_args(arguments))
+        except ChildFailedError as failed:
+            statuses = {failure.exitcode for failure in failed.failures.values()}
+            said = sorted(Path(lines).glob("rank*"), key=lambda path: int(path.name[4:]))
+            ours = [status for status in statuses if status in project_statuses]
+            if not said or not ours:
+                raise
+            print(said[0].read_text().rstrip("\n"), file=sys.stderr, flush=True)
+            return min(ours)
+        finally:
+            os.environ.pop(ERROR_LINE_DIR_ENV, None)
+    return 0

@@ -29,7 +29,7 @@ from src.data.loader_memory import (
     shm_free_bytes,
 )
 from src.data.records import Split
-from src.distributed import decided_by_main, main_process_first, world_size
+from src.distributed import checked_everywhere, decided_by_main, main_process_first, world_size
 from src.errors import AnnotationError, ArgumentError, ExperimentError
 from src.experiment.config import flock_works, soft_lock_line
 from src.job import Job
@@ -200,14 +200,27 @@ def check_shared_memory(job: Job, image_sizes: dict[str, tuple[int, int]]) -> No
 
 
 def preflight(job: Job) -> dict[str, tuple[int, int]]:
-    """Run every check; returns the (width, height) of every image, by path."""
-    check_models(job)
-    check_lora_targets(job)
+    """Run every check; returns the (width, height) of every image, by path.
+
+    Each process checks what it reads itself (a path one node cannot see fails there only),
+    and every group of checks ends with every process's outcome gathered
+    (`checked_everywhere`): a failure on one process stops every process with the same
+    line, instead of leaving the others at their next collective.
+    """
+
+    def models() -> None:
+        check_models(job)
+        check_lora_targets(job)
+
+    def batches_and_captions() -> None:
+        check_batches(job)
+        tokenizer = load_processor(job.model_path).tokenizer
+        for split in (job.train_split, job.val_split):
+            check_captions(split, tokenizer, job.data.max_caption_tokens)
+
+    checked_everywhere(models)
     decided_by_main(lambda: check_experiment(job))  # every process gets rank 0's verdict
-    check_batches(job)
-    tokenizer = load_processor(job.model_path).tokenizer
-    for split in (job.train_split, job.val_split):
-        check_captions(split, tokenizer, job.data.max_caption_tokens)
-    image_sizes = check_split_images(job, [job.train_split, job.val_split])
-    check_shared_memory(job, image_sizes)
+    checked_everywhere(batches_and_captions)
+    image_sizes = checked_everywhere(lambda: check_split_images(job, [job.train_split, job.val_split]))
+    checked_everywhere(lambda: check_shared_memory(job, image_sizes))
     return image_sizes

@@ -53,6 +53,19 @@ def test_launcher_flags_that_do_not_go_together(argv, message, capsys):
     assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_more_processes_than_the_node_has_gpus_is_refused(capsys):
+    """Each process takes one GPU (LOCAL_RANK): the ones above the count failed at set_device
+    with a traceback."""
+    for argv in (["--nproc", "8"], ["--nnodes", "2", "--node_rank", "0", "--master_addr", "h", "--nproc", "5"]):
+        with pytest.raises(SystemExit) as stop:
+            launch_command(argv, visible_gpus=4, python=PY)
+        error = capsys.readouterr().err
+        assert stop.value.code == 2 and error.count("\n") == 1
+        assert "this node sees 4 GPU(s) and each process takes one; use --nproc 4 or fewer" in error
+    assert launch_command(["--nproc", "4"], visible_gpus=4, python=PY)[5] == "4"
+    assert launch_command(["--nproc", "3"], visible_gpus=0, python=PY)[5] == "3"  # CPU processes
+
+
 def test_one_process_that_sees_several_gpus_stops_before_any_work(monkeypatch, tmp_path, capsys):
     """Without this, the Trainer would wrap the model in nn.DataParallel."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

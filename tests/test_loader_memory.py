@@ -3,7 +3,6 @@ and host memory; /dev/shm checked before any work, in one line (src/data/loader_
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from src.data import loader_memory
