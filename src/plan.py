@@ -309,9 +309,11 @@ def memory_estimate(
 
 def step_seconds(step: Step, rates: dict[str, float], job: Job) -> float | None:
     """The step's time from measured per-device rates, its sharded work split over the
-    processes (None: a rate it needs was not measured)."""
+    processes (None: a rate it needs was not measured). Training work is optimizer steps,
+    each of per-device batch x processes x gradient accumulation steps samples."""
     processes = world_size()
-    global_batch = job.training.per_device_train_batch_size * processes
+    training = job.training  # an optimizer step takes gradient_accumulation_steps batches
+    global_batch = training.per_device_train_batch_size * processes * training.gradient_accumulation_steps
     seconds = 0.0
     for kind, amount in step.work.items():
         if not amount:
