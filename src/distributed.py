@@ -35,7 +35,13 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from src.errors import ArgumentError, ExperimentError, UsageError
+from src.errors import (
+    INTERRUPTED_EXIT_STATUS,
+    USAGE_EXIT_STATUS,
+    ArgumentError,
+    ExperimentError,
+    UsageError,
+)
 
 T = TypeVar("T")
 
@@ -333,30 +339,44 @@ def record_error_line(line: str) -> bool:
     return True
 
 
-def run_torchrun(arguments: list[str], project_statuses: tuple[int, ...]) -> int:
+def run_torchrun(arguments: list[str]) -> int:
     """torchrun (`torch.distributed.run`) in this process, with `arguments` as on its
     command line; returns the exit status.
 
     When the workers end with one of the project's statuses (a user error: 2; SIGTERM after
     saving: 143) the agent's ChildFailedError traceback is not printed: the run ends with
-    the workers' one line (recorded by `record_error_line`) and their status. Any other
-    failure keeps torchrun's report and traceback.
+    the workers' one line (recorded by `record_error_line`) and their status. The same when
+    the agent itself is stopped by a signal (a preemption: it stops the workers, which save
+    and record their line, before it raises). Any other failure keeps torchrun's report and
+    traceback.
     """
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
+
+    project_statuses = (USAGE_EXIT_STATUS, INTERRUPTED_EXIT_STATUS)
+
+    def recorded(lines: str) -> str | None:
+        said = sorted(Path(lines).glob("rank*"), key=lambda path: int(path.name[4:]))
+        return said[0].read_text().rstrip("\n") if said else None
 
     with tempfile.TemporaryDirectory(prefix="cir_lines_") as lines:
         os.environ[ERROR_LINE_DIR_ENV] = lines
         try:
             run(parse_args(arguments))
         except ChildFailedError as failed:
-            statuses = {failure.exitcode for failure in failed.failures.values()}
-            said = sorted(Path(lines).glob("rank*"), key=lambda path: int(path.name[4:]))
-            ours = [status for status in statuses if status in project_statuses]
-            if not said or not ours:
+            ours = [f.exitcode for f in failed.failures.values() if f.exitcode in project_statuses]
+            line = recorded(lines)
+            if line is None or not ours:
                 raise
-            print(said[0].read_text().rstrip("\n"), file=sys.stderr, flush=True)
+            print(line, file=sys.stderr, flush=True)
             return min(ours)
+        except SignalException:
+            line = recorded(lines)
+            if line is None:
+                raise
+            print(line, file=sys.stderr, flush=True)
+            return INTERRUPTED_EXIT_STATUS if line.startswith("interrupted:") else USAGE_EXIT_STATUS
         finally:
             os.environ.pop(ERROR_LINE_DIR_ENV, None)
     return 0

@@ -83,14 +83,13 @@ def launch_command(argv: list[str], visible_gpus: int, python: str = sys.executa
 
 def main() -> None:
     from src.distributed import run_torchrun, visible_gpus
-    from src.errors import INTERRUPTED_EXIT_STATUS, USAGE_EXIT_STATUS
 
     command = launch_command(sys.argv[1:], visible_gpus())
     print(f"launching: {' '.join(command)}", file=sys.stderr, flush=True)
     if command[1:3] == ["-m", "torch.distributed.run"]:
         # torchrun's agent runs in this process, so that a run its workers refuse ends with
         # their one line and exit status 2, not with the agent's ChildFailedError traceback
-        sys.exit(run_torchrun(command[3:], (USAGE_EXIT_STATUS, INTERRUPTED_EXIT_STATUS)))
+        sys.exit(run_torchrun(command[3:]))
     os.execv(command[0], command)
 
 
