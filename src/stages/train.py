@@ -144,9 +144,11 @@ def train_stage(job: Job, iteration: int) -> CheckpointRecord:
     def save(path: Path, output: StageOutput) -> None:
         save_checkpoint(experiment, state.pop("encoder"), path, output.artifact)
 
-    return experiment.run_stage(
+    record = experiment.run_stage(
         "train", iteration, experiment.checkpoint(iteration), CheckpointRecord, meta, work, save
     )
+    state.clear()  # the trained model (rank 0 dropped it after saving; the others here)
+    return record
 
 
 def save_checkpoint(
