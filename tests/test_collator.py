@@ -63,7 +63,7 @@ def test_embeddings_and_training_batches_are_the_same_as_from_the_processor(enco
     collator = ContrastiveCollator(processor, backbone, chunk_size=2)
     batch = collator([
         {"reference": images[i], "caption": "add a tree", "target": images[i + 1], "negatives": [],
-         "target_id": i + 1, "negative_ids": [], "group_id": i}
+         "target_id": i + 1, "negative_ids": [], "group_id": i, "query_id": i}
         for i in range(3)
     ])  # fmt: skip
     assert all(chunk["pixel_values"].dtype == torch.uint8 for chunk in batch["query_chunks"] + batch["candidate_chunks"])
