@@ -10,24 +10,29 @@ and `.md`:
    neckline, ... for garments; two-step captions count for both their kinds): the share of each arm's new training pairs whose reference -> target
    difference involves that kind (its most salient change: what a text names first), and
    the validation R@1 of each arm on the queries of that kind, paired by seed against the
-   first arm. If new texts teach what they cover, an arm should gain most where its texts
-   concentrate.
+   first arm, with a 95% interval. If new texts teach what they cover, an arm should gain
+   most where its texts concentrate.
 2. The training triplets each arm saw per round (optimizer steps x batch) split into
    original and new ones: at equal steps, new triplets take the place of original ones.
 3. The new texts' quality over rounds (right / wrong, where the captioner is a simulation).
 4. Each filter's record on the simulated captioner's texts, summed over seeds and rounds
    (wrong and right texts reaching it, how many of each it removed), and the mined
    negatives dropped as likely false negatives.
+5. Composition (where the evaluation files hold the image-only and text-only rankings):
+   each arm's R@1 and R@10 on the validation queries that need both modalities, and the
+   share one modality solves, against the first arm.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from collections import Counter
 from pathlib import Path
 
+from benchmarks.ablation import confidence_interval
 from src.arguments import Flags
 from src.artifacts import AugmentedSamples, Evaluation
 from src.data.loading import load_split
@@ -36,6 +41,9 @@ from src.offline.domains import require_domain
 from src.records import AugmentSkipped, AugmentStats, TrainSummary
 
 DROPPED_NEGATIVES = "negatives dropped as false negatives"  # kept beside the filters' records
+# The evaluation's composition block (src/retrieval/metrics.py, modality_metrics): R@K on the
+# validation queries that neither the image alone nor the text alone solves at K.
+COMPOSITION = ("need_both_recall@1", "need_both_recall@10", "solved_by_one_modality@1")
 
 
 def change_kinds(domain, descriptions: dict, reference: str, target: str) -> list[str]:
@@ -58,14 +66,16 @@ def analyse(ablation: Path, arms: list[str], round_: int) -> dict:
     batch = flags.training.per_device_train_batch_size
     originals = _train_size(dataset, flags)
     report: dict = {"seeds": seeds, "arms": arms, "round": round_, "kinds": kinds, "texts": {}, "recall_by_kind": {},
-                    "triplets_seen": {}, "quality": {}, "filters": {}}  # fmt: skip
+                    "triplets_seen": {}, "quality": {}, "filters": {}, "composition": {}}  # fmt: skip
     for arm in arms:
-        covered, seen, quality, filters = Counter(), {}, {}, {}
+        covered, seen, quality, filters, composition = Counter(), {}, {}, {}, {}
         hits: dict[str, list[float]] = {kind: [] for kind in kinds}
         for seed in seeds:
             experiment = Experiment(ablation / "experiments" / f"seed{seed}" / arm)
             steps = {e.iteration: e.summary.steps if isinstance(e.summary, TrainSummary) else None
                      for e in experiment.log.entries() if e.stage == "train"}  # fmt: skip
+            cumulative = experiment.config.record().flags.augment.augmented_pool == "cumulative"
+            pooled = 0  # new triplets of the earlier rounds still in a cumulative pool
             for i in range(1, round_ + 1):
                 new = []
                 if experiment.augmented(i).is_file():
@@ -75,14 +85,19 @@ def analyse(ablation: Path, arms: list[str], round_: int) -> dict:
                 for sample in new:
                     pair_kinds = change_kinds(domain, descriptions, sample.reference, sample.target)
                     covered[pair_kinds[0] if pair_kinds else "none"] += 1
-                total, pool = (steps.get(i) or 0) * batch, originals + len(new)
+                in_pool = len(new) + pooled
+                total, pool = (steps.get(i) or 0) * batch, originals + in_pool
                 seen.setdefault(i, []).append(
-                    {"original": total * originals / pool, "new": total * len(new) / pool}
+                    {"original": total * originals / pool, "new": total * in_pool / pool}
                 )
+                pooled = in_pool if cumulative else 0
                 right = [s.simulation.correct for s in new if s.simulation]
                 if right:
                     quality.setdefault(i, []).append(sum(right) / len(right))
-            ranks = Evaluation.read(experiment.evaluation("val", round_)).queries
+            evaluation = Evaluation.read(experiment.evaluation("val", round_))
+            for key in COMPOSITION:
+                composition.setdefault(key, []).append((evaluation.modalities or {}).get(key))
+            ranks = evaluation.queries
             for kind in kinds:
                 queries = [p for p in ranks if kind in query_kinds[p]]
                 hits[kind].append(100 * sum(ranks[p].target_rank == 1 for p in queries) / max(1, len(queries)))
@@ -97,17 +112,24 @@ def analyse(ablation: Path, arms: list[str], round_: int) -> dict:
         }
         report["quality"][arm] = {str(i): statistics.fmean(v) for i, v in quality.items()}
         report["filters"][arm] = filters
+        report["composition"][arm] = composition
     base = arms[0]
-    report["gain_by_kind"] = {
-        arm: {
-            kind: statistics.fmean(
-                a - b for a, b in zip(report["recall_by_kind"][arm][kind], report["recall_by_kind"][base][kind], strict=True)
-            )
-            for kind in kinds
-        }
-        for arm in arms[1:]
-    }
+    report["gain_by_kind"] = {arm: {kind: _paired(report["recall_by_kind"], arm, base, kind) for kind in kinds}
+                              for arm in arms[1:]}  # fmt: skip
+    measured = all(None not in values for arm in arms for values in report["composition"][arm].values())
+    report["composition_gain"] = (
+        {arm: {key: _paired(report["composition"], arm, base, key) for key in COMPOSITION} for arm in arms[1:]}
+        if measured else None
+    )  # fmt: skip
     return report
+
+
+def _paired(recall: dict, arm: str, base: str, kind: str) -> dict:
+    """The mean R@1 difference on one kind's queries, paired by seed, with its 95% interval."""
+    mean, low, high = confidence_interval(
+        [a - b for a, b in zip(recall[arm][kind], recall[base][kind], strict=True)]
+    )
+    return {"mean": mean, "ci95": [low, high]}
 
 
 def _add_filter_counts(totals: dict, stats: AugmentStats | AugmentSkipped) -> None:
@@ -131,14 +153,24 @@ def _train_size(dataset: Path, flags: Flags) -> int:
 def markdown(report: dict) -> str:
     arms, base, round_ = report["arms"], report["arms"][0], report["round"]
     lines = [f"New texts by edit kind (share of each arm's new pairs, rounds 1-{round_}), and round-{round_} "
-             f"validation R@1 by the query's edit kind, minus {base}'s (mean over {len(report['seeds'])} seeds):\n",
+             f"validation R@1 by the query's edit kind, minus {base}'s (mean over {len(report['seeds'])} seeds, "
+             "paired by seed, 95% interval):\n",
              "| edit kind | " + " | ".join(f"{a}: share of texts" for a in arms[1:]) + " | "
              + " | ".join(f"{a} - {base}: R@1" for a in arms[1:]) + " |",
              "|---|" + "---|" * (2 * (len(arms) - 1))]  # fmt: skip
     for kind in report["kinds"]:
         shares = [f"{100 * report['texts'][a][kind]:.1f}%" for a in arms[1:]]
-        gains = [f"{report['gain_by_kind'][a][kind]:+.2f}" for a in arms[1:]]
+        gains = [_interval_cell(report["gain_by_kind"][a][kind]) for a in arms[1:]]
         lines.append(f"| {kind} | " + " | ".join(shares + gains) + " |")
+    if report.get("composition_gain"):
+        lines.append(f"\nComposition at round {round_}: each arm minus {base} on the validation queries that "
+                     "need both modalities (neither the image alone nor the text alone ranks the target within K), "
+                     "and the share one modality solves at 1 (paired by seed, 95% interval):\n")
+        lines.append("| arm | " + " | ".join(COMPOSITION) + " |")
+        lines.append("|---|" + "---|" * len(COMPOSITION))
+        for arm in arms[1:]:
+            lines.append(f"| {arm} - {base} | "
+                         + " | ".join(_interval_cell(report["composition_gain"][arm][k]) for k in COMPOSITION) + " |")
     lines.append("\nTraining triplets seen per round (steps x batch, split by the round's pool), mean over seeds:\n")
     lines.append("| arm | " + " | ".join(f"round {i}: original / new" for i in sorted(report["triplets_seen"][base])) + " |")
     lines.append("|---|" + "---|" * len(report["triplets_seen"][base]))
@@ -171,14 +203,31 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _interval_cell(value: dict) -> str:
+    low, high = value["ci95"]
+    if math.isnan(low):
+        return f"{value['mean']:+.2f}"
+    return f"{value['mean']:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("ablation", help="an ablation's output folder, run with --keep_experiments")
     parser.add_argument("--arms", default="C,Dsim,D", help="the first is the baseline")
     parser.add_argument("--round", type=int, default=3)
+    parser.add_argument(
+        "--resummarise", action="store_true",
+        help="read nothing but texts_analysis.json: recompute its paired differences by today's rules",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     folder = Path(args.ablation)
-    report = analyse(folder, args.arms.split(","), args.round)
+    if args.resummarise:
+        report = json.loads((folder / "texts_analysis.json").read_text())
+        base, arms = report["arms"][0], report["arms"][1:]
+        report["gain_by_kind"] = {arm: {kind: _paired(report["recall_by_kind"], arm, base, kind)
+                                        for kind in report["kinds"]} for arm in arms}  # fmt: skip
+    else:
+        report = analyse(folder, args.arms.split(","), args.round)
     (folder / "texts_analysis.json").write_text(json.dumps(report, indent=1))
     (folder / "texts_analysis.md").write_text(markdown(report))
     print(markdown(report))

@@ -15,6 +15,11 @@ sizes at the embedder's default pixel budget runs, each stage timed with its pea
 3. two-image generation of 4 tokens through the Qwen2-VL captioner;
 4. the consistency check's yes/no forward.
 
+With `--activations QUERIES` it runs instead one LoRA step without gradient checkpointing
+or GradCache at QUERIES queries on a depth-reduced shape (`--text_layers`, `--vision_layers`,
+default 4 and 2: the same widths), where activations, not weights, make the peak
+(benchmarks/results/real_shape_{arch}_activations.json, predicted by tests/test_memory.py).
+
 Precision: bfloat16 on a GPU, float32 on a CPU. A CPU without AVX-512 BF16 / AMX has no
 fast bf16 matrix product (this project's 2-core AMD EPYC: 0.8 GFLOP/s in bf16 against 89
 in fp32 for a 1,024 x 1,536 x 8,960 product), and the 2B shape's bf16 forward did not
@@ -184,7 +189,18 @@ def main() -> None:
     parser.add_argument("--lora_target_modules", default=DEFAULT_LORA_TARGETS)
     parser.add_argument("--freeze_vision_tower", action="store_true")
     parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")
+    parser.add_argument(
+        "--activations", type=int, default=None, metavar="QUERIES",
+        help="instead of the stages: one LoRA step without gradient checkpointing or GradCache "
+        "at QUERIES queries (+ as many targets), where activations outweigh the weights; with "
+        "--text_layers / --vision_layers (default 4 / 2) for a depth-reduced shape",
+    )  # fmt: skip
+    parser.add_argument("--text_layers", type=int, default=None)
+    parser.add_argument("--vision_layers", type=int, default=None)
     args = parser.parse_args()
+    if args.activations is not None:
+        activations_check(args)
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     memory = PeakMemory(device)
@@ -297,6 +313,69 @@ def main() -> None:
     print(f"wrote {output}")
     if args.arch != "tiny":
         file_rates(report, output, args.arch, device)
+
+
+ACTIVATION_CAPTIONS = ("make it brighter", "zoom out and add a tree")
+
+
+def activation_triplets(queries: int) -> list[Triplet]:
+    """The `--activations` step's queries: references and targets cycling the four images."""
+    count = len(IMAGE_SIZES)
+    return [
+        Triplet(f"q{q}", f"img{(2 * q) % count}", ACTIVATION_CAPTIONS[q % 2], f"img{(2 * q + 1) % count}")
+        for q in range(queries)
+    ]
+
+
+def activations_check(args: argparse.Namespace) -> None:
+    """One LoRA step without gradient checkpointing or GradCache, every row's activations
+    alive at once: the configuration where activations, not weights, make the peak
+    (tests/test_memory.py predicts it). Float32 on the CPU; a depth-reduced shape (the same
+    widths, vocabulary and merger) keeps the weights small and the step within minutes."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    depth = (args.text_layers or 4, args.vision_layers or 2)
+    memory = PeakMemory(device)
+    report: dict = {
+        "arch": args.arch, "dtype": dtype_name, "text_layers": depth[0], "vision_layers": depth[1],
+        "queries": args.activations, "gradient_checkpointing": False, "grad_cache": False,
+        "lora_target_modules": args.lora_target_modules,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "image_sizes": IMAGE_SIZES, "stages": {},
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory() as workdir:
+        workdir = Path(workdir)
+        with stage("build", report, memory):
+            checkpoint = write_real_shape_checkpoint(
+                args.arch, workdir / "model", True, getattr(torch, dtype_name), depth=depth
+            )
+        report["signature"] = architecture_signature(checkpoint_config(checkpoint))
+        images = make_images(workdir)
+        with stage("load_embedder", report, memory):
+            options = ModelArguments(lora=True, lora_target_modules=args.lora_target_modules)
+            encoder = build_encoder(checkpoint, options, dtype=dtype_name).to(device)
+        report["trainable_parameters"] = count_parameters(encoder.model, trainable_only=True)
+        split = Split("train", activation_triplets(args.activations), images)
+        training_args = IterativeTrainingArguments(
+            output_dir=str(workdir / "train"), per_device_train_batch_size=args.activations,
+            max_steps=1, learning_rate=1e-4, gradient_checkpointing=False, grad_cache=False,
+            save_strategy="no", report_to="none", remove_unused_columns=False,
+            dataloader_num_workers=0, use_cpu=device.type == "cpu", disable_tqdm=True,
+        )  # fmt: skip
+        name = "lora_train_step_no_checkpointing"
+        with stage(name, report, memory) as details:
+            summary = train_round(
+                encoder, ComposedRetrievalDataset(split, split.triplets), training_args, "cirr",
+                workdir / "train",
+            )  # fmt: skip
+            details["loss"] = summary["train_loss"]
+    output = Path(args.output) if args.output else (
+        RESULTS / ("gpu" if device.type == "cuda" else "") / f"real_shape_{args.arch}_activations.json"
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2))
+    print(f"wrote {output}")
 
 
 def file_rates(report: dict, output: Path, arch: str, device: torch.device) -> None:

@@ -22,7 +22,8 @@ epoch-equivalent on the *whole* training split (`--round0_max_steps`, scaled by 
 training triplets it has: the held-out sets are a fifth of them).
 
 Writes `round0_convergence.json` (every checkpoint's held-out metrics, the rule, the
-chosen steps for the held-out run and scaled to the full split) and a plot.
+chosen steps for the held-out run and scaled to the full split) and a plot into
+`--output_dir`; the derived benchmark and the run's experiment go to `--work_dir`.
 """
 
 from __future__ import annotations
@@ -124,19 +125,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=16, help="epochs of the held-out run's training split")
     parser.add_argument("--every", type=int, default=None, help="steps between checkpoints (default: one epoch)")
     parser.add_argument("--tolerance", type=float, default=1.0, help="held-out Avg points more steps must add")
+    parser.add_argument(
+        "--work_dir", default=None,
+        help="where the derived benchmark and the run go (default: .cache/round0_convergence/NAME)",
+    )  # fmt: skip
     args, flags = parser.parse_known_args(argv)
     flags = [f for f in flags if f != "--"]
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work_dir or Path(".cache") / "round0_convergence" / output.name)
     parsed = parse_arguments(flags)
     source = Path(parsed.data.dataset_path or OFFLINE_DEFAULTS.dataset_path(parsed.data))
-    dataset = output / "holdout_benchmark"
+    dataset = work / "holdout_benchmark"
     sizes = holdout_benchmark(source, dataset, args.holdout_every)
     batch = parsed.training.per_device_train_batch_size
     per_epoch = math.ceil(sizes["train_triplets"] / batch)
     every = args.every or per_epoch
     total = args.epochs * per_epoch
-    experiment = Experiment(output / "round0")
+    experiment = Experiment(work / "round0")
     if experiment.dir.exists():
         shutil.rmtree(experiment.dir)
     start = time.perf_counter()
@@ -166,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     (output / "round0_convergence.json").write_text(json.dumps(payload, indent=1))
     plot(rows, chosen, output / "round0_convergence.png")
-    shutil.rmtree(experiment.dir)
+    shutil.rmtree(work)
     print(json.dumps({k: payload[k] for k in ("chosen_steps_holdout_run", "chosen_epochs", "round0_max_steps")}))
     return payload
 

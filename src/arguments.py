@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils.environment import str_to_bool
 from transformers import HfArgumentParser, TrainingArguments
 
+from src.devices import bf16_capable
 from src.errors import ArgumentError
 from src.model.registry import BACKBONE_ALIASES, BACKBONES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from src.record_base import RecordError, parse_value
@@ -588,12 +590,40 @@ class AugmentArguments:
         return self.max_augmented_per_iteration or None
 
 
-# Why, in docs/notes.md ("DeepSpeed"): what was tried and what it did.
-DEEPSPEED_REFUSAL = (
-    "--deepspeed is not supported (docs/notes.md, DeepSpeed): drop it and run DDP with "
-    "./run_iterative_training.sh --nproc N; --lora, --gradient_checkpointing and --grad_cache "
-    "cut memory"
+# Why, in docs/notes.md ("DeepSpeed", "FSDP"): what was tried and what it did.
+DDP_INSTEAD = (
+    "run DDP with ./run_iterative_training.sh --nproc N (or accelerate launch --multi_gpu); "
+    "--lora, --gradient_checkpointing and --grad_cache cut memory"
 )
+DEEPSPEED_REFUSAL = f"--deepspeed is not supported (docs/notes.md, DeepSpeed): drop it and {DDP_INSTEAD}"
+# `accelerate launch` with a DeepSpeed or FSDP config exports these; transformers and
+# accelerate then build the engine without any flag of ours (docs/notes.md).
+ENGINE_ENVIRONMENT = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_FSDP": "FSDP"}
+
+
+def _switched_on(value: str) -> bool:
+    """Whether accelerate reads an environment flag as on (a value it cannot read: on too,
+    so that a typo never starts an engine silently)."""
+    try:
+        return bool(str_to_bool(value))
+    except ValueError:
+        return True
+
+
+def check_engines(fsdp: object = None) -> None:
+    """Refuse DeepSpeed and FSDP however they are asked for (the flag is checked by the
+    caller for --deepspeed): --fsdp, or accelerate's environment flags. One line naming the
+    engine, before transformers looks for its package."""
+    for variable, engine in ENGINE_ENVIRONMENT.items():
+        value = os.environ.get(variable)
+        if value is not None and _switched_on(value):
+            raise ArgumentError(
+                f"{variable}={value} asks for {engine} (accelerate launch exports it from a "
+                f"{engine} config), which is not supported (docs/notes.md, {engine}): unset it "
+                f"or launch without that config, and {DDP_INSTEAD}"
+            )
+    if fsdp:
+        raise ArgumentError(f"--fsdp is not supported (docs/notes.md, FSDP): drop it and {DDP_INSTEAD}")
 
 
 # TrainingArguments flags that only change how a run is operated (our own flags say so in
@@ -652,6 +682,7 @@ class IterativeTrainingArguments(TrainingArguments):
         check_flags(self)
         if self.deepspeed is not None:  # before transformers looks for the package
             raise ArgumentError(DEEPSPEED_REFUSAL)
+        check_engines(self.fsdp)
         if self.batch_size is not None:
             self.per_device_train_batch_size = self.batch_size
         super().__post_init__()
@@ -874,12 +905,38 @@ def default_training_arguments() -> dict:
         "dataloader_pin_memory": torch.cuda.is_available(),
         # Mixed precision where the GPU has fast bfloat16: autocast over float32 weights for
         # full fine-tuning, over a bfloat16 base for LoRA (src/model/encoder.py resolve_dtype).
-        "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        # None: decided by `resolve_bf16` once this process's GPU is set (its own capability).
+        "bf16": None,
         # Without a GPU, accelerate sets up several torchrun processes as one unless told to
         # use the CPU (then gloo): each would train on its own, without DDP (docs/notes.md).
         "use_cpu": not torch.cuda.is_available(),
         "ddp_backend": "gloo" if several_cpu_processes else None,
     }
+
+
+def resolve_bf16(args: TrainingArguments) -> str | None:
+    """Settle --bf16 on this process's own device, after the device is set up.
+
+    Not given (None): on where the GPU runs bfloat16 natively (compute capability >= 8.0,
+    src/devices.py), off elsewhere. Given on a GPU without it (V100, T4: emulated, slower
+    than float32): turned off. Returns the one line said when it falls back (None if not).
+    """
+    device = args.device  # sets up the process group and this process's GPU (set_device)
+    on_gpu = device.type == "cuda"
+    capable = on_gpu and bf16_capable(device)
+    asked, fallback = args.bf16, None
+    if on_gpu and not capable and (asked or asked is None):
+        major, minor = torch.cuda.get_device_capability(device)
+        fallback = (
+            f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) has no "
+            "native bfloat16: training in float32 (--bf16 off; bfloat16 needs 8.0 or later)"
+        )
+    args.bf16 = bool(capable if asked is None else asked and (capable or not on_gpu))
+    if args.bf16:
+        args.mixed_precision = "bf16"
+    elif args.mixed_precision == "bf16":  # as TrainingArguments.__post_init__ set it
+        args.mixed_precision = "fp16" if args.fp16 else "no"
+    return fallback
 
 
 class FlagParser(HfArgumentParser):

@@ -14,14 +14,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from src.arguments import EVAL_DATASETS, EvalFlags, Flags, parse_arguments, parse_eval_arguments
+from src.arguments import (
+    EVAL_DATASETS,
+    EvalFlags,
+    Flags,
+    parse_arguments,
+    parse_eval_arguments,
+    resolve_bf16,
+)
 from src.artifacts import Evaluation
 from src.data.loading import load_split
 from src.distributed import (
     check_one_process_per_gpu,
     check_shared_directory,
+    checked_everywhere,
     is_main,
     process_group,
+    record_error_line,
 )
 from src.errors import (
     INTERRUPTED_EXIT_STATUS,
@@ -87,10 +96,10 @@ def run_entry(main: Callable[[list[str]], int], argv: list[str] | None) -> int:
     except UsageError as error:
         if debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}")
         return USAGE_EXIT_STATUS
     except TrainingInterrupted as interrupted:
-        print(f"interrupted: {interrupted}", file=sys.stderr)
+        say(f"interrupted: {interrupted}")
         return INTERRUPTED_EXIT_STATUS
 
 
@@ -103,6 +112,13 @@ def modality_table(experiment: Experiment, split_name: str, results: dict) -> st
     blocks = {i: Evaluation.read(path).modalities for i, path in paths.items() if path.is_file()}
     table = format_modality_table(blocks)
     return f"\nwhether {split_name} queries need both the image and the text\n{table}" if table else ""
+
+
+def say(line: str) -> None:
+    """The one line that ends the process: on stderr, or, under the launcher's torchrun,
+    left for the launcher to print last (src/launch.py)."""
+    if not record_error_line(line):
+        print(line, file=sys.stderr)
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -118,8 +134,14 @@ def _train(argv: list[str]) -> int:
     start = time.perf_counter()
     check_one_process_per_gpu()
     flags = parse_arguments(argv)
-    flags.training.device  # noqa: B018  (sets up the process group under torchrun / accelerate)
-    job = resolve_job(flags, OFFLINE_DEFAULTS)
+    # Sets up the process group under torchrun / accelerate and this process's GPU, then
+    # --bf16 from that GPU's own capability.
+    fallback = resolve_bf16(flags.training)
+    if fallback and is_main():
+        logging.getLogger("cli").warning(fallback)
+    # Every process reads the model, splits and images itself; one that cannot see a path
+    # stops every process with the same line (src/distributed.py `checked_everywhere`).
+    job = checked_everywhere(lambda: resolve_job(flags, OFFLINE_DEFAULTS))
     if not flags.run.plan:
         check_shared_directory(job.experiment.dir)
     image_sizes = preflight(job)

@@ -17,7 +17,9 @@ import json
 import re
 from pathlib import Path
 
+import psutil
 import torch
+from accelerate.utils.memory import clear_device_cache
 
 THROUGHPUT_FILE = Path(__file__).with_name("throughput.json")
 
@@ -61,6 +63,27 @@ PEAK_BF16_TFLOPS = {
 }
 
 
+# bfloat16 tensor cores: compute capability 8.0 (Ampere) and later. Earlier cards (V100 7.0,
+# T4 7.5) run bfloat16 only through emulation, slower than float32, although
+# torch.cuda.is_bf16_supported() says True there (its `including_emulation` default).
+BF16_COMPUTE_CAPABILITY = (8, 0)
+
+
+def bf16_capable(device: torch.device | str | None = None) -> bool:
+    """Whether `device` (default: the current CUDA device) runs bfloat16 natively.
+
+    Ask with the process's own device, after it is set (`torch.cuda.set_device`, done by
+    accelerate from LOCAL_RANK): asking earlier, with no device, queries GPU 0 from every
+    process. A CPU device, or no GPU at all: False.
+    """
+    if not torch.cuda.is_available():
+        return False
+    device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+    if device.type != "cuda":
+        return False
+    return tuple(torch.cuda.get_device_capability(device)) >= BF16_COMPUTE_CAPABILITY
+
+
 def device_name() -> str:
     """The name this process's device reports ("cpu" without a GPU)."""
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -100,3 +123,22 @@ def record_throughput(signature: str, name: str, rates: dict[str, float], source
     entry.update(rates)
     entry["source"] = source
     THROUGHPUT_FILE.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+
+
+def release_device_memory() -> None:
+    """Collect unreachable objects (reference cycles included) and return the allocator's
+    cached blocks to the device (accelerate's `clear_device_cache`)."""
+    clear_device_cache(garbage_collection=True)
+
+
+def memory_line() -> str:
+    """What this process holds now: on a GPU, allocated / reserved / peak allocated since the
+    last reset of the peak; on a CPU, the resident set."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        device = torch.cuda.current_device()
+        gib = [torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device),
+               torch.cuda.max_memory_allocated(device)]  # fmt: skip
+        return "cuda:{} allocated {:.2f} GiB, reserved {:.2f} GiB, peak {:.2f} GiB".format(
+            device, *(value / 2**30 for value in gib)
+        )
+    return f"cpu resident {psutil.Process().memory_info().rss / 2**30:.2f} GiB"

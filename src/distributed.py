@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +35,13 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from src.errors import ArgumentError, ExperimentError
+from src.errors import (
+    INTERRUPTED_EXIT_STATUS,
+    USAGE_EXIT_STATUS,
+    ArgumentError,
+    ExperimentError,
+    UsageError,
+)
 
 T = TypeVar("T")
 
@@ -172,6 +180,41 @@ def decided_by_main(decide: Callable[[], T]) -> T:
     return payload
 
 
+def checked_everywhere(check: Callable[[], T]) -> T:
+    """`check()` run on every process; if it failed on any, every process stops, with the
+    same line (a collective: call it on all).
+
+    A check that fails on one node only (a model, split or image path that node cannot
+    see) would stop that node with its line while the others waited at their next
+    collective until the NCCL timeout. Every process's outcome is gathered, as
+    `check_shared_directory` does: a user error on any process is raised on every process,
+    the first failing rank's, naming that rank and its host; any other error is raised
+    where it happened and, naming it, as a RuntimeError on the others.
+    """
+    if world_size() == 1:
+        return check()
+    value, failure, report = None, None, None
+    try:
+        value = check()
+    except Exception as error:  # every rank must reach the gather, then raise
+        failure = error
+        kind = type(error) if isinstance(error, UsageError) else None
+        report = (kind, f"{type(error).__name__}: {error}" if kind is None else str(error))
+    reports = gather_objects((socket.gethostname(), report))
+    failed = [(r, host, found) for r, (host, found) in enumerate(reports) if found is not None]
+    if not failed:
+        return value
+    first, host, (kind, message) = failed[0]
+    where = f"rank {first} on {host}" + (
+        f", and {len(failed) - 1} other process(es)" if len(failed) > 1 else ""
+    )
+    if kind is not None:
+        raise kind(f"{message} ({where})")
+    if failure is not None:
+        raise failure
+    raise RuntimeError(f"{where} failed: {message}")
+
+
 def gather_with_local_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate `tensor` from every process (rank order), rows may differ in number.
 
@@ -210,18 +253,35 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def data_parallel_refusal(gpus: int, why: str = "") -> ArgumentError:
+    """The one line for a process that would drive several GPUs with nn.DataParallel."""
+    return ArgumentError(
+        f"{why}this process sees {gpus} GPUs and would train with nn.DataParallel, which this "
+        f"toolkit does not support: run ./run_iterative_training.sh --nproc {gpus} ... "
+        "(one process per GPU), or CUDA_VISIBLE_DEVICES=0 python train_iterative.py ... "
+        "for one GPU"
+    )
+
+
 def check_one_process_per_gpu() -> None:
     """Refuse one process that sees several GPUs: the Trainer would wrap the model in
     nn.DataParallel, which splits `pixel_values` (rows per image patch) and
-    `image_grid_thw` (rows per image) differently and replays only cuda:0's random state."""
+    `image_grid_thw` (rows per image) differently and replays only cuda:0's random state.
+
+    A process is one of several (DDP) only with LOCAL_RANK: accelerate and transformers read
+    it, not WORLD_SIZE, so a launcher that exports WORLD_SIZE alone gets DataParallel too.
+    `IterativeTrainer` refuses `args.n_gpu > 1` itself, for the doors that skip this check
+    (the benchmark scripts build it directly)."""
     gpus = visible_gpus()
-    if launched_processes() == 1 and gpus > 1:
-        raise ArgumentError(
-            f"this process sees {gpus} GPUs and would train with nn.DataParallel, which this "
-            f"toolkit does not support: run ./run_iterative_training.sh --nproc {gpus} ... "
-            "(one process per GPU), or CUDA_VISIBLE_DEVICES=0 python train_iterative.py ... "
-            "for one GPU"
+    if gpus > 1 and "LOCAL_RANK" not in os.environ:
+        launched = launched_processes()
+        why = (
+            f"WORLD_SIZE={launched} is set but LOCAL_RANK is not, so the processes do not run "
+            "DDP and "
+            if launched > 1
+            else ""
         )
+        raise data_parallel_refusal(gpus, why)
 
 
 def check_shared_directory(directory: Path, flag: str = "--experiment_dir") -> None:
@@ -259,3 +319,64 @@ def check_shared_directory(directory: Path, flag: str = "--experiment_dir") -> N
             f"files the others write there within {wait:.0f} s); put it on "
             "a filesystem that every node mounts at the same path"
         )
+
+
+# Set by the launcher for the processes torchrun starts: where each writes the one line that
+# ends it (a user error, an interruption), so that the launcher ends with that line.
+ERROR_LINE_DIR_ENV = "CIR_ERROR_LINE_DIR"
+
+
+def record_error_line(line: str) -> bool:
+    """Under the launcher, leave the line that ends this process for the launcher to print
+    last; False when not under it (the caller prints the line itself)."""
+    directory = os.environ.get(ERROR_LINE_DIR_ENV)
+    if not directory:
+        return False
+    try:
+        (Path(directory) / f"rank{os.environ.get('RANK', '0')}").write_text(line)
+    except OSError:
+        return False
+    return True
+
+
+def run_torchrun(arguments: list[str]) -> int:
+    """torchrun (`torch.distributed.run`) in this process, with `arguments` as on its
+    command line; returns the exit status.
+
+    When the workers end with one of the project's statuses (a user error: 2; SIGTERM after
+    saving: 143) the agent's ChildFailedError traceback is not printed: the run ends with
+    the workers' one line (recorded by `record_error_line`) and their status. The same when
+    the agent itself is stopped by a signal (a preemption: it stops the workers, which save
+    and record their line, before it raises). Any other failure keeps torchrun's report and
+    traceback.
+    """
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    project_statuses = (USAGE_EXIT_STATUS, INTERRUPTED_EXIT_STATUS)
+
+    def recorded(lines: str) -> str | None:
+        said = sorted(Path(lines).glob("rank*"), key=lambda path: int(path.name[4:]))
+        return said[0].read_text().rstrip("\n") if said else None
+
+    with tempfile.TemporaryDirectory(prefix="cir_lines_") as lines:
+        os.environ[ERROR_LINE_DIR_ENV] = lines
+        try:
+            run(parse_args(arguments))
+        except ChildFailedError as failed:
+            ours = [f.exitcode for f in failed.failures.values() if f.exitcode in project_statuses]
+            line = recorded(lines)
+            if line is None or not ours:
+                raise
+            print(line, file=sys.stderr, flush=True)
+            return min(ours)
+        except SignalException:
+            line = recorded(lines)
+            if line is None:
+                raise
+            print(line, file=sys.stderr, flush=True)
+            return INTERRUPTED_EXIT_STATUS if line.startswith("interrupted:") else USAGE_EXIT_STATUS
+        finally:
+            os.environ.pop(ERROR_LINE_DIR_ENV, None)
+    return 0

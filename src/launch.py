@@ -4,12 +4,15 @@
         (--master_addr HOST [--master_port P] | --rdzv_endpoint HOST:PORT)] [flags...]
 
 One process per GPU: `--nproc` defaults to the GPUs this node sees (CUDA_VISIBLE_DEVICES
-counts), 1 without a GPU. More than one process, or more than one node, goes through
-torchrun, started with the interpreter that runs this launcher; every other flag goes to
-train_iterative.py. On several nodes, run the same command on each with its own
-`--node_rank` (static rendezvous at --master_addr:--master_port), or give every node the
-same `--rdzv_endpoint` (c10d rendezvous; ranks are assigned on arrival). The experiment
-directory must be on a filesystem every node mounts (checked at start).
+counts), 1 without a GPU; more than it sees is refused. More than one process, or more
+than one node, goes through torchrun, whose agent runs inside this launcher (under the
+interpreter that runs it): a run its workers end with a user error or an interruption
+ends with their one line, last, and their exit status (2, 143), not with the agent's
+traceback. Every other flag goes to train_iterative.py. On several nodes, run the same
+command on each with its own `--node_rank` (static rendezvous at
+--master_addr:--master_port), or give every node the same `--rdzv_endpoint` (c10d
+rendezvous; ranks are assigned on arrival). The experiment directory must be on a
+filesystem every node mounts (checked at start).
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ def launch_command(argv: list[str], visible_gpus: int, python: str = sys.executa
 
     if nproc < 1 or args.nnodes < 1:
         refuse(f"--nproc {nproc} / --nnodes {args.nnodes}: must be >= 1")
+    if visible_gpus and nproc > visible_gpus:  # each process takes one GPU (LOCAL_RANK)
+        refuse(
+            f"--nproc {nproc}: this node sees {visible_gpus} GPU(s) and each process takes one; "
+            f"use --nproc {visible_gpus} or fewer (CUDA_VISIBLE_DEVICES says which)"
+        )
     if args.nnodes == 1:
         if args.node_rank not in (None, 0) or args.master_addr or args.rdzv_endpoint:
             refuse("--node_rank, --master_addr and --rdzv_endpoint need --nnodes > 1")
@@ -74,10 +82,14 @@ def launch_command(argv: list[str], visible_gpus: int, python: str = sys.executa
 
 
 def main() -> None:
-    from src.distributed import visible_gpus
+    from src.distributed import run_torchrun, visible_gpus
 
     command = launch_command(sys.argv[1:], visible_gpus())
     print(f"launching: {' '.join(command)}", file=sys.stderr, flush=True)
+    if command[1:3] == ["-m", "torch.distributed.run"]:
+        # torchrun's agent runs in this process, so that a run its workers refuse ends with
+        # their one line and exit status 2, not with the agent's ChildFailedError traceback
+        sys.exit(run_torchrun(command[3:]))
     os.execv(command[0], command)
 
 

@@ -77,8 +77,12 @@ HEAP_GROWTH_PER_LAYER = 0.74
 # Measured likewise: after the LoRA step 45-68 % of the heap growth stayed resident (mean 0.55).
 HEAP_KEPT_AFTER_STAGE = 0.55
 # Patches of the processor's pixel_values per patch row: 3 channels x 2 frames x 14 x 14,
-# float32 as the processor returns them.
+# float32 as the processor returns them (and as the model takes them).
 PIXEL_VALUES_PER_PATCH = 3 * 2 * 14 * 14
+# What the embedder's `pack` sends instead (Qwen2-VL / Qwen2.5-VL, src/model/registry.py):
+# uint8, one frame, 3 x 14 x 14 bytes a patch; the float32 values are made on the device for
+# the rows that run at once.
+PACKED_BYTES_PER_PATCH = 3 * 14 * 14
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class ModelShape:
     text: Tower
     vision: Tower
     patches_per_token: int  # vision patches merged into one image token (merge_size^2)
+    packed_pixels: bool = False  # the embedder packs uint8 pixels (Qwen2-VL, Qwen2.5-VL)
 
 
 def towers_from_config(config) -> tuple[Tower, Tower, int]:
@@ -155,6 +160,7 @@ def model_shape(config, parameters: int, vision_parameters: int) -> ModelShape:
         text=text,
         vision=vision,
         patches_per_token=patches,
+        packed_pixels=config.model_type in ("qwen2_vl", "qwen2_5_vl"),
     )
 
 
@@ -316,13 +322,20 @@ def _held(process: Process, parts: dict[str, float], heap_held: float) -> None:
         parts["heap held from an earlier stage"] = heap_held - own
 
 
-def _inputs(shape: ModelShape, chunk: Chunk, compute: int) -> float:
-    """The batch's tensors outside the layers: pixel values (float32), the vision output and
-    the input embeddings."""
+def _inputs(
+    shape: ModelShape, chunk: Chunk, compute: int, packed: bool = False, running_patches: float | None = None
+) -> float:
+    """The batch's tensors outside the layers: pixel values, the vision output and the input
+    embeddings. Pixel values: float32 as the processor returns them; `packed` (the
+    embedder's uint8 pixels), uint8 for the whole batch plus the float32 values made on the
+    device for the patches that run at once (`running_patches`, default: all of them)."""
     image_tokens = chunk.patches / shape.patches_per_token
-    return 4 * PIXEL_VALUES_PER_PATCH * chunk.patches + compute * shape.text.width * (
-        image_tokens + chunk.tokens
-    )
+    if packed:
+        running = chunk.patches if running_patches is None else running_patches
+        pixels = PACKED_BYTES_PER_PATCH * chunk.patches + 4 * PIXEL_VALUES_PER_PATCH * running
+    else:
+        pixels = 4 * PIXEL_VALUES_PER_PATCH * chunk.patches
+    return pixels + compute * shape.text.width * (image_tokens + chunk.tokens)
 
 
 def weights_resident(
@@ -384,7 +397,10 @@ def training_memory(
     if not vision_trains:  # the frozen tower still runs: its working set, no graph
         activations = max(activations, forward_working(vision, compute_bytes) * chunk.patches)
     parts["activations"] = activations
-    inputs = _inputs(shape, Chunk(batch_rows, chunk.sequence, batch_patches), compute_bytes)
+    inputs = _inputs(
+        shape, Chunk(batch_rows, chunk.sequence, batch_patches), compute_bytes,
+        packed=shape.packed_pixels, running_patches=chunk.patches,
+    )  # fmt: skip
     if grad_cache:
         inputs += 2 * 4 * batch_rows * text.width  # cached embeddings and their gradients
     parts["inputs"] = inputs
@@ -423,7 +439,7 @@ def forward_memory(
         forward_working(shape.text, compute_bytes) * chunk.tokens,
         forward_working(shape.vision, compute_bytes) * chunk.patches,
     )
-    parts["inputs"] = _inputs(shape, chunk, compute_bytes)
+    parts["inputs"] = _inputs(shape, chunk, compute_bytes, packed=shape.packed_pixels)
     _runtime(process, parts)
     _held(process, parts, heap_held)
     return StageMemory(name, parts, heap_left=heap_held)

@@ -36,10 +36,10 @@ from src.model.architectures import (
     vision_parameters,
 )
 from src.model.encoder import (
+    embedder_processor,
     is_vision_module,
     load_embedder_config,
     lora_target_counts,
-    new_embedder_processor,
     resolve_dtype,
 )
 from src.model.prompts import candidate_text, query_text
@@ -48,7 +48,6 @@ from src.model.registry import (
     detect_backbone,
     get_backbone,
     image_token_count,
-    load_processor,
 )
 from src.rounds import job_steps
 
@@ -166,16 +165,7 @@ def model_facts(job: Job) -> ModelFacts:
 
 def token_facts(job: Job, backbone: str, image_sizes: dict[str, tuple[int, int]]) -> dict:
     """Image tokens per image (mean / max over the splits' images) and text tokens per row."""
-    embedder = load_embedder_config(job.model_path)
-    if embedder is not None:
-        processor = load_processor(job.model_path)
-        get_backbone(backbone).apply_pixel_budget(
-            processor, job.model.min_pixels, job.model.max_pixels
-        )
-    else:
-        processor, _, _ = new_embedder_processor(
-            job.model_path, backbone, job.model.min_pixels, job.model.max_pixels
-        )
+    _, processor = embedder_processor(job.model_path, job.model)
     counts: dict[tuple[int, int], int] = {}
     tokens = []
     for width, height in image_sizes.values():
@@ -270,15 +260,19 @@ def memory_estimate(
     if device == "cuda" and job.model.torch_dtype == "auto":
         inference_bytes = 2  # bfloat16 where the GPU supports it (resolve_dtype)
     batch = job.flags.encode.encode_batch_size
+    unmerged = job.model.lora and inference_bytes < 4  # src/model/encoder.py load_encoder
     encoding = memory.forward_memory(
         shape,
         process,
         weight_bytes=inference_bytes,
         compute_bytes=inference_bytes,
         chunk=memory.Chunk(batch, sequence, batch * patches_per_row),
+        adapters=model.trainable if unmerged else 0,
         heap_held=training.heap_left,
     )
-    encoding.describes = f"mining and evaluation, batch {batch}, LoRA merged"
+    encoding.describes = f"mining and evaluation, batch {batch}" + (
+        ", LoRA unmerged on the bfloat16 base" if unmerged else ", LoRA merged" if job.model.lora else ""
+    )
     stages = [training, encoding]
     options = job.augment
     if job.captioner in FOUNDATION_MODEL_BACKBONES and options.foundation_model_path:
@@ -315,9 +309,11 @@ def memory_estimate(
 
 def step_seconds(step: Step, rates: dict[str, float], job: Job) -> float | None:
     """The step's time from measured per-device rates, its sharded work split over the
-    processes (None: a rate it needs was not measured)."""
+    processes (None: a rate it needs was not measured). Training work is optimizer steps,
+    each of per-device batch x processes x gradient accumulation steps samples."""
     processes = world_size()
-    global_batch = job.training.per_device_train_batch_size * processes
+    training = job.training  # an optimizer step takes gradient_accumulation_steps batches
+    global_batch = training.per_device_train_batch_size * processes * training.gradient_accumulation_steps
     seconds = 0.0
     for kind, amount in step.work.items():
         if not amount:

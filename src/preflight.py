@@ -4,9 +4,10 @@ A run that will fail should fail within seconds, not after round 0 has trained: 
 and foundation model directories load as configs, every LoRA target name matches layers
 of the architecture (built on the meta device), every image of every split the job
 reads opens (src/data/images.py), no caption holds a special token of the tokenizer, the
-experiment directory can be written and its config and resume state fit, and one step's
-batch fits the training split over the processes. Annotation files and image paths are
-checked as the splits are read (src/job.py). Nothing is written into the experiment
+experiment directory can be written and its config and resume state fit (and its lock kind
+is probed), one step's batch fits the training split over the processes, and with
+DataLoader workers one batch fits the node's shared memory (/dev/shm). Annotation files
+and image paths are checked as the splits are read (src/job.py). Nothing is written into the experiment
 directory until all of this passes; the image check's cache lives in --cache_dir.
 """
 
@@ -16,18 +17,27 @@ import logging
 import os
 from pathlib import Path
 
+from PIL import Image
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from src.artifacts import digest
 from src.data.images import check_images
+from src.data.loader_memory import (
+    batch_bytes,
+    processes_on_node,
+    shared_memory_refusal,
+    shm_free_bytes,
+)
 from src.data.records import Split
-from src.distributed import decided_by_main, main_process_first, world_size
+from src.distributed import checked_everywhere, decided_by_main, main_process_first, world_size
 from src.errors import AnnotationError, ArgumentError, ExperimentError
+from src.experiment.config import flock_works, soft_lock_line
 from src.job import Job
 from src.model.architectures import build_from_path
 from src.model.encoder import check_lora_targets as check_lora_targets_of
-from src.model.encoder import load_embedder_config
-from src.model.registry import adapter_base, load_processor, special_tokens
+from src.model.encoder import embedder_processor, load_embedder_config
+from src.model.prompts import query_text
+from src.model.registry import adapter_base, get_backbone, load_processor, special_tokens
 
 logger = logging.getLogger("preflight")
 
@@ -131,6 +141,8 @@ def check_experiment(job: Job) -> None:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ExperimentError(f"--experiment_dir {experiment.dir}: {existing} is not writable")
+    if not flock_works(existing):  # the run's lock will be a soft one (src/experiment/config.py)
+        logger.warning(soft_lock_line(experiment.dir))
     experiment.config.check_start(job.arguments(), run.resuming, run.allow_config_change)
     first = run.resume_from_iteration
     if first is not None and first > 0:
@@ -171,14 +183,57 @@ def check_pair_selection(job: Job) -> None:
         )
 
 
+def check_shared_memory(job: Job, image_sizes: dict[str, tuple[int, int]]) -> None:
+    """With DataLoader workers, one batch must fit this process's share of /dev/shm.
+
+    A batch's size is measured by packing the largest image of the splits (by its pixels)
+    as the embedder's processor packs it, times the rows of a training step (queries,
+    targets, hard negatives) or of an encoding batch, whichever is more. Where more workers
+    were asked for than fit, the loaders take fewer (src/data/loader_memory.py); where not
+    even one fits, the run stops here with one line.
+    """
+    workers = job.training.dataloader_num_workers
+    if workers < 1 or not image_sizes:
+        return
+    backbone_name, processor = embedder_processor(job.model_path, job.model)
+    backbone = get_backbone(backbone_name)
+    width, height = max(image_sizes.values(), key=lambda size: size[0] * size[1])
+    row = batch_bytes(
+        backbone.pack(processor, [query_text(backbone.image_token, job.dataset_name, "x" * 64)],
+                      [Image.new("RGB", (width, height))])
+    )  # fmt: skip
+    training = job.training.per_device_train_batch_size * (2 + job.training.num_hard_negatives)
+    size = row * max(training, job.flags.encode.encode_batch_size)
+    refusal = shared_memory_refusal(
+        workers, job.training.dataloader_prefetch_factor, size, shm_free_bytes(), processes_on_node()
+    )
+    if refusal:
+        raise ArgumentError(refusal)
+
+
 def preflight(job: Job) -> dict[str, tuple[int, int]]:
-    """Run every check; returns the (width, height) of every image, by path."""
-    check_pair_selection(job)
-    check_models(job)
-    check_lora_targets(job)
+    """Run every check; returns the (width, height) of every image, by path.
+
+    Each process checks what it reads itself (a path one node cannot see fails there only),
+    and every group of checks ends with every process's outcome gathered
+    (`checked_everywhere`): a failure on one process stops every process with the same
+    line, instead of leaving the others at their next collective.
+    """
+
+    def flags_and_models() -> None:
+        check_pair_selection(job)
+        check_models(job)
+        check_lora_targets(job)
+
+    def batches_and_captions() -> None:
+        check_batches(job)
+        tokenizer = load_processor(job.model_path).tokenizer
+        for split in (job.train_split, job.val_split):
+            check_captions(split, tokenizer, job.data.max_caption_tokens)
+
+    checked_everywhere(flags_and_models)
     decided_by_main(lambda: check_experiment(job))  # every process gets rank 0's verdict
-    check_batches(job)
-    tokenizer = load_processor(job.model_path).tokenizer
-    for split in (job.train_split, job.val_split):
-        check_captions(split, tokenizer, job.data.max_caption_tokens)
-    return check_split_images(job, [job.train_split, job.val_split])
+    checked_everywhere(batches_and_captions)
+    image_sizes = checked_everywhere(lambda: check_split_images(job, [job.train_split, job.val_split]))
+    checked_everywhere(lambda: check_shared_memory(job, image_sizes))
+    return image_sizes

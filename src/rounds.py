@@ -20,7 +20,8 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from src.distributed import barrier, is_main
+from src.devices import memory_line, release_device_memory
+from src.distributed import barrier, decided_by_main, is_main
 from src.experiment.step import Step
 from src.job import Job
 from src.stages.augment import augment_step, pair_selection
@@ -72,11 +73,18 @@ def run_rounds(job: Job) -> dict:
         logger.info("no mining: nothing uses hard negatives")
     for step in job_steps(job):
         step.run()
+        release_device_memory()  # what the stage held (its model) is gone before the next
+        logger.info("memory after %s %d: %s", step.stage, step.round, memory_line())
     return job.experiment.write_results_summary() if is_main() else {}
 
 
 def run_job(job: Job) -> dict:
-    """Lock the experiment (rank 0), start or check it, and run every step."""
-    with job.experiment.lock() if is_main() else contextlib.nullcontext():
+    """Lock the experiment (rank 0), start or check it, and run every step.
+
+    Rank 0 takes the lock and every process gets its outcome: a directory in use stops
+    every process with the same line, instead of leaving the others at the next barrier.
+    """
+    with contextlib.ExitStack() as held:
+        decided_by_main(lambda: held.enter_context(job.experiment.lock()))
         start_experiment(job)
         return run_rounds(job)

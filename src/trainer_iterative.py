@@ -24,9 +24,10 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
-from src.arguments import IterativeTrainingArguments
+from src.arguments import IterativeTrainingArguments, resolve_bf16
 from src.data.grouped_sampler import GroupedBatchSampler
-from src.distributed import gather_with_local_grad
+from src.data.loader_memory import fit_loader
+from src.distributed import data_parallel_refusal, gather_with_local_grad
 from src.loss import ContrastiveBatch, contrastive_loss
 from src.model.encoder import VLM2VecEncoder, load_weights_into
 
@@ -67,12 +68,18 @@ class IterativeTrainer(Trainer):
     args: IterativeTrainingArguments
 
     def __init__(self, model: VLM2VecEncoder, args: IterativeTrainingArguments, **kwargs):
+        if args.n_gpu > 1:  # the Trainer would wrap the model in nn.DataParallel
+            raise data_parallel_refusal(args.n_gpu)
+        fallback = resolve_bf16(args)  # --bf16 from this process's own GPU (CLI: done already)
+        if fallback:
+            logger.warning(fallback)
         if args.ddp_find_unused_parameters is None:
             # Otherwise DDP walks the graph after every backward (the encoder is no
             # PreTrainedModel, so the Trainer would assume unused parameters).
             args.ddp_find_unused_parameters = not model.backbone.runs_every_parameter
         super().__init__(model=model, args=args, **kwargs)
         self._shapes_logged = False
+        self._loader_fitted = False
         self.add_callback(EpochCallback())
 
     def _encoder(self) -> VLM2VecEncoder:
@@ -147,7 +154,21 @@ class IterativeTrainer(Trainer):
         loss.register_hook(partial(_replay_chunks, model, chunks, states, cached))
         return loss
 
+    def _fit_workers_to_memory(self) -> None:
+        """DataLoader workers and prefetch from one batch collated here, as the workers would
+        collate it, and this node's free shared and host memory (src/data/loader_memory.py)."""
+        args, dataset = self.args, self.train_dataset
+        if args.dataloader_num_workers < 1 or self._loader_fitted or not len(dataset):
+            return
+        self._loader_fitted = True
+        rows = min(len(dataset), self._train_batch_size)
+        first = self.data_collator([dataset[i] for i in range(rows)])
+        plan = fit_loader(args.dataloader_num_workers, args.dataloader_prefetch_factor, first)
+        args.dataloader_num_workers = plan.workers
+        args.dataloader_prefetch_factor = plan.prefetch if plan.workers else None
+
     def get_train_dataloader(self):
+        self._fit_workers_to_memory()
         if not self.args.group_by_reference:
             return super().get_train_dataloader()
         dataset = self.train_dataset
@@ -161,6 +182,7 @@ class IterativeTrainer(Trainer):
             batch_sampler=sampler,
             collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
+            prefetch_factor=self.args.dataloader_prefetch_factor,
             pin_memory=self.args.dataloader_pin_memory,
         )
         return self.accelerator.prepare(loader)

@@ -16,6 +16,7 @@ import math
 import re
 import shutil
 import signal
+import time
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -25,7 +26,13 @@ from src.arguments import IterativeTrainingArguments
 from src.data.collator import ContrastiveCollator
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.data.image_store import ModelImages
-from src.distributed import any_process, decided_by_main
+from src.distributed import (
+    any_process,
+    barrier,
+    decided_by_main,
+    shared_directory_wait_s,
+    world_size,
+)
 from src.errors import TrainingInterrupted
 from src.experiment_io import read_json, write_json_atomic
 from src.faults import fault_point
@@ -40,17 +47,41 @@ CHECKPOINT_FILES_NAME = "checkpoint_files.json"
 
 
 class RecordCheckpointFiles(TrainerCallback):
-    """After the Trainer saved checkpoint-N: record its files (rank 0), then the fault point."""
+    """After the Trainer saved checkpoint-N: record its files (rank 0), then the fault point.
+
+    Every process writes its own files into checkpoint-N (`rng_state_{rank}.pth`), and the
+    Trainer does not wait for them before the callbacks run; so every process waits here
+    first (a barrier), and rank 0 then waits until it sees every process's file (a network
+    filesystem may list a new name late, src/distributed.py `shared_directory_wait_s`). A file
+    recorded late would be "added after" its record, and a resume would discard the
+    checkpoint and restart the round.
+    """
 
     def __init__(self, iteration: int):
         self.iteration = iteration
 
     def on_save(self, args, state, control, **kwargs):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        barrier()  # every process has written its part of checkpoint-N
         if state.is_world_process_zero and checkpoint.is_dir():
+            _wait_for_every_process_file(checkpoint)
             records = DigestCache().directory(checkpoint, skip=(CHECKPOINT_FILES_NAME,))
             write_json_atomic(checkpoint / CHECKPOINT_FILES_NAME, records)
         fault_point("training", state.global_step, self.iteration)
+
+
+def _wait_for_every_process_file(checkpoint: Path) -> None:
+    """Until every process's RNG state is listed in `checkpoint` (several processes only)."""
+    processes = world_size()
+    if processes == 1:
+        return
+    expected = {f"rng_state_{r}.pth" for r in range(processes)}
+    deadline = time.monotonic() + shared_directory_wait_s()
+    while missing := expected - {path.name for path in checkpoint.iterdir()}:
+        if time.monotonic() > deadline:
+            logger.warning("%s: %s not seen before recording its files", checkpoint, sorted(missing))
+            return
+        time.sleep(0.2)
 
 
 class StopOnSigterm(TrainerCallback):
@@ -122,6 +153,7 @@ def train_round(
     if last:
         logger.info("resuming training from %s", last)
     result = trainer.train(resume_from_checkpoint=last)
+    release_trainer(trainer)
     if stop.received:
         raise TrainingInterrupted(
             f"stopped by SIGTERM after saving {output_dir}/checkpoint-{result.global_step}; "
@@ -134,6 +166,23 @@ def train_round(
         processes=trainer.args.world_size,  # DDP really spans them (docs/notes.md)
         num_samples=len(dataset),
     )
+
+
+def release_trainer(trainer: IterativeTrainer) -> None:
+    """Let the trained model go as soon as its last holder drops it.
+
+    Under mixed precision accelerate replaces the prepared model's `forward` with a wrapper
+    bound to the model (kept in the model's own `__dict__`, beside `_original_forward`): a
+    reference cycle, which only the garbage collector frees, so the model (and on a GPU its
+    memory) would stay into mining and evaluation. The wrapper is removed (the class's own
+    forward serves again) and accelerate drops its references to models, optimizers and
+    loaders (`free_memory`).
+    """
+    for module in {id(m): m for m in (trainer.model_wrapped, *trainer.model.modules())}.values():
+        if "_original_forward" in module.__dict__:
+            module.__dict__.pop("forward", None)
+            module.__dict__.pop("_original_forward", None)
+    trainer.accelerator.free_memory()
 
 
 def last_complete_checkpoint(output_dir: Path) -> str | None:

@@ -1,6 +1,7 @@
 """Flags, presets and their precedence."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -124,6 +125,53 @@ def test_deepspeed_is_refused_in_one_line_whether_or_not_it_is_installed(argv, t
     with pytest.raises(ArgumentError, match="--deepspeed is not supported"):  # from a preset too
         (tmp_path / "preset.json").write_text(json.dumps({"deepspeed": "ds.json"}))
         parse_arguments(["--config", "preset.json"])
+
+
+@pytest.mark.parametrize(
+    ("variable", "engine"), [("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")]
+)
+def test_an_engine_switched_on_from_the_environment_is_refused_in_one_line(variable, engine, monkeypatch, capsys):
+    """`accelerate launch` with a DeepSpeed or FSDP config exports these: refused before
+    transformers looks for the package (deepspeed is not installed here) or builds FSDP."""
+    from src.cli import train_main
+
+    for value in ("true", "1", "yes"):
+        monkeypatch.setenv(variable, value)
+        with pytest.raises(ArgumentError, match=f"{variable}={value} asks for {engine}") as error:
+            parse_arguments([])
+        assert "not installed" not in str(error.value) and "package" not in str(error.value)
+    assert train_main(["--num_iterations", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {variable}=yes asks for {engine}")
+    monkeypatch.setenv(variable, "false")
+    assert parse_arguments([]).training.deepspeed is None
+
+
+def test_fsdp_is_refused_in_one_line():
+    with pytest.raises(ArgumentError, match="--fsdp is not supported"):
+        parse_arguments(["--fsdp"])
+    with pytest.raises(ArgumentError, match="--fsdp is not supported"):
+        parse_arguments(["--fsdp", "full_shard auto_wrap"])
+
+
+@pytest.mark.parametrize(
+    ("variable", "engine"), [("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")]
+)
+def test_train_iterative_exits_2_with_one_line_naming_the_engine(variable, engine, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    completed = subprocess.run(
+        [sys.executable, "train_iterative.py", "--cache_dir", str(tmp_path / "cache"),
+         "--experiment_dir", str(tmp_path / "exp")],
+        cwd=repo, env=os.environ | {variable: "true"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {variable}=true asks for {engine}"), lines
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "exp").exists()
 
 
 def test_full_fine_tuning_refuses_low_precision_weights():

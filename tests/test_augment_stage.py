@@ -387,12 +387,26 @@ def test_fast_mode_trains_round_1_on_original_plus_augmented(tmp_path, capsys):
         "--cache_dir", str(tmp_path / "cache"),
         "--experiment_dir", str(directory),
         "--dataloader_num_workers", "0",
+        "--max_augmented_per_iteration", "20",
     ]  # fmt: skip
     assert train_main(argv) == 0
     experiment = Experiment(directory)
     payload = AugmentedSamples.read(experiment.augmented(1))
     kept = payload.stats.kept
     assert kept > 0 and payload.meta["generator"] == "scene_oracle"
+    # The cap keeps the hardest failures of the whole split, not the first queries of the file.
+    mined = HardNegatives.read(experiment.hard_negatives(0)).queries
+    requested = sorted([*payload.samples, *payload.rejected], key=lambda s: s.pairid)
+    gaps = []
+    for sample in requested:
+        query, place = mined[sample.source_pairid], int(sample.pairid.rsplit("_", 1)[1])
+        assert query.negatives[place].rank < query.target_rank, sample.pairid  # a failure
+        gaps.append(query.negatives[place].score - query.target_score)
+    failures = [[n.score - q.target_score for n in q.negatives if n.rank < q.target_rank] for q in mined.values()]
+    assert len(requested) == payload.stats["pairs"] == 20 < payload.stats["failures"] == sum(map(len, failures))
+    worst = sorted((max(gaps_of_query) for gaps_of_query in failures if gaps_of_query), reverse=True)
+    assert sorted(gaps, reverse=True) == pytest.approx(worst[:20])  # each query's worst, the 20 worst
+    assert {s.source_pairid for s in requested} != set(list(mined)[:20])  # the file's first queries
     assert payload.meta["stands_in_for_a_foundation_model"] is True
     log = capsys.readouterr().out
     assert f"round 1: {200 + kept} training triplets (200 original, {kept} augmented)" in log

@@ -61,8 +61,10 @@ def test_gpu_check_smoke_on_the_cpu(tmp_path):
     assert train["throughput"]["train_samples_per_s"] > 0
     encode = json.loads((tmp_path / "encode.json").read_text())
     assert encode["images"] == 256 and encode["batches"] == 16 and encode["dataloader_workers"] == 2
-    # steady state: the first batch of each worker is not timed, nor the bare loop's first
-    assert encode["pipeline_warmup_batches_excluded"] == 2 and encode["pipeline_images_timed"] == 224
+    # steady state: not the batch collated first, nor the 2 x 2 the workers prefetched during
+    # start-up; nor the bare loop's first
+    assert encode["loader"] == {"workers": 2, "prefetch": 2, "batches_collated_first": 1}
+    assert encode["pipeline_warmup_batches_excluded"] == 5 and encode["pipeline_images_timed"] == 11 * 16
     assert encode["bare_warmup_batches_excluded"] == 1 and encode["bare_images_timed"] == 7 * 16
     assert encode["ratio_pipeline_over_bare"] > 0 and encode["bare_forward_model_tflops_per_s"] > 0
     search = json.loads((tmp_path / "search.json").read_text())
@@ -127,3 +129,20 @@ def test_measured_rates_are_filed_for_plan(tmp_path, monkeypatch):
     assert devices.measured_throughput(signature, "NVIDIA H100 PCIe") == {}  # another card
     unknown = {"throughput": {"signature": signature, "device": "NVIDIA X1", "encode_items_per_s": 1.0}}
     assert gpu_check.file_rates(unknown, gpu_check.RESULTS / "encode.json") == {}
+
+
+def test_the_gpu_check_times_no_batch_prefetched_during_warm_up():
+    """Eight workers with prefetch 2 hold 16 batches ready when the pipeline starts (and the
+    main process collated one to size them): those come at once, so timing them overstates
+    the steady-state rate. Batches here end every 1.0 s once warm; the 17 warm-up batches
+    end within the first 1.7 s."""
+    from benchmarks.gpu_check import steady_state, warmup_batches
+
+    warm = warmup_batches({"workers": 8, "prefetch": 2, "batches_collated_first": 1})
+    assert warm == 17
+    ends = [0.1 * (i + 1) for i in range(17)] + [1.7 + (i + 1) for i in range(47)]
+    images, seconds = steady_state(ends, [64] * 64, warm)
+    assert images == 47 * 64 and seconds == pytest.approx(47.0)
+    assert warmup_batches({"workers": 0, "prefetch": None, "batches_collated_first": 0}) == 1
+    with pytest.raises(ValueError, match="none after"):
+        steady_state(ends[:17], [64] * 17, warm)

@@ -42,3 +42,23 @@ def test_a_bad_shared_directory_wait_is_one_line_naming_the_variable(monkeypatch
     monkeypatch.setenv(distributed.SHARED_DIRECTORY_WAIT_ENV, value)
     with pytest.raises(distributed.ArgumentError, match="CIR_SHARED_DIRECTORY_WAIT_S"):
         distributed.shared_directory_wait_s()
+
+
+def test_a_check_that_fails_on_one_process_stops_every_process_with_the_same_line(monkeypatch):
+    """Every process's outcome is gathered: rank 1's user error (a path its node cannot see)
+    is raised on rank 0 too, naming rank 1 and its host (simulated: two processes, this one
+    rank 0, rank 1's report given)."""
+    from src.errors import ArgumentError
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    rank1 = ("node-b", (ArgumentError, "--model_name /models/x: no such directory"))
+    monkeypatch.setattr(distributed, "gather_objects", lambda local: [local, rank1])
+    with pytest.raises(ArgumentError) as error:
+        distributed.checked_everywhere(lambda: "fine here")
+    assert str(error.value) == "--model_name /models/x: no such directory (rank 1 on node-b)"
+    # a bug elsewhere: a RuntimeError naming it; where it happened, the error itself
+    monkeypatch.setattr(distributed, "gather_objects", lambda local: [local, ("node-b", (None, "KeyError: 'x'"))])
+    with pytest.raises(RuntimeError, match=r"rank 1 on node-b failed: KeyError: 'x'"):
+        distributed.checked_everywhere(lambda: "fine here")
+    monkeypatch.setattr(distributed, "gather_objects", lambda local: [local, ("node-b", None)])
+    assert distributed.checked_everywhere(lambda: 7) == 7

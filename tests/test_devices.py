@@ -1,8 +1,10 @@
-"""One device-name rule (src/devices.py): the model a reported name is filed under, its peak."""
+"""One device-name rule (src/devices.py): the model a reported name is filed under, its peak;
+and whether a GPU runs bfloat16 natively (its own capability, after its device is set)."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from src import devices
 
@@ -51,3 +53,53 @@ def test_throughputs_are_filed_by_device_key(tmp_path, monkeypatch):
     assert devices.measured_throughput("sig", "NVIDIA H100 SXM5 80GB")["train_samples_per_s"] == 2.0
     assert devices.measured_throughput("sig", "NVIDIA H100 PCIe") == {}
     assert devices.measured_throughput("sig", "NVIDIA Unknown 9000") == {}
+
+
+class _Args:
+    """What resolve_bf16 reads of TrainingArguments: the process's device (set up by then)."""
+
+    def __init__(self, bf16, device="cuda:3"):
+        self.bf16, self.fp16, self.device = bf16, False, torch.device(device)
+        self.mixed_precision = "bf16" if bf16 else "no"
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """A GPU node (simulated) whose cards' capability the test sets; records which device
+    each capability query asked about."""
+    state = {"capability": (7, 0), "asked": []}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulation counts
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-16GB")
+
+    def capability(device=None):
+        state["asked"].append(torch.device(device) if device is not None else None)
+        return state["capability"]
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    return state
+
+
+def test_bf16_follows_the_process_gpu_s_own_capability_not_emulation(gpu, monkeypatch):
+    """torch.cuda.is_bf16_supported() is true on a V100 through emulation; the default is
+    decided from the capability of this process's own GPU, after its device is set, and a
+    GPU without native bfloat16 falls back to float32 with one line."""
+    from src.arguments import default_training_arguments, resolve_bf16
+    from src.model.encoder import resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: pytest.fail("asked before set_device"))
+    assert default_training_arguments()["bf16"] is None  # not decided at parse time
+    for asked in (None, True):  # the default, and a preset's "bf16": true
+        args = _Args(asked)
+        line = resolve_bf16(args)
+        assert args.bf16 is False and args.mixed_precision == "no"
+        assert "compute capability 7.0" in line and "float32" in line and "\n" not in line
+    assert gpu["asked"] and set(gpu["asked"]) == {torch.device("cuda:3")}
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_dtype("auto") == torch.float32  # a LoRA base and inference stay float32
+    gpu["capability"] = (9, 0)
+    args = _Args(None)
+    assert resolve_bf16(args) is None and args.bf16 is True and args.mixed_precision == "bf16"
+    assert resolve_dtype("auto") == torch.bfloat16
+    args = _Args(False)
+    assert resolve_bf16(args) is None and args.bf16 is False  # --bf16 False stays off

@@ -40,10 +40,18 @@ ENV = os.environ | {
 }
 
 
-def run(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    completed = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+def run(command: list[str], timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    completed = subprocess.run(
+        command, cwd=REPO, env=ENV | (env or {}), capture_output=True, text=True, timeout=timeout
+    )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return completed
+
+
+def harness_reports(directory: Path) -> dict[str, dict]:
+    """What the simulated NCCL harness checked in each worker (by rank; the agent has none)."""
+    reports = [json.loads(path.read_text()) for path in directory.glob("*.json")]
+    return {report["rank"]: report for report in reports if report["rank"] is not None}
 
 
 def free_port() -> int:
@@ -55,10 +63,16 @@ def free_port() -> int:
 def test_two_processes_match_one(tiny_qwen, small_benchmark, tmp_path):
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
     run([sys.executable, SCRIPT, str(tiny_qwen), str(small_benchmark), "8", str(one)])
+    reports = tmp_path / "harness"
+    reports.mkdir()
     run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         SCRIPT, str(tiny_qwen), str(small_benchmark), "4", str(two)]
+         SCRIPT, str(tiny_qwen), str(small_benchmark), "4", str(two)],
+        env={"CIR_SIMULATED_NCCL_REPORT": str(reports)},
     )  # fmt: skip
+    checked = harness_reports(reports)  # the harness ran in both workers and saw the gathers
+    assert sorted(checked) == ["0", "1"]
+    assert all(r["tensor_collectives"] >= 8 and r["refused"] == 0 for r in checked.values()), checked
     for mode in ("plain", "grad_cache"):
         single, double = torch.load(one)[mode], torch.load(two)[mode]
         assert double["find_unused"] is False, mode  # no graph walk after each backward
@@ -125,6 +139,16 @@ def test_the_job_on_two_processes_of_one_node_and_on_two_nodes(job_argv, tmp_pat
     assert not (two_node / ".shared_check").exists()
 
 
+def ends_with_one_line(completed: subprocess.CompletedProcess) -> str:
+    """The launcher's stderr ends with the project's one line (exit status 2), and holds no
+    other error line and no torchrun traceback (ChildFailedError) after it."""
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    lines = completed.stderr.strip().splitlines()
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], completed.stderr[-3000:]
+    assert "ChildFailedError" not in completed.stderr and "Traceback" not in completed.stderr
+    return lines[-1]
+
+
 def test_nodes_with_their_own_experiment_directories_stop_with_one_line(job_argv, tmp_path):
     start = time.monotonic()
     results = two_nodes(
@@ -132,10 +156,45 @@ def test_nodes_with_their_own_experiment_directories_stop_with_one_line(job_argv
     )
     elapsed = time.monotonic() - start
     for node, completed in enumerate(results):
-        assert completed.returncode != 0
-        lines = [line for line in completed.stderr.splitlines() if line.startswith("error: ")]
-        assert len(lines) == 1, completed.stderr[-3000:]
-        assert f"--experiment_dir {tmp_path / f'node{node}'} is not shared by every process" in lines[0]
-        assert "rank 1 on" in lines[0] and "rank 0 on" in lines[0] and "within 4 s" in lines[0]
+        line = ends_with_one_line(completed)
+        assert f"--experiment_dir {tmp_path / f'node{node}'} is not shared by every process" in line
+        assert "rank 1 on" in line and "rank 0 on" in line and "within 4 s" in line
         assert not (tmp_path / f"node{node}" / "experiment_config.json").exists()
     assert elapsed < 4 + 90, elapsed
+
+
+def test_a_path_one_node_cannot_see_stops_every_node_with_the_same_line(job_argv, tiny_qwen, tmp_path):
+    """Node 1 has no copy of the model: its check fails there only; every process's outcome
+    is gathered, so node 0 stops with the same line at once instead of waiting at its next
+    collective until the NCCL timeout."""
+    missing = tmp_path / "models" / "tiny_qwen"
+    start = time.monotonic()
+    results = two_nodes(
+        lambda node: job_argv(tmp_path / "exp", "--fast_mode", model=tiny_qwen if node == 0 else missing), 300
+    )
+    elapsed = time.monotonic() - start
+    lines = [ends_with_one_line(completed) for completed in results]
+    assert lines[0] == lines[1], lines
+    assert lines[0].startswith(f"error: --model_name {missing}: no such directory") and "(rank 1 on " in lines[0]
+    assert not (tmp_path / "exp" / "experiment_config.json").exists()
+    assert elapsed < 90, elapsed
+
+
+def test_a_cpu_tensor_collective_in_a_child_process_is_refused(tmp_path):
+    """The harness is active in the processes torchrun starts, and refuses there every way
+    of handing a collective a CPU tensor that NCCL would refuse (tests/scripts/
+    cpu_tensor_collective.py); tensors on collective_device() pass."""
+    reports = tmp_path / "harness"
+    reports.mkdir()
+    output = tmp_path / "outcome"
+    run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "tests/scripts/cpu_tensor_collective.py", str(output)],
+        env={"CIR_SIMULATED_NCCL_REPORT": str(reports)},
+    )  # fmt: skip
+    for rank in (0, 1):
+        found = json.loads(Path(f"{output}.rank{rank}.json").read_text())
+        results = found["results"]
+        assert {name: results[name] for name in found["mistakes"]} == dict.fromkeys(found["mistakes"], "refused")
+        assert {v for k, v in results.items() if k not in found["mistakes"]} == {"ran"}, results
+        assert harness_reports(reports)[str(rank)]["refused"] == len(found["mistakes"])

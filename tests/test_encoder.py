@@ -88,9 +88,13 @@ def test_a_released_lora_adapter_checkpoint_loads_with_its_intended_embeddings(t
     (release / "config.json").write_text((tiny_qwen / "config.json").read_text())
     collator = ContrastiveCollator(reference.processor, reference.backbone)
     inputs = collator.pack_queries(images(2), CAPTIONS[:2])[0]
+    # the model itself takes the processor's float32 pixels (the collator packs uint8 ones,
+    # which the embedder finishes on the device)
+    pixels = reference.backbone.device_pixel_values(reference.processor, inputs["pixel_values"])
     with torch.no_grad():
         expected = torch.nn.functional.normalize(
-            adapted.get_base_model().model(**inputs).last_hidden_state[:, -1].float(), dim=-1
+            adapted.get_base_model().model(**inputs | {"pixel_values": pixels}).last_hidden_state[:, -1].float(),
+            dim=-1,
         )
         loaded = build_encoder(release, dtype="float32").eval()
         assert torch.allclose(loaded(**inputs), expected, atol=1e-5)

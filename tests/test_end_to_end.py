@@ -3,6 +3,7 @@ its checkpoints, resuming it, and its plan; the evaluation's image-only and text
 rankings against a numpy recomputation, and an evaluation file written before them."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -234,10 +235,14 @@ def test_eval_iterative_writes_the_cirr_test_submission_files(finished_run, smal
         )
 
 
-def test_round_zero_only_and_skip_round0(tiny_qwen, job_argv, tmp_path):
-    """--num_iterations 0 trains round 0 only; --skip_round0 keeps the base model as iteration 0."""
+def test_round_zero_only_and_skip_round0(tiny_qwen, job_argv, tmp_path, capsys):
+    """--num_iterations 0 trains round 0 only; --skip_round0 keeps the base model as iteration 0.
+    The memory the process holds is logged between stages."""
     trained = Experiment(tmp_path / "round0")
     assert train_main(job_argv(trained.dir, "--num_iterations", "0")) == 0
+    log = capsys.readouterr().out
+    assert re.search(r"memory after train 0: cpu resident [\d.]+ GiB", log)
+    assert re.search(r"memory after evaluate 0: cpu resident [\d.]+ GiB", log)
     assert trained.checkpoint(0).is_dir() and not trained.checkpoint(1).exists()
     assert not trained.hard_negatives(0).exists()
     assert sorted(json.loads(trained.evaluation_results.read_text())) == ["iter_0"]

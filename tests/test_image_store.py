@@ -195,6 +195,23 @@ def test_several_processes_fill_one_store_safely(images, tmp_path):
         assert np.array_equal(stored, resized_pixels(store.image_processor, load_image(path)))
 
 
+def test_an_entry_is_published_without_replacing_one_another_node_may_have_mapped(images, tmp_path):
+    """On a shared filesystem another node may hold an entry memory-mapped: a second writer
+    of the same image (another node that missed it a moment ago) must not replace the file
+    under it (os.replace would: NFS then answers ESTALE, or the reader gets SIGBUS)."""
+    store = ImageStore(tmp_path / "store", image_processor())
+    path = images[0]
+    store.lookup(path)  # made and published
+    entry = store.entry(path)[2]
+    mapped = store.read(entry)  # a reader's memory map of the published file
+    before = os.stat(entry)
+    store.write(entry, resized_pixels(store.image_processor, load_image(path)))  # the late writer
+    after = os.stat(entry)
+    assert (after.st_ino, after.st_nlink) == (before.st_ino, before.st_nlink)
+    assert not list(store.directory.glob("*/.*.tmp"))  # its temporary file is gone
+    assert np.array_equal(mapped, store.read(entry))
+
+
 @pytest.mark.parametrize("damage", ["truncated", "flipped byte", "not npy", "empty"])
 def test_a_damaged_entry_is_made_again(damage, images, tmp_path, caplog):
     store = ImageStore(tmp_path / "store", image_processor())

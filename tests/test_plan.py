@@ -60,3 +60,19 @@ def test_plan_of_the_cirr_2b_preset(tmp_path, small_benchmark, capsys):
     assert re.search(r"\): peak [\d.]+ GiB \((training|captioning)\)", out)
     assert "qwen2_vl: caption up to" in out
     assert not (tmp_path / "exp").exists()
+
+
+def test_plan_time_counts_every_batch_of_an_optimizer_step(monkeypatch):
+    """With gradient accumulation an optimizer step takes several batches: 10 steps of 4 x 2
+    processes x 4 accumulated batches are 320 samples, at 8 samples/s per process 20 s."""
+    from types import SimpleNamespace
+
+    from src import plan
+
+    training = SimpleNamespace(per_device_train_batch_size=4, gradient_accumulation_steps=4)
+    job = SimpleNamespace(training=training)
+    step = SimpleNamespace(work={"train": 10})
+    monkeypatch.setattr(plan, "world_size", lambda: 2)
+    assert plan.step_seconds(step, {"train_samples_per_s": 8.0}, job) == 20.0
+    training.gradient_accumulation_steps = 1
+    assert plan.step_seconds(step, {"train_samples_per_s": 8.0}, job) == 5.0

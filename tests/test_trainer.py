@@ -204,7 +204,7 @@ def test_full_fine_tuning_keeps_float32_weights_so_small_updates_land(
     weights. The same step on bfloat16 weights leaves them where they were: 1.0 +- 1e-5
     rounds back to 1.0 (bfloat16's step near 1.0 is 2^-7)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert resolve_dtype("auto") == torch.bfloat16  # inference and a frozen LoRA base
     assert resolve_dtype("auto", trains_all_weights=True) == torch.float32
     monkeypatch.undo()
@@ -227,3 +227,68 @@ def test_full_fine_tuning_keeps_float32_weights_so_small_updates_land(
     assert (after != before).float().mean() > 0.9
     before, after = norm_weights_after_one_step(torch.bfloat16)
     assert torch.equal(after, before)
+
+
+def test_the_trainer_refuses_to_drive_several_gpus_with_data_parallel(tiny_qwen, tmp_path):
+    """Built directly (the GPU check, the benchmark scripts) on a node whose process sees
+    several GPUs, the Trainer would wrap the model in nn.DataParallel; it refuses instead."""
+    from src.errors import ArgumentError
+
+    args = trainer_args(tmp_path)
+    assert args.n_gpu == 0  # the CPU here
+    args._n_gpu = 4  # what TrainingArguments finds without LOCAL_RANK on a 4-GPU node
+    with pytest.raises(ArgumentError, match="sees 4 GPUs and would train with nn.DataParallel"):
+        IterativeTrainer(model=build_encoder(tiny_qwen, dtype="float32"), args=args)
+
+
+def test_checkpoint_records_wait_for_every_process_files(tmp_path, monkeypatch):
+    """Every process writes its own RNG state into checkpoint-N and the Trainer does not wait
+    for them before its callbacks: the record is written only after a barrier, so a file of
+    another process is never "added after" it (a resume would otherwise discard the
+    checkpoint and restart the round)."""
+    from types import SimpleNamespace
+
+    from src import training
+
+    checkpoint = tmp_path / "checkpoint-2"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    (checkpoint / "rng_state_0.pth").write_bytes(b"rank 0")
+    arrived = []
+
+    def other_process_finishes_saving():
+        (checkpoint / "rng_state_1.pth").write_bytes(b"rank 1")
+        arrived.append(True)
+
+    monkeypatch.setattr(training, "barrier", other_process_finishes_saving, raising=False)
+    state = SimpleNamespace(global_step=2, is_world_process_zero=True)
+    training.RecordCheckpointFiles(0).on_save(SimpleNamespace(output_dir=str(tmp_path)), state, None)
+    if not arrived:  # nothing waited: rank 1's file lands after rank 0 recorded the folder
+        other_process_finishes_saving()
+    assert training._incomplete(checkpoint) is None
+    assert training.last_complete_checkpoint(tmp_path) == str(checkpoint)
+
+
+def test_the_trained_model_is_freed_when_the_round_drops_it(tiny_qwen, small_train_split, tmp_path):
+    """Under mixed precision accelerate wraps the model's forward in a method bound to the
+    model: a reference cycle that kept the trained model (on a GPU: its memory) alive into
+    mining and evaluation, until a garbage collection that nothing ran. bf16 autocast on the
+    CPU installs the same wrapper."""
+    import gc
+    import weakref
+
+    from src.training import train_round
+
+    def train_and_drop() -> weakref.ref:
+        encoder = build_encoder(tiny_qwen, ModelArguments(lora=True, lora_r=4))
+        dataset = ComposedRetrievalDataset(small_train_split, small_train_split.triplets[:8])
+        train_round(encoder, dataset, trainer_args(tmp_path, bf16=True), "cirr", tmp_path / "round")
+        return weakref.ref(encoder)
+
+    gc.collect()
+    gc.disable()
+    try:
+        trained = train_and_drop()
+        assert trained() is None
+    finally:
+        gc.enable()

@@ -21,9 +21,11 @@ old entry. Entries are `.npy` files (`np.load(path, mmap_mode="r")` reads them) 
 a 16-byte trailer (a magic word and the XXH3-64 of the pixels); a read checks the header
 (uint8, 3 channels, sides on the patch grid, a size the processor keeps), the file's
 length and the checksum, and an entry that fails is made again, never served. Writes go
-to a temporary file in the entry's folder and are renamed into place, so any number of
-processes (DDP ranks, DataLoader workers, ablation jobs) fill one store at once: a reader
-sees a whole entry or none, and two writers of one image write the same bytes. Entries of
+to a temporary file in the entry's folder and are published under their name by a hard
+link, which never replaces an existing entry (another node may have it memory-mapped), so
+any number of processes (DDP ranks on several nodes, DataLoader workers, ablation jobs)
+fill one store at once: a reader sees a whole entry or none, and two writers of one image
+write the same bytes (the first published stays). Entries of
 changed files are not removed; delete the folder to reclaim the space (safe between runs).
 
 `ModelImages.load_for_model(path)` is the one way the training dataset and the encoder
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import io
 import json
 import logging
@@ -70,6 +73,8 @@ TRAILER_SIZE = len(TRAILER_MAGIC) + 8  # magic + XXH3-64 of the pixels
 NPY_VERSION = (1, 0)
 STORED_PROCESSORS = (Qwen2VLImageProcessor, Qwen2VLImageProcessorPil)
 _ANNOUNCED: set[Path] = set()  # store folders this process has logged
+# What link(2) answers where a filesystem has no hard links (some FUSE and object stores).
+NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV)
 
 
 def store_settings(image_processor: object) -> dict | None:
@@ -224,8 +229,13 @@ class ImageStore:
         return None
 
     def _write_file(self, target: Path, data: bytes | list) -> None:
-        """Write to a temporary file beside `target`, then rename it into place (not synced:
-        an entry cut short by a crash fails the read's checks and is made again)."""
+        """Write to a temporary file beside `target`, then publish it under its name without
+        replacing anything: a hard link fails if the name exists (another writer of the same
+        bytes came first, and its file stays). Replacing a file that another node has
+        memory-mapped would pull it from under that reader on a network filesystem (NFS:
+        ESTALE, SIGBUS). Not synced: an entry cut short by a crash fails the read's checks
+        and is made again. Where the filesystem has no hard links, renamed into place only
+        if the name is still free (two writers of one image write the same bytes)."""
         target.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(
             prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
@@ -234,10 +244,17 @@ class ImageStore:
             with os.fdopen(handle, "wb") as file:
                 for part in data if isinstance(data, list) else [data]:
                     file.write(part)
-            os.replace(temporary, target)
-        except BaseException:
+            try:
+                os.link(temporary, target)
+            except FileExistsError:
+                pass  # published by another writer: keep theirs
+            except OSError as error:
+                if error.errno not in NO_HARD_LINKS:
+                    raise
+                if not os.path.exists(target):
+                    os.rename(temporary, target)
+        finally:
             Path(temporary).unlink(missing_ok=True)
-            raise
 
     def write(self, entry: Path, pixels: np.ndarray) -> None:
         buffer = io.BytesIO()
@@ -255,6 +272,9 @@ class ImageStore:
         stored = self.read(entry)
         if stored is not None:
             return stored
+        if entry.exists():  # damaged: the one case an entry is removed, to be made again
+            with contextlib.suppress(OSError):
+                entry.unlink()
         image = load_image(path)
         pixels = resized_pixels(self.image_processor, image)
         if not self.keeps_size(*pixels.shape[:2]):

@@ -4,13 +4,18 @@ resume that does not silently change what the experiment computes."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
+import logging
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from importlib import metadata
+from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import FileLock, SoftFileLock, Timeout
 
 from src.arguments import result_config, trainer_defaults
 from src.errors import ExperimentError
@@ -18,6 +23,8 @@ from src.experiment.layout import CONFIG_NAME, ExperimentLayout
 from src.experiment.stage_log import now
 from src.experiment_io import write_json_atomic
 from src.records import ConfigChange, ExperimentRecord
+
+logger = logging.getLogger("experiment")
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "faiss-cpu", "qwen-vl-utils")
 
@@ -126,22 +133,58 @@ class ExperimentConfig:
             write_json_atomic(self.path, record.to_json())
 
 
+# What flock(2) answers on a filesystem that does not offer it: Lustre mounted without
+# `flock` (ENOSYS; filelock falls back to a soft lock by itself there, with a warning), NFS
+# without a lock manager (ENOLCK), others (EOPNOTSUPP, EINVAL).
+FLOCK_MISSING = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
+
+
+def flock_works(directory: Path) -> bool:
+    """Whether the filesystem of `directory` (or of its nearest existing parent) takes
+    flock, probed on a temporary file there."""
+    existing = Path(directory)
+    while not existing.exists():
+        existing = existing.parent
+    with tempfile.TemporaryFile(dir=existing) as probe:
+        try:
+            fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno in FLOCK_MISSING:
+                return False
+            raise
+        fcntl.flock(probe.fileno(), fcntl.LOCK_UN)
+    return True
+
+
+def soft_lock_line(directory: Path) -> str:
+    return (
+        f"{directory}: its filesystem has no flock; one run at a time is kept by a soft lock "
+        "(a marker file, .lock: a run that died on another host leaves it behind)"
+    )
+
+
 @contextlib.contextmanager
 def experiment_lock(layout: ExperimentLayout) -> Iterator[None]:
     """Refuse a second run on the same directory while the first is alive.
 
     The OS lock (flock, through filelock) is released when its holder dies, however it
     dies, so a crashed run never blocks the directory; the owner file only names the
-    holder in the message.
+    holder in the message. On a filesystem without flock (probed first: `flock_works`),
+    filelock's SoftFileLock instead: a marker file, which it takes over from a holder that
+    died on this host; one that died on another host must be deleted by hand.
     """
     layout.dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(layout.lock_file, timeout=0)
+    soft = not flock_works(layout.dir)
+    if soft:
+        logger.warning(soft_lock_line(layout.dir))
+    lock = (SoftFileLock if soft else FileLock)(layout.lock_file, timeout=0)
     try:
         lock.acquire()
     except Timeout:
+        delete = f" (if that run is gone, delete {layout.lock_file})" if soft else ""
         raise ExperimentError(
-            f"{layout.dir} is in use by {_lock_owner(layout)}; wait for that run to finish or "
-            "pass another --experiment_dir"
+            f"{layout.dir} is in use by {_lock_owner(layout)}{delete}; wait for that run to "
+            "finish or pass another --experiment_dir"
         ) from None
     try:
         write_json_atomic(

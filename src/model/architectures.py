@@ -47,6 +47,27 @@ def architecture_config(name: str) -> PretrainedConfig:
     return AutoConfig.for_model(config.pop("model_type"), **config)
 
 
+def depth_reduced(config: PretrainedConfig, text_layers: int, vision_layers: int) -> PretrainedConfig:
+    """`config` with fewer language-model layers and vision blocks (the same widths, heads,
+    vocabulary and merger): the real shapes at a size whose activations outweigh its weights
+    (benchmarks/real_shape_check.py --activations)."""
+    config = config.__class__.from_dict(config.to_dict())
+    text = getattr(config, "text_config", config)
+    text.num_hidden_layers = text_layers
+    if getattr(text, "layer_types", None):
+        text.layer_types = text.layer_types[:text_layers]
+    if getattr(text, "max_window_layers", None) is not None:
+        text.max_window_layers = min(text.max_window_layers, text_layers)
+    vision = config.vision_config
+    if hasattr(vision, "depth"):
+        vision.depth = vision_layers
+        if getattr(vision, "fullatt_block_indexes", None) is not None:
+            vision.fullatt_block_indexes = [i for i in vision.fullatt_block_indexes if i < vision_layers]
+    else:
+        vision.num_hidden_layers = vision_layers
+    return config
+
+
 def build_model(
     config: PretrainedConfig, dtype: torch.dtype = torch.bfloat16, device: str = "meta"
 ) -> nn.Module:

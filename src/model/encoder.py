@@ -28,6 +28,7 @@ from torch import nn
 from transformers import PreTrainedModel, ProcessorMixin
 
 from src.arguments import ModelArguments, check_attn_implementation
+from src.devices import bf16_capable
 from src.errors import ArgumentError
 from src.model.registry import (
     ADAPTER_CONFIG_NAME,
@@ -117,6 +118,9 @@ class VLM2VecEncoder(nn.Module):
         return hf_model.model
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        pixels = inputs.get("pixel_values")
+        if pixels is not None and pixels.dtype == torch.uint8:  # packed for the device (`pack`)
+            inputs = inputs | {"pixel_values": self.backbone.device_pixel_values(self.processor, pixels)}
         outputs = self._trunk()(**inputs, use_cache=False, return_dict=True)
         pooled = last_token_pool(outputs.last_hidden_state, inputs["attention_mask"]).float()
         return F.normalize(pooled, dim=-1) if self.config.normalize else pooled
@@ -193,12 +197,14 @@ def resolve_dtype(name: str, trains_all_weights: bool = False) -> torch.dtype:
     loses every update smaller than a bfloat16 step (a norm weight near 1.0 moves in steps
     of 2^-7, far above learning rate x gradient), so parts of the model would silently
     never learn; the speed comes from `--bf16` autocast instead. Frozen weights (a LoRA
-    base) and inference get bfloat16 on a GPU that supports it; float32 elsewhere.
+    base) and inference get bfloat16 on a GPU that runs it natively (compute capability
+    8.0 or later: src/devices.py `bf16_capable`, asked of this process's own GPU); float32
+    elsewhere.
     """
     if name == "auto":
         if trains_all_weights:
             return torch.float32
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        if bf16_capable(default_device()):  # natively: compute capability >= 8.0
             return torch.bfloat16
         return torch.float32
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -335,6 +341,18 @@ def new_embedder_processor(
     return processor, min_pixels, max_pixels
 
 
+def embedder_processor(model_path: str | Path, options: ModelArguments) -> tuple[str, ProcessorMixin]:
+    """(backbone, processor) of the embedder a run builds from `model_path` with `options`
+    (a saved embedder: its own, with `options`' budget if set), read without any weight."""
+    saved = load_embedder_config(model_path)
+    backbone = saved.backbone if saved else options.model_backbone or detect_backbone(model_path)
+    if saved is None:
+        return backbone, new_embedder_processor(model_path, backbone, options.min_pixels, options.max_pixels)[0]
+    processor = load_processor(model_path)
+    get_backbone(backbone).apply_pixel_budget(processor, options.min_pixels, options.max_pixels)
+    return backbone, processor
+
+
 def lora_target_counts(
     model: nn.Module, targets: list[str], skip_vision: bool = False
 ) -> dict[str, int]:
@@ -384,9 +402,12 @@ def load_encoder(
     """Load a saved embedder with the pixel budget it was saved with, unless `min_pixels` /
     `max_pixels` override it; a plain Hugging Face checkpoint loads as an untrained embedder.
 
-    For inference (not `trainable`) a LoRA adapter is merged into its base: mining and
-    evaluation then run one matrix product per layer instead of three, with the same
-    embeddings to float tolerance (tests/test_encoder.py).
+    For inference (not `trainable`) a LoRA adapter on a float32 base is merged into it:
+    mining and evaluation then run one matrix product per layer instead of three, with the
+    same embeddings to float tolerance (tests/test_encoder.py). On a bfloat16 (or float16)
+    base it stays unmerged, as it was trained: merging would round every weight's update
+    smaller than half a bfloat16 step of that weight away (2^-9 of it), and mining and
+    evaluation would measure another model than the one trained.
     """
     checkpoint_dir = Path(checkpoint_dir)
     config = load_embedder_config(checkpoint_dir)
@@ -403,7 +424,8 @@ def load_encoder(
         model = PeftModel.from_pretrained(
             base, str(checkpoint_dir), is_trainable=trainable, torch_device=str(default_device())
         )
-        model = model if trainable else model.merge_and_unload()
+        if not trainable and torch_dtype == torch.float32:
+            model = model.merge_and_unload()
     else:
         model = _load_hf_model(checkpoint_dir, backbone, torch_dtype, config.attn_implementation)
         freeze_unused_head(model)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import transformers
 from peft import PeftConfig
 from PIL import Image
@@ -21,6 +22,7 @@ from transformers import (
     PreTrainedTokenizerBase,
     ProcessorMixin,
 )
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
 from src.errors import ArgumentError
 
@@ -58,8 +60,61 @@ class Backbone:
         The processor expands each image token to the image's patch tokens and returns
         everything the model's forward needs (`mm_token_type_ids` and `image_grid_thw`
         for Qwen, `image_sizes` for LLaVA-NeXT).
+
+        Where `uint8_pixels(processor)`, the images are resized as the processor resizes
+        them (on the CPU, in uint8) and patchified, but not rescaled, normalised or copied
+        per temporal frame: `pixel_values` is uint8, one eighth of the float32 the processor
+        would return (each patch is copied twice, 4 bytes a value), so DataLoader workers
+        pass little through shared memory and little is copied to the device;
+        `device_pixel_values` finishes them there, to the processor's own values.
         """
+        if self.uint8_pixels(processor):
+            return processor(
+                text=texts,
+                images=images,
+                padding=True,
+                return_tensors="pt",
+                do_rescale=False,
+                do_normalize=False,
+                temporal_patch_size=1,
+            )
         return processor(text=texts, images=images, padding=True, return_tensors="pt")
+
+    def uint8_pixels(self, processor: ProcessorMixin) -> bool:
+        """Whether `pack` leaves the pixels uint8 for the device to normalise: Qwen's
+        torchvision-backed image processor, which patchifies without changing the dtype
+        (the PIL backend patchifies in float32; LLaVA-NeXT tiles on its own grid)."""
+        image_processor = getattr(processor, "image_processor", None)
+        return (
+            self.pixel_budget
+            and isinstance(image_processor, Qwen2VLImageProcessor)
+            and getattr(image_processor, "backend", None) == "torchvision"
+        )
+
+    @staticmethod
+    def device_pixel_values(processor: ProcessorMixin, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The processor's float32 `pixel_values` from `pack`'s uint8 ones, computed where
+        they are (on the device): its own rescale-and-normalise (torchvision, the rescale
+        fused into mean and std) over each patch, then each patch copied to the temporal
+        frames, in the processor's layout (channel, frame, row, column). On the CPU the
+        values equal the processor's bit for bit (tests/test_collator.py)."""
+        image_processor = processor.image_processor
+        patch, frames = image_processor.patch_size, image_processor.temporal_patch_size
+        rows, values = pixel_values.shape
+        channels = values // (patch * patch)
+        normalised = image_processor.rescale_and_normalize(
+            pixel_values.reshape(rows, channels, patch, patch),
+            image_processor.do_rescale,
+            image_processor.rescale_factor,
+            image_processor.do_normalize,
+            tuple(image_processor.image_mean),
+            tuple(image_processor.image_std),
+        )
+        return (
+            normalised.unsqueeze(2)
+            .expand(-1, -1, frames, -1, -1)
+            .reshape(rows, channels * frames * patch * patch)
+        )
 
 
     def apply_pixel_budget(

@@ -27,7 +27,12 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from src.model.architectures import architecture_config, build_model, load_architecture
+from src.model.architectures import (
+    architecture_config,
+    build_model,
+    depth_reduced,
+    load_architecture,
+)
 from src.offline.tiny import (
     LLAVA_CHAT_TEMPLATE,
     QWEN_CHAT_TEMPLATE,
@@ -66,9 +71,14 @@ def real_shape_processor(name: str) -> ProcessorMixin:
     )
 
 
-def real_shape_config(name: str, processor: ProcessorMixin) -> PretrainedConfig:
-    """The released config of `name`, its special-token ids set from `processor`'s tokenizer."""
+def real_shape_config(
+    name: str, processor: ProcessorMixin, depth: tuple[int, int] | None = None
+) -> PretrainedConfig:
+    """The released config of `name`, its special-token ids set from `processor`'s tokenizer
+    (`depth`: (text layers, vision blocks) instead of the released ones)."""
     config = architecture_config(name)
+    if depth is not None:
+        config = depth_reduced(config, *depth)
     tokenizer = processor.tokenizer
     if config.model_type == "llava_next":
         config.image_token_index = tokenizer.convert_tokens_to_ids("<image>")
@@ -83,11 +93,15 @@ def real_shape_config(name: str, processor: ProcessorMixin) -> PretrainedConfig:
 
 
 def build_real_shape(
-    name: str, dtype: torch.dtype = torch.bfloat16, device: str = "cpu", seed: int = 0
+    name: str,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str = "cpu",
+    seed: int = 0,
+    depth: tuple[int, int] | None = None,
 ) -> tuple[torch.nn.Module, ProcessorMixin]:
     """The architecture `name` with random weights (seeded) and its processor."""
     processor = real_shape_processor(name)
-    config = real_shape_config(name, processor)
+    config = real_shape_config(name, processor, depth)
     torch.manual_seed(seed)
     model = build_model(config, dtype, device)
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
@@ -95,16 +109,21 @@ def build_real_shape(
 
 
 def write_real_shape_checkpoint(
-    name: str, output_dir: str | Path, weights: bool = False, dtype: torch.dtype = torch.bfloat16
+    name: str,
+    output_dir: str | Path,
+    weights: bool = False,
+    dtype: torch.dtype = torch.bfloat16,
+    depth: tuple[int, int] | None = None,
 ) -> Path:
     """A checkpoint directory of `name`: config and processor, and random weights if asked
-    (without them it serves `--plan` and every check that reads configs only)."""
+    (without them it serves `--plan` and every check that reads configs only); `depth`:
+    (text layers, vision blocks) instead of the released ones."""
     output_dir = Path(output_dir)
     processor = real_shape_processor(name)
-    config = real_shape_config(name, processor)
+    config = real_shape_config(name, processor, depth)
     output_dir.mkdir(parents=True, exist_ok=True)
     if weights:
-        model, processor = build_real_shape(name, dtype)
+        model, processor = build_real_shape(name, dtype, depth=depth)
         model.save_pretrained(output_dir)
     else:
         config.save_pretrained(output_dir)

@@ -17,6 +17,7 @@ again. Both read with numpy alone.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from transformers import BatchFeature, ProcessorMixin
 
 from src.artifacts import digest
 from src.data.image_store import ModelImages
+from src.data.loader_memory import fit_loader
 from src.data.records import Split, Triplet
 from src.distributed import gather_objects, rank, world_size
 from src.errors import IntegrityError
@@ -155,19 +157,39 @@ def encode_rows(
     num_workers: int = 2,
     description: str | None = None,
     image_store: str | Path | None = None,
+    loader_report: dict | None = None,
 ) -> np.ndarray:
     """Embeddings (len(rows), d) float32, in row order; sharded over processes when several run.
 
     With `image_store` (a directory), images are read from the image store at the
-    encoder's pixel budget (src/data/image_store.py; the same embeddings, faster)."""
+    encoder's pixel budget (src/data/image_store.py; the same embeddings, faster). With
+    workers, the first batch is collated in this process and sizes them (and the batches
+    each prepares ahead) to the node's memory; `loader_report`, if given, gets the workers
+    and prefetch the loader ran with."""
     world, this_rank = world_size(), rank()
     indices = list(range(this_rank, len(rows.names), world))
     device = next(encoder.parameters()).device
+    images, collate = ModelImages(encoder.processor, image_store), PackRows(encoder.processor, encoder.backbone)
+    first: list = []
+    workers, prefetch = num_workers, None
+    if num_workers > 0 and len(indices) > batch_size:
+        # The first batch, collated here, sizes the workers and their prefetch to this node's
+        # shared and host memory (src/data/loader_memory.py); the loader makes the others.
+        dataset = RowDataset(rows, indices[:batch_size], images)
+        first = [collate([dataset[i] for i in range(len(dataset))])]
+        plan = fit_loader(num_workers, None, first[0])
+        workers, prefetch = plan.workers, plan.prefetch if plan.workers else None
+        indices_left = indices[batch_size:]
+    else:
+        indices_left = indices
+    if loader_report is not None:
+        loader_report |= {"workers": workers, "prefetch": prefetch, "batches_collated_first": len(first)}
     loader = DataLoader(
-        RowDataset(rows, indices, ModelImages(encoder.processor, image_store)),
+        RowDataset(rows, indices_left, images),
         batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=PackRows(encoder.processor, encoder.backbone),
+        num_workers=workers,
+        prefetch_factor=prefetch,
+        collate_fn=collate,
         pin_memory=device.type == "cuda",  # so the copy to the GPU overlaps the next batch
     )
     was_training = encoder.training
@@ -179,7 +201,7 @@ def encode_rows(
         unit="item",
         disable=this_rank != 0,
     )
-    for batch_indices, inputs in loader:
+    for batch_indices, inputs in itertools.chain(first, loader):
         embeddings = encoder(**inputs.to(device, non_blocking=True))
         local_indices.append(batch_indices)
         local_embeddings.append(embeddings.float().cpu())

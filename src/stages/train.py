@@ -156,6 +156,8 @@ def train_step(job: Job, iteration: int, augmented_pairs: int = 0) -> Step:
         reads=_reads(job, iteration),
         depends_on=() if job.run.allow_config_change else (DependsOnArguments("config", job.arguments),),
         save=save,
+        # the trained model (rank 0 dropped it after saving; the others here)
+        after=lambda artifact: state.clear(),
         describes=describes,
         work={"train": steps},
     )

@@ -77,6 +77,33 @@ def test_a_stale_empty_or_garbage_lock_file_never_blocks(tmp_path, content):
         assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
 
 
+@pytest.mark.parametrize("code", ["ENOLCK", "ENOSYS", "EOPNOTSUPP"])
+def test_a_filesystem_without_flock_gets_a_soft_lock(tmp_path, monkeypatch, caplog, code):
+    """Lustre mounted without flock, NFS without a lock manager: the lock is a marker file
+    (filelock's SoftFileLock), probed before work, instead of rank 0 failing after the
+    checks while the other processes wait."""
+    import errno
+    import fcntl
+
+    from src.experiment.config import flock_works
+
+    def no_flock(fd, operation):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    assert flock_works(tmp_path / "not" / "yet") is False  # probed where it will be made
+    experiment = Experiment(tmp_path / "exp")
+    with experiment.lock():
+        assert (experiment.dir / ".lock").exists()
+        with pytest.raises(ExperimentError, match=f"process {os.getpid()}.*delete {experiment.dir / '.lock'}"):  # noqa: SIM117
+            with Experiment(tmp_path / "exp").lock():
+                pass
+    assert not (experiment.dir / ".lock").exists()
+    with experiment.lock():
+        pass
+    assert "has no flock" in caplog.text
+
+
 def test_a_lock_held_by_a_killed_process_is_free(tmp_path):
     """The OS releases the lock of a process that dies, however it dies."""
     experiment = Experiment(tmp_path / "exp")
