@@ -26,7 +26,7 @@ from src.records import ConfigChange, ExperimentRecord
 
 logger = logging.getLogger("experiment")
 
-PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "faiss-cpu", "qwen-vl-utils")
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "faiss-cpu", "qwen-vl-utils")
 
 
 def package_versions() -> dict[str, str]:
