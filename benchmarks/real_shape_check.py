@@ -294,7 +294,7 @@ def main() -> None:
                 (generation,) = captioner.generate([pair])
                 details["new_tokens"] = 4
             with stage("consistency_yes_no_forward", report, memory) as details:
-                answers = ask_consistency(captioner, [(pair, generation["text"] or "x")], 1)
+                answers = ask_consistency(captioner, [(pair, generation.text or "x")], 1)
                 details["p_yes"] = list(answers["p0"])
             del captioner
     output = Path(args.output) if args.output else (

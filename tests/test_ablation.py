@@ -24,6 +24,7 @@ from benchmarks.ablation import (
 from benchmarks.analyse_texts import analyse
 from benchmarks.manipulation_check import check as manipulation_check
 from src.data.loading import load_split
+from src.experiment import Experiment
 from src.experiment_io import read_json
 
 # What each arm may change, beyond round 0's arguments (the flags of ARMS).
@@ -172,14 +173,14 @@ def test_the_arms_differ_only_in_what_they_should(tiny_qwen, small_benchmark, tm
         "--foundation_model_backbone", "scene_oracle", "--num_iterations", "1", "--max_steps", "2",
         "--batch_size", "4", "--dataloader_num_workers", "0", "--mine_scope", "all",
     ])  # fmt: skip
-    configs = {
-        arm: read_json(output / "experiments" / "seed3" / arm / "experiment_config.json")["result_config"]
-        for arm in TESTED_ARMS
-    }
+    records = {arm: Experiment(output / "experiments" / "seed3" / arm).config.record() for arm in TESTED_ARMS}
+    configs = {arm: record.result_config for arm, record in records.items()}
+    # a Trainer field at its recorded default (Depoch's max_steps -1) is not in the result config
+    steps = {arm: configs[arm].get("max_steps", records[arm].trainer_defaults["max_steps"]) for arm in TESTED_ARMS}
     shared = {key: value for key, value in configs["D"].items() if key not in ARM_KEYS}
     for arm, config in configs.items():
         assert {k: v for k, v in config.items() if k not in ARM_KEYS} == shared, arm
-        assert config["seed"] == 3 and config["max_steps"] == (-1 if arm == "Depoch" else 2)
+        assert config["seed"] == 3 and steps[arm] == (-1 if arm == "Depoch" else 2)
         assert config["dataset_path"] == str(small_benchmark.resolve())
         assert config["num_hard_negatives"] == (0 if arm == "A" else 1), arm
     assert configs["B"]["negative_source"] == "random" and configs["C"]["negative_source"] == "mined"
@@ -193,7 +194,9 @@ def test_the_arms_differ_only_in_what_they_should(tiny_qwen, small_benchmark, tm
         assert configs[arm]["lr_scheduler_type"] == "cosine" and configs[arm]["triplet_loss_weight"] == 0.25
         assert configs[arm]["augmented_pool"] == "cumulative" and configs[arm]["group_by_reference"]
         assert configs[arm]["foundation_model_backbone"] == configs["C" if arm == "RC" else "D"]["foundation_model_backbone"]
-    assert configs["C"]["lr_scheduler_type"] == "constant_with_warmup" and "triplet_loss_weight" not in configs["C"]
+    # C at the default schedule (a Trainer field at its recorded default is left out) and no triplet term
+    assert "lr_scheduler_type" not in configs["C"] and "triplet_loss_weight" not in configs["C"]
+    assert records["C"].trainer_defaults["lr_scheduler_type"] == "constant_with_warmup"
     assert configs["RDfile"]["augment_selection"] == "file_order" and "augment_selection" not in configs["RD"]
     selected = read_json(output / "experiments" / "seed3" / "RD" / "augmented_samples_iter_1.json")["stats"]
     assert selected["selection"] == "failures" and selected["pairs"] == min(selected["pairs_available"], 1000)

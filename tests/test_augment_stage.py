@@ -403,7 +403,7 @@ def test_fast_mode_trains_round_1_on_original_plus_augmented(tmp_path, capsys):
         assert query.negatives[place].rank < query.target_rank, sample.pairid  # a failure
         gaps.append(query.negatives[place].score - query.target_score)
     failures = [[n.score - q.target_score for n in q.negatives if n.rank < q.target_rank] for q in mined.values()]
-    assert len(requested) == payload.stats["pairs"] == 20 < payload.stats["failures"] == sum(map(len, failures))
+    assert len(requested) == payload.stats.pairs == 20 < payload.stats.failures == sum(map(len, failures))
     worst = sorted((max(gaps_of_query) for gaps_of_query in failures if gaps_of_query), reverse=True)
     assert sorted(gaps, reverse=True) == pytest.approx(worst[:20])  # each query's worst, the 20 worst
     assert {s.source_pairid for s in requested} != set(list(mined)[:20])  # the file's first queries

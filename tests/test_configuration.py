@@ -170,3 +170,13 @@ def test_a_trainer_field_a_newer_transformers_adds_does_not_stop_an_older_experi
     assert experiment.config.check_start(saved | {"adam_beta2": 0.99, "brand_new_option": 7}, True, False) == []
     # an older experiment recorded no defaults: today's stand in for them
     assert "adam_beta2" in result_config(saved) and "adam_beta2" not in result_config(saved, defaults=recorded)
+
+
+def test_every_ablation_arm_is_read_by_the_declarations():
+    """The ablation's arms are flags of train_iterative.py, read by the same declarations:
+    each arm's flags parse (names, types, ranges, combinations) and count as given."""
+    from benchmarks.ablation import ARMS
+
+    for arm, (_, flags) in ARMS.items():
+        parsed = parse_arguments(list(flags))
+        assert parsed.given >= {flag.removeprefix("--") for flag in flags if flag.startswith("--")}, arm

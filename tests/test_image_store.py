@@ -20,6 +20,7 @@ from test_trainer import trainer_args
 from transformers import LlavaNextImageProcessor, Qwen2VLImageProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from src.arguments import DataArguments
 from src.data.collator import ContrastiveCollator
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.data.image_store import ImageStore, ModelImages, resized_pixels
@@ -240,9 +241,9 @@ def test_model_images_use_the_store_only_with_a_pixel_budget(tmp_path, images):
     assert ModelImages(image_processor(), None).store is None
     llava = ModelImages(LlavaNextImageProcessor(), tmp_path / "store")
     assert llava.store is None and llava.load_for_model(images[0]).size == (640, 480)
-    assert image_store_dir({"cache_dir": "c"}) == str(Path("c") / "image_store")
-    assert image_store_dir({"cache_dir": "c", "image_store_dir": "/s"}) == "/s"
-    assert image_store_dir({"cache_dir": "c", "image_store": False}) is None
+    assert image_store_dir(DataArguments(cache_dir="c")) == str(Path("c") / "image_store")
+    assert image_store_dir(DataArguments(cache_dir="c", image_store_dir="/s")) == "/s"
+    assert image_store_dir(DataArguments(cache_dir="c", image_store=False)) is None
 
 
 def test_embeddings_from_stored_images_equal_those_from_the_files(tiny_qwen, images, tmp_path):

@@ -24,6 +24,7 @@ from src.artifacts import (
 from src.cli import eval_main, train_main
 from src.data.loading import load_split
 from src.experiment import Experiment
+from src.records import AugmentSeconds, AugmentStats, FilterDiagnostics, Simulation
 from src.report.html import build_report
 from src.stages.augment import ALL_REASONS
 
@@ -137,7 +138,7 @@ def test_user_text_is_escaped_ranks_are_exact_and_filter_diagnostics_show_for_a_
             pairid=f"aug{i}", reference=t.reference, caption=HOSTILE if i == 0 else f"text {i}",
             target=train[i + 5].target, source_pairid=t.pairid, original_caption=t.caption,
             original_target=t.target, generator="simulated_captioner", raw_output=None,
-            simulation={"correct": i != 1, "error": None if i != 1 else "wrong_value"},
+            simulation=Simulation(correct=i != 1, error=None if i != 1 else "wrong_value", differences=1, named=1),
         )
         for i, t in enumerate(train[:3])
     ]  # fmt: skip
@@ -145,7 +146,7 @@ def test_user_text_is_escaped_ranks_are_exact_and_filter_diagnostics_show_for_a_
         RejectedSample(
             pairid="rej0", source_pairid=train[3].pairid, reference=train[3].reference,
             target=train[4].target, reason="consistency_new_text_no", text="reversed & wrong",
-            raw_output=None, simulation={"correct": False, "error": "reversed_direction"},
+            raw_output=None, simulation=Simulation(correct=False, error="reversed_direction", differences=1, named=1),
         )
     ]  # fmt: skip
     filters = {
@@ -153,7 +154,11 @@ def test_user_text_is_escaped_ranks_are_exact_and_filter_diagnostics_show_for_a_
         "consistency filter": {"wrong_in": 3, "right_in": 5, "wrong_removed": 2, "right_removed": 1, "precision": 2 / 3, "recall": 2 / 3},
         "verify_augmented": {"wrong_in": 1, "right_in": 4, "wrong_removed": 0, "right_removed": 0, "precision": None, "recall": 0.0},
     }  # fmt: skip
-    stats = {"pairs": 9, "kept": 3, "rejected": {"consistency_new_text_no": 1}, "filters": filters}
+    stats = AugmentStats(
+        pairs_available=9, pairs=9, pairs_resumed=0, pairs_generated=9, rejected={"consistency_new_text_no": 1},
+        kept=3, false_negatives=0, run={}, seconds=AugmentSeconds(generation=0.0),
+        filters={name: FilterDiagnostics(**row) for name, row in filters.items()},
+    )
     AugmentedSamples({"generator": "simulated_captioner"}, stats, samples, rejected).write(copy.augmented(1))
 
     index = build_report(copy.dir, queries=6)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from src.arguments import EncodeArguments, MiningArguments, flag, parse_arguments
+from src.arguments import EncodeArguments, MiningArguments, flag, parse_arguments, resolve_bf16
 from src.job import resolve_job
 from src.offline import OFFLINE_DEFAULTS
 from src.retrieval.checkpoint_encoding import CheckpointEncoder, EncodeSettings
@@ -29,7 +29,10 @@ class ProbedEncoding(EncodeArguments):
 
 
 def job_of(copied, job_argv, two_round_flags):
-    return resolve_job(parse_arguments(job_argv(copied.dir, *two_round_flags, "--auto_resume")), OFFLINE_DEFAULTS)
+    """The job of the copied experiment, as train_iterative.py resolves it (--bf16 settled)."""
+    flags = parse_arguments(job_argv(copied.dir, *two_round_flags, "--auto_resume"))
+    resolve_bf16(flags.training)
+    return resolve_job(flags, OFFLINE_DEFAULTS)
 
 
 def test_a_flag_added_to_a_group_in_a_subclass_changes_the_meta_of_the_step_that_depends_on_it(
