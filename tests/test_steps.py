@@ -83,6 +83,10 @@ def test_an_encoding_flag_enters_the_evaluation_meta_and_the_cache_key_by_its_de
                               encoder.processor, encoder.options()))  # fmt: skip
     assert "options" not in keys[0] and keys[1] == keys[0] | {"options": {"probe_layer": -2}}
     assert cache.verified(keys[0]) and not cache.verified(keys[1])
+    # mining ranks the same embeddings: its meta takes the flag too
+    mined = mine_step(job, 1).meta()
+    job.flags.encode = probed
+    assert mine_step(job, 1).meta() == mined | {"encoding": {"probe_layer": -2}}
 
 
 def test_every_step_names_its_stage_path_and_kind_once_and_the_job_runs_them_all(

@@ -163,6 +163,7 @@ def augment_step(job: Job, iteration: int, pairs: int = 0) -> Step:
         depends_on=(
             DependsOn("options", (job.augment,), leave_out=("foundation_model_path", "foundation_model_backbone")),
             DependsOn("seed", (job.training,), only="seed"),
+            DependsOn("encoding", (job.flags.encode,), omit_empty=True),  # --verify_augmented encodes
         ),
         facts=facts,
         describes=f"{job.captioner}: caption up to {pairs} pairs",

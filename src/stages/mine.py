@@ -57,6 +57,7 @@ def mine_step(job: Job, round_: int) -> Step:
         depends_on=(
             DependsOn("options", (mining,), leave_out=("mining_checkpoint",)),
             DependsOn("seed", (job.training,), only="seed"),
+            DependsOn("encoding", (job.flags.encode,), omit_empty=True),  # the embeddings it ranks
         ),
         describes=(
             f"encode {len(train.images)} gallery images + {len(train.triplets)} queries with "
