@@ -107,11 +107,14 @@ print(json.dumps(results))
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
+def checkpoints(tiny_model_dirs, tmp_path_factory) -> dict[str, Path]:
+    """The session's tiny checkpoints (built by build_tiny_checkpoint's defaults: 56 px, seed
+    0), and a Qwen2-VL one at 112 px."""
+    assert set(tiny_model_dirs) == set(BACKBONES)
     root = tmp_path_factory.mktemp("tiny")
-    paths = {backbone: build_tiny_checkpoint(backbone, root / backbone) for backbone in BACKBONES}
-    paths["qwen2_vl_112"] = build_tiny_checkpoint("qwen2_vl", root / "q112", image_size=112)
-    return paths
+    return dict(tiny_model_dirs) | {
+        "qwen2_vl_112": build_tiny_checkpoint("qwen2_vl", root / "q112", image_size=112)
+    }
 
 
 @pytest.fixture(scope="module")
