@@ -41,6 +41,15 @@ class Reads:
     identity: Callable[[], object]
     path: Path | None = None
 
+    @classmethod
+    def checkpoint(cls, experiment: Experiment, iteration: int) -> Reads:
+        """The round's checkpoint, identified by its verified fingerprint."""
+        return cls(
+            "checkpoint_fingerprint",
+            lambda: experiment.verified_checkpoint(iteration).fingerprint,
+            experiment.checkpoint(iteration),
+        )
+
 
 @dataclass(frozen=True)
 class DependsOn:

@@ -104,11 +104,7 @@ def evaluate_step(
         experiment=experiment,
         produce=produce,
         reads=(
-            Reads(
-                "checkpoint_fingerprint",
-                lambda: experiment.verified_checkpoint(iteration).fingerprint,
-                experiment.checkpoint(iteration),
-            ),
+            Reads.checkpoint(experiment, iteration),
             Reads("rows", lambda: split_rows(split)),
         ),
         depends_on=(DependsOn("encoding", (settings.options,), omit_empty=True),),

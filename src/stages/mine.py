@@ -48,11 +48,7 @@ def mine_step(job: Job, round_: int) -> Step:
         experiment=experiment,
         produce=produce,
         reads=(
-            Reads(
-                "checkpoint_fingerprint",
-                lambda: experiment.verified_checkpoint(source).fingerprint,
-                experiment.checkpoint(source),
-            ),
+            Reads.checkpoint(experiment, source),
         ),
         depends_on=(
             DependsOn("options", (mining,), leave_out=("mining_checkpoint",)),
