@@ -24,6 +24,7 @@ from src.arguments import (
 )
 from src.artifacts import Evaluation
 from src.data.loading import load_split
+from src.devices import freeze_long_lived_objects
 from src.distributed import (
     check_one_process_per_gpu,
     check_shared_directory,
@@ -90,6 +91,7 @@ def _take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
 def run_entry(main: Callable[[list[str]], int], argv: list[str] | None) -> int:
     """Run an entry point; a UsageError becomes one line on stderr and exit status 2."""
     argv, debug = _take_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    freeze_long_lived_objects()
     try:
         with process_group():
             return main(argv)

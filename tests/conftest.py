@@ -20,6 +20,7 @@ from filelock import FileLock
 
 from src.cli import train_main
 from src.data.loading import load_split
+from src.devices import freeze_long_lived_objects
 from src.experiment import Experiment
 from src.offline.builders import build_once
 from src.offline.synthetic.benchmark import build_synthetic_benchmark
@@ -27,6 +28,12 @@ from src.offline.tiny import build_tiny_checkpoint
 
 torch.set_num_threads(2)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What collection imported is kept out of later garbage collections, as the entry
+    points do (tests call the stages directly too)."""
+    freeze_long_lived_objects()
 
 
 @pytest.fixture(scope="session")

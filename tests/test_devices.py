@@ -3,6 +3,9 @@ and whether a GPU runs bfloat16 natively (its own capability, after its device i
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -103,3 +106,18 @@ def test_bf16_follows_the_process_gpu_s_own_capability_not_emulation(gpu, monkey
     assert resolve_dtype("auto") == torch.bfloat16
     args = _Args(False)
     assert resolve_bf16(args) is None and args.bf16 is False  # --bf16 False stays off
+
+
+def test_freezing_collects_garbage_first_and_keeps_live_objects_out_of_collections():
+    class Node:
+        pass
+
+    garbage, kept = Node(), Node()
+    garbage.self, kept.self = garbage, kept  # two reference cycles; one stays reachable
+    dropped = weakref.ref(garbage)
+    del garbage
+    frozen_before = gc.get_freeze_count()
+    devices.freeze_long_lived_objects()
+    assert dropped() is None  # collected, not frozen
+    assert gc.get_freeze_count() > frozen_before
+    assert not any(item is kept for item in gc.get_objects())  # the collector skips it now
