@@ -17,6 +17,52 @@ Two rules hold here, because breaking them cannot show on a CPU with gloo:
   resume) is taken once, on rank 0, and broadcast (`decided_by_main`): on a network
   filesystem ranks can see different files for a while, and ranks that disagree enter
   different collectives and hang until the NCCL timeout.
+
+Why rank, world size, `barrier`, `main_process_first`, `gather_objects` and
+`broadcast_object` read torch.distributed instead of calling accelerate's (PartialState's
+`process_index`, `num_processes`, `is_main_process`, `wait_for_everyone`,
+`main_process_first`; `accelerate.utils.gather_object`, `broadcast_object_list`, `reduce`):
+those read the PartialState singleton, which does not always describe the group there is
+(accelerate 1.16, accelerate/state.py; measured under torchrun with 2 CPU processes):
+
+- Without an accelerator and without `cpu=True` it records one process (state.py:284-288)
+  even inside a gloo group of two set up by `torch.distributed.init_process_group` (as
+  tests/test_augment_stage.py's two-process script and tests/scripts/cpu_tensor_collective.py
+  do): every rank is then "main", and `gather_object` / `broadcast_object_list` return the
+  local value without exchanging anything (utils/operations.py:508, 674; rank 1's
+  `broadcast_object_list(["from1"])` returned `["from1"]`).
+- `PartialState()` is no query: its first call under torchrun initialises a process group
+  when there is none (state.py:241; none before, a 2-process `cpu:gloo` group after, while
+  it reports 1 process), sets the CUDA device (state.py:806), and with `cpu=True` rewrites
+  RANK/WORLD_SIZE/LOCAL_RANK (state.py:246-249). A helper asked before
+  `TrainingArguments.device` would set the group up without --ddp_timeout: transformers
+  resets the singleton (training_args.py:1872) but keeps the group (state.py:218).
+- It is filled once and never re-read (state.py:175-176): after `process_group()` tears the
+  group down it still reports 2 processes, and its barrier and object collectives raise
+  "Default process group has not been initialized", where these helpers answer as one
+  process.
+
+Where the singleton is right (set up by the Trainer, or one process without torchrun's
+environment) both give the same guarantees: the same torch.distributed object collectives
+on the current CUDA device, and no-ops for one process; so nothing is lost here.
+
+What accelerate has no counterpart for stays too, one reason each:
+
+- `collective_device`: accelerate's tensor operations take the caller's tensor where it lies
+  and name no device a backend serves (`cpu:gloo,cuda:nccl` serves the CPU).
+- `any_process`: `accelerate.utils.reduce(..., "max")` goes through the same singleton.
+- `decided_by_main`: accelerate broadcasts values, not a decision together with the error
+  raised while taking it.
+- `checked_everywhere`: accelerate cannot stop every process with the line of the one whose
+  check failed.
+- `check_shared_directory`: accelerate assumes every node sees the same files and never
+  checks it.
+- `gather_with_local_grad`: `accelerate.utils.gather` needs the same rows on every process
+  and carries no gradient; this keeps the local rows' gradient, scaled by the world size.
+- `process_group`: `PartialState().destroy_process_group()` would first build the singleton
+  (the side effects above) and skips the teardown under FORK_LAUNCHED.
+- `check_one_process_per_gpu`, `run_torchrun`, `record_error_line`: the project's own launch
+  policy (one process per GPU, one line at the end of a failed run).
 """
 
 from __future__ import annotations

@@ -62,3 +62,30 @@ def test_a_check_that_fails_on_one_process_stops_every_process_with_the_same_lin
         distributed.checked_everywhere(lambda: "fine here")
     monkeypatch.setattr(distributed, "gather_objects", lambda local: [local, ("node-b", None)])
     assert distributed.checked_everywhere(lambda: 7) == 7
+
+
+def test_asking_where_this_process_stands_sets_nothing_up(monkeypatch):
+    """Under torchrun's environment with no process group yet, the helpers answer as one
+    process and set nothing up: no process group, no accelerate PartialState (whose first
+    call would initialise a group from these variables; src/distributed.py's docstring)."""
+    import torch.distributed as dist
+    from accelerate.state import PartialState
+
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29531"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    earlier = dict(PartialState._shared_state)  # an earlier test's Trainer may have set it up
+    PartialState._shared_state.clear()
+    try:
+        assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
+        with distributed.main_process_first():
+            distributed.barrier()
+        assert distributed.gather_objects("here") == ["here"]
+        assert distributed.merge_dicts({"a": 1}) == {"a": 1}
+        assert dist.is_initialized() is False
+        assert PartialState._shared_state == {}
+    finally:
+        if dist.is_initialized():  # a helper set one up: leave no group to the next tests
+            dist.destroy_process_group()
+        PartialState._shared_state.clear()
+        PartialState._shared_state.update(earlier)
