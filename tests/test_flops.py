@@ -1,5 +1,6 @@
 """The FLOPs counter (src/model/flops.py) against a hand count on a small Qwen2-VL config,
-and against torch's FlopCounterMode on real forward and backward passes."""
+against torch's FlopCounterMode on real forward and backward passes, and against
+FlopCounterMode on the meta device (no weights)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids
 
 from src.arguments import ModelArguments
 from src.model.encoder import EmbedderConfig, embedder_from_model
@@ -32,11 +34,12 @@ def small_config() -> Qwen2VLConfig:
     )  # fmt: skip
 
 
-def embedder(lora: bool):
+def embedder(lora: bool, device: str = "cpu"):
     torch.manual_seed(0)
-    model = Qwen2VLForConditionalGeneration._from_config(
-        small_config(), attn_implementation="eager", dtype=torch.float32
-    )
+    with torch.device(device):
+        model = Qwen2VLForConditionalGeneration._from_config(
+            small_config(), attn_implementation="eager", dtype=torch.float32
+        )
     options = ModelArguments(lora=lora, lora_r=RANK)
     config = EmbedderConfig.of(options, backbone="qwen2_vl", base_model="small",
                                adapter_base_model=None, min_pixels=None, max_pixels=None)  # fmt: skip
@@ -149,6 +152,67 @@ def test_hardware_flops_match_what_torch_counts(lora, checkpointing):
         # runs through the frozen tower, work the model FLOPs leave out
         tower = counted.parts["vision"] + counted.parts["merger"] + 2 * counted.parts["vision_attention"]
         assert counted.hardware_backward - counted.backward >= tower
+
+
+def on_meta(encoder, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`batch` for a meta-device embedder. transformers reads values from four things, which
+    meta tensors have not: the vision rotary position ids and cu_seqlens (`.tolist()` of the
+    grid), the language model's 3D position ids (the image tokens' places) and the image
+    placeholder check (`.item()`, off under TRANSFORMERS_DISABLE_TORCH_CHECK=1). So the grid
+    and cu_seqlens stay on the CPU and the position ids are computed there first."""
+    trunk = encoder._trunk()
+    grid = batch["image_grid_thw"]
+    text_positions = trunk.compute_3d_position_ids(
+        input_ids=batch["input_ids"], image_grid_thw=grid, video_grid_thw=None, inputs_embeds=None,
+        attention_mask=batch["attention_mask"], cache=None, mm_token_type_ids=batch["mm_token_type_ids"],
+    )  # fmt: skip
+    merge = trunk.config.vision_config.spatial_merge_size
+    return {k: v if k == "image_grid_thw" else v.to("meta") for k, v in batch.items()} | {
+        "position_ids": text_positions.to("meta"),
+        "image_position_ids": get_vision_position_ids(grid, merge).to("meta"),
+        "image_cu_seqlens": get_vision_cu_seqlens(grid),
+    }
+
+
+def rows(batch: dict[str, torch.Tensor], padded: bool) -> list[dict[str, torch.Tensor]]:
+    """Each row of `batch` alone with its image (GradCache chunks of one), padding cut or kept."""
+    sizes = batch["image_grid_thw"].prod(-1).tolist()
+    out = []
+    for i, size in enumerate(sizes):
+        keep = slice(None) if padded else batch["attention_mask"][i].bool()
+        row = {k: batch[k][i][keep][None] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        start = sum(sizes[:i])
+        out.append(row | {"pixel_values": batch["pixel_values"][start : start + size],
+                          "image_grid_thw": batch["image_grid_thw"][i : i + 1]})  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_both_totals_match_flop_counter_mode_on_the_meta_device(lora, monkeypatch):
+    """Without weights, FlopCounterMode gives both totals exactly: the model FLOPs as the
+    plain step of each row alone without its padding, the hardware FLOPs as the step runs
+    (GradCache chunks, their no-grad forward, checkpointing's recomputation)."""
+    monkeypatch.setenv("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")
+    batch = inputs()
+    plain = embedder(lora, "meta")
+    assert {p.device.type for p in plain.parameters()} == {"meta"}
+    with FlopCounterMode(display=False) as model:
+        for row in rows(batch, padded=False):
+            plain(**on_meta(plain, row)).sum().backward()
+    cached = embedder(lora, "meta")
+    cached.activation_checkpointing_enable()
+    chunks = rows(batch, padded=True)
+    with FlopCounterMode(display=False) as hardware:
+        with torch.no_grad():
+            for chunk in chunks:
+                cached(**on_meta(cached, chunk))
+        for chunk in chunks:
+            cached(**on_meta(cached, chunk)).sum().backward()
+    counted = embedder_flops(cached, [ForwardShape.of(chunk) for chunk in chunks],
+                             gradient_checkpointing=True, grad_cache=True)  # fmt: skip
+    assert counted.model == model.get_total_flops()
+    assert counted.hardware == hardware.get_total_flops()
+    assert counted.recomputation > 0 and counted.hardware_forward > counted.forward  # both at work
 
 
 def test_unknown_layers_and_architectures_are_refused():

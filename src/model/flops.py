@@ -41,7 +41,23 @@ not counted.
 
 Supported: the Qwen2-VL and Qwen2.5-VL module layouts (a layer it does not know raises
 ValueError rather than being miscounted). tests/test_flops.py checks the count against
-a hand count on a small config and against torch's FlopCounterMode on a real step.
+a hand count on a small config, against torch's FlopCounterMode on a real step, and
+against FlopCounterMode on the meta device (no weights) for both totals.
+
+Why a walk and not FlopCounterMode on the meta device: there it reproduces both totals
+exactly (the model FLOPs as the plain step of each row alone without its padding; small
+config and the Qwen2-VL 2B shape, LoRA and full, checkpointing on and off, GradCache: ratio
+1 to the last FLOP), but not as it stands. transformers reads values from the inputs:
+`get_vision_position_ids` calls `grid_thw.tolist()` ("Cannot copy out of meta tensor";
+with the grid alone on the CPU, the vision rotary embedding mixes CPU and meta tensors),
+the eager vision attention splits by `cu_seqlens.tolist()`, the image placeholder check
+calls `.item()`, and so does SDPA's causal-mask shortcut (`_ignore_causal_mask_sdpa`). It
+runs only with the grid and cu_seqlens real on the CPU, the vision and 3D text position ids
+computed there and passed in (transformers' precomputed `image_*` kwargs), the check off
+(TRANSFORMERS_DISABLE_TORCH_CHECK=1), eager attention, and a meta twin of the embedder
+(same adapters, trainable weights, checkpointing); it takes 1.5 to 6.5 s per 2B step on a
+2-core CPU against under 0.1 s here, and `parts` and the refusal of unknown layouts would
+need these name rules anyway. So the walk stays and the meta count tests it.
 """
 
 from __future__ import annotations
