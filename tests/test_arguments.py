@@ -1,11 +1,11 @@
 """Flags, presets and their precedence."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from src.arguments import parse_arguments
+from src.cli import train_main
 from src.errors import ArgumentError
 
 
@@ -157,19 +157,13 @@ def test_fsdp_is_refused_in_one_line():
 @pytest.mark.parametrize(
     ("variable", "engine"), [("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")]
 )
-def test_train_iterative_exits_2_with_one_line_naming_the_engine(variable, engine, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    repo = Path(__file__).resolve().parents[1]
-    completed = subprocess.run(
-        [sys.executable, "train_iterative.py", "--cache_dir", str(tmp_path / "cache"),
-         "--experiment_dir", str(tmp_path / "exp")],
-        cwd=repo, env=os.environ | {variable: "true"}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert completed.returncode == 2, completed.stderr[-2000:]
-    lines = completed.stderr.strip().splitlines()
+def test_train_iterative_exits_2_with_one_line_naming_the_engine(
+    variable, engine, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv(variable, "true")
+    argv = ["--cache_dir", str(tmp_path / "cache"), "--experiment_dir", str(tmp_path / "exp")]
+    assert train_main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {variable}=true asks for {engine}"), lines
     assert not (tmp_path / "cache").exists() and not (tmp_path / "exp").exists()
 
