@@ -967,8 +967,12 @@ def resolve_bf16(args: TrainingArguments) -> str | None:
 
 
 class FlagParser(HfArgumentParser):
-    """HfArgumentParser over flag groups; our metadata keys are kept from argparse, and a
-    `positional` flag is added without its `--` (and without its `--a-b` spelling)."""
+    """HfArgumentParser over flag groups; our metadata keys are kept from argparse.
+
+    A `positional` flag is added without its `--` (and without its `--a-b` spelling), and
+    after one (it is declared first: it has no default) a switch takes no value, so that
+    `--resummarise FOLDER` reads FOLDER as the positional rather than as the switch's
+    `true` / `false`."""
 
     def __init__(self, groups: tuple[type, ...] = GROUPS, **kwargs) -> None:
         super().__init__(groups, **kwargs)
@@ -977,6 +981,10 @@ class FlagParser(HfArgumentParser):
         if kwargs.get(POSITIONAL):
             args = (args[0].removeprefix("--"),)
             kwargs.pop("required", None)  # argparse: a positional is required by being one
+        elif kwargs.get("const") is True and any(not action.option_strings for action in self._actions):
+            for key in ("type", "nargs", "const"):
+                del kwargs[key]
+            kwargs["action"] = "store_true"
         for key in _OURS:
             kwargs.pop(key, None)
         return super().add_argument(*args, **kwargs)
