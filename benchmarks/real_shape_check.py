@@ -380,7 +380,7 @@ def activations_check(args: RealShapeOptions) -> None:
                 encoder, ComposedRetrievalDataset(split, split.triplets), training_args, "cirr",
                 workdir / "train",
             )  # fmt: skip
-            details["loss"] = summary["train_loss"]
+            details["loss"] = summary.train_loss
     output = Path(args.output) if args.output else (
         RESULTS / ("gpu" if device.type == "cuda" else "") / f"real_shape_{args.arch}_activations.json"
     )
