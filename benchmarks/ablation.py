@@ -64,8 +64,8 @@ each ablation there.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -82,6 +82,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from benchmarks import listed_integers, parse_known_options  # noqa: E402
+from src.arguments import check_flags, flag  # noqa: E402
 from src.artifacts import AugmentedSamples  # noqa: E402
 from src.cli import train_main  # noqa: E402
 from src.experiment import Experiment  # noqa: E402
@@ -130,6 +132,41 @@ COMPARISONS = (
     ("RDsim", "RC"), ("RDcons", "RC"), ("RDcons", "RDsim"), ("RD", "RDfile"), ("RDfile", "RC"),
 )  # fmt: skip
 ALPHA = 0.05
+
+
+@dataclasses.dataclass
+class AblationOptions:
+    """The ablation's own options; every other flag goes to train_iterative.py (after `--`)."""
+
+    seeds: str = flag("0,1,2,3,4", "Comma-separated seeds, one replicate each.")
+    arms: str | None = flag(None, "Comma-separated arms (default: A,B,C,S,D,E, those that apply).")
+    output_dir: str = flag("benchmarks/results/ablation", "Where ablation.json, the tables and plots go.", results=False)
+    keep_experiments: bool = flag(False, "Keep every arm's folder.", results=False)
+    jobs: int = flag(1, "Seeds run at once, in separate processes.", results=False, at_least=1)
+    primary: str | None = flag(
+        None,
+        "The pre-registered primary comparison: tested alone; the others are Holm-corrected as one family.",
+        choices=tuple(f"{first}-{second}" for first, second in COMPARISONS),
+    )
+    resummarise: bool = flag(
+        False,
+        "Run nothing: recompute the summary, tables and plots of --output_dir's ablation.json.",
+        results=False,
+    )
+    round0_max_steps: int | None = flag(
+        None,
+        "Train round 0 this many steps (a weaker or stronger start); default: as the arms.",
+        at_least=1,
+    )
+    add_results: str | None = flag(
+        None, "ablation.json of an earlier run with the same flags and arms: its seeds join this run's."
+    )
+
+    def __post_init__(self) -> None:
+        check_flags(self)
+        listed_integers("seeds", self.seeds, at_least=0)
+
+
 METRICS = ("recall@1", "recall@5", "recall@10", "recall_subset@1", "recall_subset@2", "avg")
 PLOTTED = ("recall@5", "recall_subset@1")
 
@@ -435,7 +472,7 @@ class _Ran:
 
 
 def run_seeds(
-    seeds: list[int], arms: list[str], flags: list[str], output: Path, args: argparse.Namespace
+    seeds: list[int], arms: list[str], flags: list[str], output: Path, args: AblationOptions
 ) -> tuple[dict[int, dict], dict[int, str]]:
     """Every seed's runs ({seed: {arm: run_arm's record}}) and the failures ({seed: why}).
 
@@ -497,39 +534,11 @@ def resummarise(output: Path, primary: str | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument(
-        "--arms", default=None, help="comma-separated (default: A,B,C,S,D,E, those that apply)"
-    )
-    parser.add_argument("--output_dir", default="benchmarks/results/ablation")
-    parser.add_argument("--keep_experiments", action="store_true", help="keep every arm's folder")
-    parser.add_argument(
-        "--jobs", type=int, default=1, help="seeds run at once, in separate processes"
-    )
-    parser.add_argument(
-        "--primary", default=None,
-        help="the pre-registered primary comparison (e.g. RD-RC): tested alone; the others "
-        "are Holm-corrected as one family",
-    )  # fmt: skip
-    parser.add_argument(
-        "--resummarise", action="store_true",
-        help="run nothing: recompute the summary, tables and plots of --output_dir's ablation.json",
-    )  # fmt: skip
-    parser.add_argument(
-        "--round0_max_steps", type=int, default=None,
-        help="train round 0 this many steps (a weaker or stronger start); default: as the arms",
-    )  # fmt: skip
-    parser.add_argument(
-        "--add_results", default=None,
-        help="ablation.json of an earlier run with the same flags and arms: its seeds join this run's",
-    )  # fmt: skip
-    args, flags = parser.parse_known_args(argv)
-    flags = [f for f in flags if f != "--"]
+    args, flags = parse_known_options(AblationOptions, argv, __doc__.split("\n\n")[0])
     output = Path(args.output_dir)
     if args.resummarise:
         return resummarise(output, args.primary)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = listed_integers("seeds", args.seeds, at_least=0)
     dataset = flags[flags.index("--dataset_path") + 1] if "--dataset_path" in flags else None
     synthetic = dataset is None or SCENE_ORACLE.works_on(Path(dataset))
     has_texts = "--foundation_model_path" in flags or synthetic

@@ -25,15 +25,16 @@ and `.md`:
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import math
 import statistics
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.ablation import confidence_interval
-from src.arguments import Flags
+from benchmarks import check_listed, parse_options
+from benchmarks.ablation import ARMS, confidence_interval
+from src.arguments import Flags, check_flags, flag
 from src.artifacts import AugmentedSamples, Evaluation
 from src.data.loading import load_split
 from src.experiment import Experiment
@@ -210,16 +211,26 @@ def _interval_cell(value: dict) -> str:
     return f"{value['mean']:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
+@dataclasses.dataclass
+class AnalyseOptions:
+    ablation: str = flag(
+        dataclasses.MISSING, "An ablation's output folder, run with --keep_experiments.", positional=True
+    )
+    arms: str = flag("C,Dsim,D", "Comma-separated arms of the ablation; the first is the baseline.")
+    round: int = flag(3, "The round whose new texts and evaluation are analysed (texts from round 1).", at_least=1)
+    resummarise: bool = flag(
+        False,
+        "Read nothing but texts_analysis.json: recompute its paired differences by today's rules.",
+        results=False,
+    )
+
+    def __post_init__(self) -> None:
+        check_flags(self)
+        check_listed("arms", self.arms, ARMS)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("ablation", help="an ablation's output folder, run with --keep_experiments")
-    parser.add_argument("--arms", default="C,Dsim,D", help="the first is the baseline")
-    parser.add_argument("--round", type=int, default=3)
-    parser.add_argument(
-        "--resummarise", action="store_true",
-        help="read nothing but texts_analysis.json: recompute its paired differences by today's rules",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
+    args = parse_options(AnalyseOptions, argv, __doc__.split("\n\n")[0])
     folder = Path(args.ablation)
     if args.resummarise:
         report = json.loads((folder / "texts_analysis.json").read_text())

@@ -29,7 +29,7 @@ of the values and of the after / before ratios within a repetition.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -43,7 +43,15 @@ import torch
 from PIL import Image
 from transformers import TrainerCallback
 
-from src.arguments import IterativeTrainingArguments
+from benchmarks import check_listed, parse_options
+from src.arguments import (
+    EncodeArguments,
+    IterativeTrainingArguments,
+    check_flags,
+    default_training_arguments,
+    flag,
+    flag_of,
+)
 from src.data.collator import ContrastiveCollator
 from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.data.image_store import ImageStore, ModelImages
@@ -296,19 +304,33 @@ def training_throughput(model_dir: Path, paths: list[str], workdir: Path, args) 
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", default="benchmarks/results/images.json")
-    parser.add_argument("--num_images", type=int, default=192)
-    parser.add_argument("--per_image_sample", type=int, default=48, help="images timed in (a)")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--train_batch_size", type=int, default=32)
-    parser.add_argument("--train_steps", type=int, default=9, help="per run, arms alternating")
-    parser.add_argument("--torch_threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--parts", default="a,b,c", help="which parts to run (a, b, c)")
-    args = parser.parse_args()
-    parts = set(args.parts.split(","))
+PARTS = ("a", "b", "c")
+
+
+@dataclasses.dataclass
+class ImagesOptions:
+    output: str = flag("benchmarks/results/images.json", "The JSON's path.", results=False)
+    num_images: int = flag(192, "Photo-like 640 x 480 PNGs generated.", at_least=1)
+    per_image_sample: int = flag(48, "Images timed in (a).", at_least=1)
+    batch_size: int = flag_of(EncodeArguments, "encode_batch_size")
+    train_batch_size: int = flag_of(
+        IterativeTrainingArguments, "batch_size", default=default_training_arguments()["per_device_train_batch_size"]
+    )
+    train_steps: int = flag(
+        9, "Training steps per run, the arms alternating (each needs a step after the first).", at_least=3
+    )
+    torch_threads: int = flag(1, "Threads of the model's forward.", at_least=1)
+    repeats: int = flag(3, "Runs of each part, the arms alternating within each.", at_least=1)
+    parts: str = flag(",".join(PARTS), "Which parts to run, comma-separated: a (per image), b (encoding), c (training).")
+
+    def __post_init__(self) -> None:
+        check_flags(self)
+        check_listed("parts", self.parts, PARTS)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_options(ImagesOptions, argv, __doc__.split("\n\n")[0])
+    parts = set(check_listed("parts", args.parts, PARTS))
     torch.set_num_threads(args.torch_threads)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as directory:

@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import parse_options
+from src.arguments import DataArguments, EncodeArguments, check_flags, flag, flag_of
 from src.data.loading import load_split
 from src.model.encoder import build_encoder
 from src.offline.synthetic.benchmark import build_synthetic_benchmark
@@ -38,6 +40,26 @@ from src.retrieval.encode import (
     gallery_rows,
     query_rows,
 )
+
+
+@dataclasses.dataclass
+class RetrievalOptions:
+    output: str = flag("benchmarks/results/retrieval.json", "The JSON's path.", results=False)
+    image_size: int = flag_of(DataArguments, "image_size", default=112)
+    num_images: int = flag(1200, "Validation gallery size.", at_least=6)
+    batch_size: int = flag_of(EncodeArguments, "encode_batch_size")
+    workers: int = flag(2, "DataLoader workers of the encoding pipeline.", at_least=0)
+    torch_threads: int | None = flag(
+        None,
+        "Threads of the model's forward (default: torch's); with 2 cores, 1 thread and 1 "
+        "worker leaves the worker a core of its own.",
+        at_least=1,
+    )
+    repeats: int = flag(3, "Timed runs of each arm, the arms alternating.", at_least=1)
+    skip_search: bool = flag(False, "Only the encoding part.")
+
+    def __post_init__(self) -> None:
+        check_flags(self)
 
 
 def bare_forward_items_per_second(encoder, rows: EncodingRows, batch_size: int) -> float:
@@ -62,7 +84,7 @@ def pipeline_items_per_second(encoder, rows: EncodingRows, batch_size: int, work
     return len(rows.names) / (time.perf_counter() - start)
 
 
-def encoding_benchmark(args: argparse.Namespace, workdir: Path) -> dict:
+def encoding_benchmark(args: RetrievalOptions, workdir: Path) -> dict:
     model_dir = build_tiny_checkpoint("qwen2_vl", workdir / "tiny", image_size=args.image_size)
     bench = build_synthetic_benchmark(
         workdir / "bench", num_train_images=60, num_val_images=args.num_images, num_test_images=6,
@@ -99,23 +121,8 @@ def encoding_benchmark(args: argparse.Namespace, workdir: Path) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", default="benchmarks/results/retrieval.json")
-    parser.add_argument("--image_size", type=int, default=112)
-    parser.add_argument("--num_images", type=int, default=1200, help="validation gallery size")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument(
-        "--torch_threads",
-        type=int,
-        default=None,
-        help="threads of the model's forward (default: torch's); with 2 cores, 1 thread and 1 "
-        "worker leaves the worker a core of its own",
-    )
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip_search", action="store_true", help="only the encoding part")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_options(RetrievalOptions, argv, __doc__.split("\n\n")[0])
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     with tempfile.TemporaryDirectory() as workdir:

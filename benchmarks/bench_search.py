@@ -21,7 +21,7 @@ whose faiss top-k equals torch's and the largest score difference between them.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import inspect
 import json
 import multiprocessing as mp
@@ -31,8 +31,31 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from benchmarks import parse_options
+from src.arguments import check_flags, flag
+from src.retrieval.search import search_topk
 
 TARGET_RATIO = 1.3
+DEFAULT_CHUNK = inspect.signature(search_topk).parameters["chunk_size"].default
+
+
+@dataclasses.dataclass
+class SearchOptions:
+    num_queries: int = flag(20000, "Random query embeddings.", at_least=1)
+    num_gallery: int = flag(20000, "Random gallery embeddings.", at_least=1)
+    dim: int = flag(1536, "Embedding dimension.", at_least=1)
+    k: int = flag(50, "Neighbours each query keeps.", at_least=1)
+    chunk_size: list[int] | None = flag(
+        None, f"One or more chunk sizes for search_torch (default: search_topk's, {DEFAULT_CHUNK}).", at_least=1
+    )
+    repeats: int = flag(3, "Timed calls per method; best kept.", at_least=1)
+    seed: int = flag(0, "Seed of the random embeddings.")
+    output: str = flag("benchmarks/results/search.json", "The JSON's path.", results=False)
+
+    def __post_init__(self) -> None:
+        check_flags(self)
 
 
 def _status_kib(field: str) -> int:
@@ -49,12 +72,8 @@ def _embeddings(num: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
-def measure(args: argparse.Namespace, method: str, chunk_size: int) -> dict:
+def measure(args: SearchOptions, method: str, chunk_size: int) -> dict:
     """Time one call of ``method`` in this (fresh) process and its peak extra memory."""
-    import torch
-
-    from src.retrieval.search import search_topk
-
     rng = np.random.default_rng(args.seed)
     queries = _embeddings(args.num_queries, args.dim, rng)
     gallery = _embeddings(args.num_gallery, args.dim, rng)
@@ -88,38 +107,20 @@ def measure(args: argparse.Namespace, method: str, chunk_size: int) -> dict:
     }
 
 
-def in_fresh_process(args: argparse.Namespace, method: str, chunk_size: int) -> dict:
+def in_fresh_process(args: SearchOptions, method: str, chunk_size: int) -> dict:
     with mp.get_context("spawn").Pool(1) as pool:
         return pool.apply(measure, (args, method, chunk_size))
 
 
-def main() -> None:
-    from src.retrieval.search import search_topk
-
-    default_chunk = inspect.signature(search_topk).parameters["chunk_size"].default
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--num_queries", type=int, default=20000)
-    parser.add_argument("--num_gallery", type=int, default=20000)
-    parser.add_argument("--dim", type=int, default=1536)
-    parser.add_argument("--k", type=int, default=50)
-    parser.add_argument(
-        "--chunk_size",
-        type=int,
-        nargs="+",
-        default=[default_chunk],
-        help=f"one or more chunk sizes for search_torch (default: search_topk's, {default_chunk})",
-    )
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per method; best kept")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/search.json"))
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_options(SearchOptions, argv, __doc__.split("\n")[0])
+    chunk_sizes = args.chunk_size or [DEFAULT_CHUNK]
 
     import faiss
-    import torch
 
     methods = [("matmul", 0)]
-    methods += [("search_torch", chunk_size) for chunk_size in args.chunk_size]
-    methods += [("search_faiss", args.chunk_size[0])]
+    methods += [("search_torch", chunk_size) for chunk_size in chunk_sizes]
+    methods += [("search_faiss", chunk_sizes[0])]
     runs: dict[tuple[str, int], dict] = {
         m: {"times_s": [], "cpu_times_s": [], "peak_extra_mib": 0.0} for m in methods
     }
@@ -140,8 +141,8 @@ def main() -> None:
         if method != "matmul":
             run["ratio_to_matmul"] = run["best_s"] / matmul["best_s"]
             run["cpu_ratio_to_matmul"] = run["best_cpu_s"] / matmul["best_cpu_s"]
-    torch_runs = {str(c): runs["search_torch", c] for c in args.chunk_size}
-    faiss_run = runs["search_faiss", args.chunk_size[0]]
+    torch_runs = {str(c): runs["search_torch", c] for c in chunk_sizes}
+    faiss_run = runs["search_faiss", chunk_sizes[0]]
     (torch_scores, torch_indices), (faiss_scores, faiss_indices) = (
         found["search_torch"],
         found["search_faiss"],
@@ -153,10 +154,10 @@ def main() -> None:
     )
     faiss_run["max_abs_score_diff_to_torch"] = float(np.abs(faiss_scores - torch_scores).max())
 
-    default_run = torch_runs.get(str(default_chunk))
+    default_run = torch_runs.get(str(DEFAULT_CHUNK))
     result = {
         "config": {
-            key: value for key, value in vars(args).items() if key not in ("output", "chunk_size")
+            key: value for key, value in dataclasses.asdict(args).items() if key not in ("output", "chunk_size")
         },
         "machine": {
             "cpu_count": os.cpu_count(),
@@ -176,7 +177,7 @@ def main() -> None:
         "search_torch": torch_runs,
         "search_faiss": faiss_run,
         "target_ratio": TARGET_RATIO,
-        "default_chunk_size": default_chunk,
+        "default_chunk_size": DEFAULT_CHUNK,
         "default_meets_target": None
         if default_run is None
         else {
@@ -184,8 +185,8 @@ def main() -> None:
             "cpu": default_run["cpu_ratio_to_matmul"] <= TARGET_RATIO,
         },
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -31,7 +32,15 @@ import torch
 from PIL import Image
 from transformers import TrainerCallback
 
-from src.arguments import IterativeTrainingArguments
+from benchmarks import listed_integers, parse_options
+from src.arguments import (
+    DataArguments,
+    IterativeTrainingArguments,
+    check_flags,
+    default_training_arguments,
+    flag,
+    flag_of,
+)
 from src.data.collator import ContrastiveCollator
 from src.loss import ContrastiveBatch, contrastive_loss
 from src.model.encoder import build_encoder
@@ -191,18 +200,28 @@ def peak_memory_of_step(
     return result
 
 
+@dataclasses.dataclass
+class TrainOptions:
+    output: str = flag("benchmarks/results/train.json", "The JSON's path.", results=False)
+    image_size: int = flag_of(DataArguments, "image_size", default=112)
+    batch_size: int = flag_of(
+        IterativeTrainingArguments, "batch_size", default=default_training_arguments()["per_device_train_batch_size"]
+    )
+    steps: int = flag(20, "Timed steps of each arm per run (two runs each, alternating).", at_least=1)
+    warmup: int = flag(3, "Steps before the timed ones.", at_least=0)
+    memory_sizes: str = flag("32,128,512", "Comma-separated contrastive batches of (b); the largest also without GradCache.")
+    mini_batch: int = flag_of(IterativeTrainingArguments, "gc_mini_batch_size")
+    # (b)'s child process: one step at SIZE:CACHED (1: GradCache) on the model in _model_dir
+    _memory_probe: str | None = flag(None, argparse.SUPPRESS, results=False)
+    _model_dir: str | None = flag(None, argparse.SUPPRESS, results=False)
+
+    def __post_init__(self) -> None:
+        check_flags(self)
+        listed_integers("memory_sizes", self.memory_sizes, at_least=1)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", default="benchmarks/results/train.json")
-    parser.add_argument("--image_size", type=int, default=112)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--memory_sizes", default="32,128,512")
-    parser.add_argument("--mini_batch", type=int, default=32)
-    parser.add_argument("--_memory_probe", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--_model_dir", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parse_options(TrainOptions, argv, __doc__.split("\n\n")[0])
 
     if args._memory_probe:
         size, cached = args._memory_probe.split(":")
@@ -226,10 +245,9 @@ def main(argv: list[str] | None = None) -> None:
             bare += bare_loop_step_times(model_dir, batch, total, 1e-4)[args.warmup :]
             trainer += trainer_step_times(model_dir, batch, total, 1e-4)[args.warmup :]
         memory = []
-        for size in [int(s) for s in args.memory_sizes.split(",")]:
-            for cached in ("1",) + (
-                ("0",) if size == max(int(s) for s in args.memory_sizes.split(",")) else ()
-            ):
+        memory_sizes = listed_integers("memory_sizes", args.memory_sizes, at_least=1)
+        for size in memory_sizes:
+            for cached in ("1",) + (("0",) if size == max(memory_sizes) else ()):
                 completed = subprocess.run(
                     [sys.executable, "-m", "benchmarks.bench_train", "--_memory_probe", f"{size}:{cached}",
                      "--_model_dir", str(model_dir), "--mini_batch", str(args.mini_batch),

@@ -55,7 +55,7 @@ own "seconds", and the script prints the total.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import gc
 import json
 import multiprocessing
@@ -73,7 +73,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 
-from src.arguments import AugmentArguments, IterativeTrainingArguments, ModelArguments
+from benchmarks import check_listed, parse_options
+from src.arguments import AugmentArguments, IterativeTrainingArguments, ModelArguments, flag
 from src.augment.captioners import TWO_IMAGES, VisionLanguageCaptioner
 from src.augment.pairs import CaptionPair
 from src.data.collator import ContrastiveCollator
@@ -490,18 +491,21 @@ def file_rates(result: dict, path: Path) -> dict[str, float]:
     return rates
 
 
+@dataclasses.dataclass
+class GpuCheckOptions:
+    cpu: bool = flag(False, "Tiny shapes on the CPU (a smoke test); files no rates.")
+    parts: str = flag(",".join(PARTS), f"Comma-separated parts to run, each one of {', '.join(PARTS)}.")
+    output_dir: str | None = flag(None, "Where the JSON goes (default: benchmarks/results/gpu/).", results=False)
+
+    def __post_init__(self) -> None:
+        check_listed("parts", self.parts, PARTS)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cpu", action="store_true", help="tiny shapes on the CPU (smoke test)")
-    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated: " + ",".join(PARTS))
-    parser.add_argument("--output_dir", default=None, help="default: benchmarks/results/gpu/")
-    args = parser.parse_args(argv)
+    args = parse_options(GpuCheckOptions, argv, __doc__.split("\n\n")[0])
     if not args.cpu and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU machine, or pass --cpu for the smoke test")
-    parts = args.parts.split(",")
-    unknown = [name for name in parts if name not in PARTS]
-    if unknown:
-        raise SystemExit(f"--parts: unknown {unknown}; choose from {list(PARTS)}")
+    parts = check_listed("parts", args.parts, PARTS)
     output_dir = Path(args.output_dir).resolve() if args.output_dir else RESULTS
     output_dir.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()

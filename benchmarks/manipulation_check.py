@@ -22,14 +22,16 @@ embedding cache.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import statistics
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.ablation import confidence_interval
+from benchmarks import parse_options
+from benchmarks.ablation import ARMS, TEXT_ARMS, confidence_interval
+from src.arguments import check_flags, flag
 from src.artifacts import AugmentedSamples
 from src.data.loading import load_split
 from src.data.records import Split, Triplet
@@ -118,12 +120,22 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclasses.dataclass
+class ManipulationOptions:
+    ablation: str = flag(
+        dataclasses.MISSING, "An ablation's output folder, run with --keep_experiments.", positional=True
+    )
+    treated: str = flag("RD", "The arm that wrote new texts.", choices=TEXT_ARMS)
+    control: str = flag(
+        "RC", "The arm without new texts, paired by seed.", choices=tuple(arm for arm in ARMS if arm not in TEXT_ARMS)
+    )
+
+    def __post_init__(self) -> None:
+        check_flags(self)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("ablation", help="an ablation's output folder, run with --keep_experiments")
-    parser.add_argument("--treated", default="RD")
-    parser.add_argument("--control", default="RC")
-    args = parser.parse_args(argv)
+    args = parse_options(ManipulationOptions, argv, __doc__.split("\n\n")[0])
     folder = Path(args.ablation)
     report = check(folder, args.treated, args.control)
     name = f"manipulation_check_{args.treated}"

@@ -34,9 +34,9 @@ device (src/devices.py) for --plan, unless the GPU check's steady-state rates ar
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import json
 import os
@@ -49,11 +49,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from benchmarks import parse_options
 from src.arguments import (
-    DEFAULT_LORA_TARGETS,
     AugmentArguments,
     IterativeTrainingArguments,
     ModelArguments,
+    check_flags,
+    flag,
+    flag_of,
 )
 from src.augment.captioners import load_captioner
 from src.augment.generation import ask_consistency
@@ -62,7 +65,7 @@ from src.data.dataset.composed_retrieval_dataset import ComposedRetrievalDataset
 from src.data.images import load_image
 from src.data.records import Split, Triplet
 from src.devices import measured_throughput, record_throughput
-from src.model.architectures import architecture_signature, count_parameters
+from src.model.architectures import architecture_signature, count_parameters, shipped_architectures
 from src.model.encoder import build_encoder, is_vision_module, lora_target_counts
 from src.model.prompts import candidate_text
 from src.model.registry import checkpoint_config, image_token_count
@@ -179,25 +182,33 @@ def check_pooling(encoder, images: dict[str, str]) -> dict:
     return {"min_cosine_to_unpadded": cosine, "sequence_lengths": lengths}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default="qwen2_vl_2b", help="a shipped architecture, or tiny")
-    parser.add_argument(
-        "--dtype", default=None, choices=["bfloat16", "float32"],
-        help="default: bfloat16 on a GPU, float32 on a CPU (see the module docstring)",
-    )  # fmt: skip
-    parser.add_argument("--lora_target_modules", default=DEFAULT_LORA_TARGETS)
-    parser.add_argument("--freeze_vision_tower", action="store_true")
-    parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/)")
-    parser.add_argument(
-        "--activations", type=int, default=None, metavar="QUERIES",
-        help="instead of the stages: one LoRA step without gradient checkpointing or GradCache "
-        "at QUERIES queries (+ as many targets), where activations outweigh the weights; with "
-        "--text_layers / --vision_layers (default 4 / 2) for a depth-reduced shape",
-    )  # fmt: skip
-    parser.add_argument("--text_layers", type=int, default=None)
-    parser.add_argument("--vision_layers", type=int, default=None)
-    args = parser.parse_args()
+@dataclasses.dataclass
+class RealShapeOptions:
+    arch: str = flag("qwen2_vl_2b", "A shipped architecture, or tiny.", choices=(*shipped_architectures(), "tiny"))
+    dtype: str | None = flag(
+        None,
+        "Default: bfloat16 on a GPU, float32 on a CPU (see the module docstring).",
+        choices=("bfloat16", "float32"),
+    )
+    lora_target_modules: str = flag_of(ModelArguments, "lora_target_modules")
+    freeze_vision_tower: bool = flag_of(ModelArguments, "freeze_vision_tower")
+    output: str | None = flag(None, "JSON path (default: benchmarks/results/).", results=False)
+    activations: int | None = flag(
+        None,
+        "Instead of the stages: one LoRA step without gradient checkpointing or GradCache at "
+        "this many queries (+ as many targets), where activations outweigh the weights, on a "
+        "depth-reduced shape (--text_layers, --vision_layers).",
+        at_least=1,
+    )
+    text_layers: int = flag(4, "Language-model layers of --activations' shape.", at_least=1)
+    vision_layers: int = flag(2, "Vision-tower layers of --activations' shape.", at_least=1)
+
+    def __post_init__(self) -> None:
+        check_flags(self)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_options(RealShapeOptions, argv, __doc__.split("\n\n")[0])
     if args.activations is not None:
         activations_check(args)
         return
@@ -327,14 +338,14 @@ def activation_triplets(queries: int) -> list[Triplet]:
     ]
 
 
-def activations_check(args: argparse.Namespace) -> None:
+def activations_check(args: RealShapeOptions) -> None:
     """One LoRA step without gradient checkpointing or GradCache, every row's activations
     alive at once: the configuration where activations, not weights, make the peak
     (tests/test_memory.py predicts it). Float32 on the CPU; a depth-reduced shape (the same
     widths, vocabulary and merger) keeps the weights small and the step within minutes."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    depth = (args.text_layers or 4, args.vision_layers or 2)
+    depth = (args.text_layers, args.vision_layers)
     memory = PeakMemory(device)
     report: dict = {
         "arch": args.arch, "dtype": dtype_name, "text_layers": depth[0], "vision_layers": depth[1],
@@ -369,7 +380,7 @@ def activations_check(args: argparse.Namespace) -> None:
                 encoder, ComposedRetrievalDataset(split, split.triplets), training_args, "cirr",
                 workdir / "train",
             )  # fmt: skip
-            details["loss"] = summary["train_loss"]
+            details["loss"] = summary.train_loss
     output = Path(args.output) if args.output else (
         RESULTS / ("gpu" if device.type == "cuda" else "") / f"real_shape_{args.arch}_activations.json"
     )

@@ -28,7 +28,7 @@ chosen steps for the held-out run and scaled to the full split) and a plot into
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import math
 import shutil
@@ -41,7 +41,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from src.arguments import parse_arguments  # noqa: E402
+from benchmarks import parse_known_options  # noqa: E402
+from src.arguments import check_flags, flag, parse_arguments  # noqa: E402
 from src.cli import train_main  # noqa: E402
 from src.data.loading import load_split  # noqa: E402
 from src.experiment import Experiment  # noqa: E402
@@ -118,19 +119,27 @@ def plot(rows: list[dict], chosen: int, output: Path) -> None:
     plt.close(figure)
 
 
+@dataclasses.dataclass
+class ConvergenceOptions:
+    """The check's own options; every other flag goes to the round-0 run (after `--`)."""
+
+    output_dir: str = flag(dataclasses.MISSING, "Where round0_convergence.json and its plot go. Required.", results=False)
+    holdout_every: int = flag(5, "Hold out every N-th image set of the training split.", at_least=2)
+    epochs: int = flag(16, "Epochs of the held-out run's training split.", at_least=1)
+    every: int | None = flag(None, "Steps between checkpoints (default: one epoch).", at_least=1)
+    tolerance: float = flag(1.0, "Held-out Avg points more steps must add.", at_least=0)
+    work_dir: str | None = flag(
+        None,
+        "Where the derived benchmark and the run go (default: .cache/round0_convergence/NAME).",
+        results=False,
+    )
+
+    def __post_init__(self) -> None:
+        check_flags(self)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--holdout_every", type=int, default=5, help="hold out every N-th image set")
-    parser.add_argument("--epochs", type=int, default=16, help="epochs of the held-out run's training split")
-    parser.add_argument("--every", type=int, default=None, help="steps between checkpoints (default: one epoch)")
-    parser.add_argument("--tolerance", type=float, default=1.0, help="held-out Avg points more steps must add")
-    parser.add_argument(
-        "--work_dir", default=None,
-        help="where the derived benchmark and the run go (default: .cache/round0_convergence/NAME)",
-    )  # fmt: skip
-    args, flags = parser.parse_known_args(argv)
-    flags = [f for f in flags if f != "--"]
+    args, flags = parse_known_options(ConvergenceOptions, argv, __doc__.split("\n\n")[0])
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     work = Path(args.work_dir or Path(".cache") / "round0_convergence" / output.name)

@@ -5,8 +5,12 @@ choices, and whether it changes what a run computes (`results`; the others only 
 how a run is operated, e.g. where it logs) live in the field's metadata and nowhere else.
 From that metadata come the range checks (`check_flags`, run by every group's
 `__post_init__`, for command-line flags and preset values alike), the keys a resume must
-not change (`result_config`), and the README's flag table (`python -m src.arguments`).
-The stages take the groups themselves as their options: a new flag is written once.
+not change (`result_config`), and the README's flag tables of train_iterative.py and
+eval_iterative.py (`python -m src.arguments README.md`). The stages take the groups
+themselves as their options: a new flag is written once. eval_iterative.py's groups
+(`EVAL_GROUPS`) and the benchmarks' options (benchmarks/__init__.py) are declared with the
+same `flag()`, and reuse a training flag's declaration where they take that flag
+(`flag_of`).
 
 Groups: `RunArguments` (the run and its experiment directory), `ModelArguments`,
 `DataArguments`, `MiningArguments`, `AugmentArguments` (new texts), and
@@ -48,10 +52,11 @@ PIXELS_PER_TOKEN = 28 * 28  # Qwen2-VL: 14 x 14 patches merged 2 x 2
 # Metadata keys of `flag()` that are ours (the argparse parser must not see them).
 # (Choices are checked by `check_flags`, not argparse, so that a preset's value and a
 # flag's get the same one-line error.)
-RESULTS, SINCE, AT_LEAST, ABOVE, AT_MOST, BELOW, ALLOWED, VALUE_ALIASES = (
+RESULTS, SINCE, AT_LEAST, ABOVE, AT_MOST, BELOW, ALLOWED, VALUE_ALIASES, POSITIONAL = (
     "results", "since", "at_least", "above", "at_most", "below", "allowed", "value_aliases",
+    "positional",
 )  # fmt: skip
-_OURS = (RESULTS, SINCE, AT_LEAST, ABOVE, AT_MOST, BELOW, ALLOWED, VALUE_ALIASES)
+_OURS = (RESULTS, SINCE, AT_LEAST, ABOVE, AT_MOST, BELOW, ALLOWED, VALUE_ALIASES, POSITIONAL)
 
 
 def flag(
@@ -66,6 +71,7 @@ def flag(
     choices: tuple | None = None,
     value_aliases: dict[str, str] | None = None,
     since: int = 1,
+    positional: bool = False,
 ) -> Any:
     """A flag: its default, help and range, and whether it changes results.
 
@@ -73,7 +79,9 @@ def flag(
     `check_flags` checks against. `since`: the experiment-config version that added it; an experiment written before
     knows nothing of it, so the flag counts as a result only where it leaves its default
     (older experiments then resume unchanged). `value_aliases` map spellings users bring
-    (`llava`) to the canonical value (`llava_next`).
+    (`llava`) to the canonical value (`llava_next`). `positional`: given without its
+    `--name` (a benchmark's folder argument); `dataclasses.MISSING` as its default makes it
+    required. A list-typed flag (`nargs="+"`) is checked element by element.
     """
     if choices is not None:  # every accepted value in the help, from the list the check uses
         spelled = "".join(f"; {alias} is read as {value}" for alias, value in (value_aliases or {}).items())
@@ -86,7 +94,21 @@ def flag(
         meta[ALLOWED] = tuple(choices)
     if value_aliases:
         meta[VALUE_ALIASES] = value_aliases
+    if positional:
+        meta[POSITIONAL] = True
     return field(default=default, metadata=meta)
+
+
+_THE_GROUPS = object()  # flag_of: the group's own default
+
+
+def flag_of(group: type, name: str, *, default: Any = _THE_GROUPS) -> Any:
+    """The flag `name` of `group` declared again, for another options class (a benchmark's
+    `--lora_target_modules` is the training run's): its help, range and choices, and its
+    default unless `default` is given, where the other script's default differs on purpose
+    (a benchmark's larger images); one declaration says what the flag means."""
+    item = next(item for item in dataclasses.fields(group) if item.name == name)
+    return field(default=item.default if default is _THE_GROUPS else default, metadata=item.metadata)
 
 
 def _refuse(name: str, value: object, rule: str) -> None:
@@ -100,19 +122,24 @@ def check_flags(group: object) -> None:
         if value is None or RESULTS not in meta:
             continue
         aliases = meta.get(VALUE_ALIASES, {})
-        if value in aliases:
+        if not isinstance(value, list) and value in aliases:
             value = aliases[value]
             setattr(group, item.name, value)
-        if ALLOWED in meta and value not in meta[ALLOWED]:
-            _refuse(item.name, value, f"choose one of {', '.join(map(str, meta[ALLOWED]))}")
-        if AT_LEAST in meta and value < meta[AT_LEAST]:
-            _refuse(item.name, value, f"must be >= {meta[AT_LEAST]}")
-        if ABOVE in meta and value <= meta[ABOVE]:
-            _refuse(item.name, value, f"must be > {meta[ABOVE]}")
-        if AT_MOST in meta and value > meta[AT_MOST]:
-            _refuse(item.name, value, f"must be <= {meta[AT_MOST]}")
-        if BELOW in meta and value >= meta[BELOW]:
-            _refuse(item.name, value, f"must be < {meta[BELOW]}")
+        for each in value if isinstance(value, list) else [value]:
+            _check_value(item.name, each, meta)
+
+
+def _check_value(name: str, value: Any, meta: typing.Mapping) -> None:
+    if ALLOWED in meta and value not in meta[ALLOWED]:
+        _refuse(name, value, f"choose one of {', '.join(map(str, meta[ALLOWED]))}")
+    if AT_LEAST in meta and value < meta[AT_LEAST]:
+        _refuse(name, value, f"must be >= {meta[AT_LEAST]}")
+    if ABOVE in meta and value <= meta[ABOVE]:
+        _refuse(name, value, f"must be > {meta[ABOVE]}")
+    if AT_MOST in meta and value > meta[AT_MOST]:
+        _refuse(name, value, f"must be <= {meta[AT_MOST]}")
+    if BELOW in meta and value >= meta[BELOW]:
+        _refuse(name, value, f"must be < {meta[BELOW]}")
 
 
 def check_attn_implementation(name: str) -> None:
@@ -940,12 +967,24 @@ def resolve_bf16(args: TrainingArguments) -> str | None:
 
 
 class FlagParser(HfArgumentParser):
-    """HfArgumentParser over flag groups; our metadata keys are kept from argparse."""
+    """HfArgumentParser over flag groups; our metadata keys are kept from argparse.
+
+    A `positional` flag is added without its `--` (and without its `--a-b` spelling), and
+    after one (it is declared first: it has no default) a switch takes no value, so that
+    `--resummarise FOLDER` reads FOLDER as the positional rather than as the switch's
+    `true` / `false`."""
 
     def __init__(self, groups: tuple[type, ...] = GROUPS, **kwargs) -> None:
         super().__init__(groups, **kwargs)
 
     def add_argument(self, *args, **kwargs):
+        if kwargs.get(POSITIONAL):
+            args = (args[0].removeprefix("--"),)
+            kwargs.pop("required", None)  # argparse: a positional is required by being one
+        elif kwargs.get("const") is True and any(not action.option_strings for action in self._actions):
+            for key in ("type", "nargs", "const"):
+                del kwargs[key]
+            kwargs["action"] = "store_true"
         for key in _OURS:
             kwargs.pop(key, None)
         return super().add_argument(*args, **kwargs)
@@ -1162,35 +1201,59 @@ def parse_eval_arguments(argv: list[str]) -> EvalFlags:
     return EvalFlags(*groups)
 
 
-def flag_table() -> str:
-    """The README's flag table, from the flags' metadata (`python -m src.arguments`)."""
+def flag_table(groups: tuple[type, ...], spellings: dict[str, str] | None = None) -> str:
+    """A README flag table of `groups`, from the flags' metadata (`python -m src.arguments`);
+    `spellings`: a flag's earlier spellings (`--batch_size` for `--encode_batch_size`), named
+    beside it. A flag two scripts share reads the same in both tables: one declaration."""
+    earlier: dict[str, list[str]] = {}
+    for old, new in (spellings or {}).items():
+        earlier.setdefault(new, []).append(old)
     lines = ["| flag | default | changes results | meaning |", "|---|---|---|---|"]
-    for group in GROUPS:
+    for group in groups:
         for item in dataclasses.fields(group):
             if RESULTS not in item.metadata:
                 continue
+            name = f"`--{item.name}`"
+            if f"--{item.name}" in earlier:
+                name += " (or " + ", ".join(f"`{old}`" for old in earlier[f"--{item.name}"]) + ")"
             default = "-" if item.default is None else f"`{item.default}`"
             changes = "yes" if item.metadata[RESULTS] else "no"
             text = " ".join(item.metadata["help"].split()).replace("|", "\\|")
-            lines.append(f"| `--{item.name}` | {default} | {changes} | {text} |")
+            lines.append(f"| {name} | {default} | {changes} | {text} |")
     return "\n".join(lines)
 
 
-FLAG_TABLE_START = "<!-- flag table: python -m src.arguments -->\n"
-FLAG_TABLE_END = "\n<!-- end of flag table -->"
+# The README's generated tables: each script's flag groups (and earlier spellings).
+FLAG_TABLES = {
+    "train_iterative.py": (GROUPS, None),
+    "eval_iterative.py": (EVAL_GROUPS, EVAL_SPELLINGS),
+}
 
 
-def with_flag_table(readme: str) -> str:
-    """`readme` with the text between the flag-table markers replaced by flag_table()."""
-    before, rest = readme.split(FLAG_TABLE_START)
-    return before + FLAG_TABLE_START + flag_table() + FLAG_TABLE_END + rest.split(FLAG_TABLE_END)[1]
+def flag_table_markers(script: str) -> tuple[str, str]:
+    """The README's markers around the flag table of `script`."""
+    return (
+        f"<!-- flag table of {script}: python -m src.arguments README.md -->\n",
+        f"\n<!-- end of the flag table of {script} -->",
+    )
+
+
+def with_flag_tables(readme: str) -> str:
+    """`readme` with the text between each script's flag-table markers replaced by its
+    flag_table()."""
+    for script, (groups, spellings) in FLAG_TABLES.items():
+        start, end = flag_table_markers(script)
+        before, rest = readme.split(start)
+        readme = before + start + flag_table(groups, spellings) + end + rest.split(end)[1]
+    return readme
 
 
 if __name__ == "__main__":
-    # python -m src.arguments            print the table
-    # python -m src.arguments README.md  rewrite the table in that file
+    # python -m src.arguments            print the tables
+    # python -m src.arguments README.md  rewrite the tables in that file
     if len(sys.argv) > 1:
         readme_path = Path(sys.argv[1])
-        readme_path.write_text(with_flag_table(readme_path.read_text()))
+        readme_path.write_text(with_flag_tables(readme_path.read_text()))
     else:
-        print(flag_table())
+        for script, (groups, spellings) in FLAG_TABLES.items():
+            print(f"{script}\n\n{flag_table(groups, spellings)}\n")

@@ -204,14 +204,24 @@ def test_result_keys_come_from_the_flags_declarations():
     assert changed["synthetic_domain"] == "garments"
 
 
-def test_the_readme_flag_table_is_the_flags_declarations():
-    """README.md's table between the markers is `python -m src.arguments` (regenerate it
-    with `python -m src.arguments README.md` when a flag changes)."""
+def test_the_readme_flag_tables_are_the_flags_declarations():
+    """README.md's tables between the markers, train_iterative.py's and eval_iterative.py's,
+    are `python -m src.arguments` (regenerate them with `python -m src.arguments README.md`
+    when a flag changes); a flag both scripts have reads the same in both."""
     from pathlib import Path
 
-    from src.arguments import FLAG_TABLE_END, FLAG_TABLE_START, flag_table, with_flag_table
+    from src.arguments import FLAG_TABLES, flag_table, flag_table_markers, with_flag_tables
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert FLAG_TABLE_START in readme and FLAG_TABLE_END in readme
-    assert readme.split(FLAG_TABLE_START)[1].split(FLAG_TABLE_END)[0] == flag_table()
-    assert with_flag_table(readme) == readme
+    rows = {}
+    for script, (groups, spellings) in FLAG_TABLES.items():
+        start, end = flag_table_markers(script)
+        assert readme.count(start) == 1 and readme.count(end) == 1
+        table = readme.split(start)[1].split(end)[0]
+        assert table == flag_table(groups, spellings)
+        rows[script] = {row.split(" | ")[0].split("`")[1]: row.split(" | ", 1)[1] for row in table.splitlines()[2:]}
+    assert with_flag_tables(readme) == readme
+    shared = rows["train_iterative.py"].keys() & rows["eval_iterative.py"].keys()
+    assert {"--report_queries", "--encode_batch_size", "--encode_max_pixels"} <= shared
+    for name in shared - {"--experiment_dir", "--dataset_path"}:  # the same name, two flags
+        assert rows["train_iterative.py"][name] == rows["eval_iterative.py"][name], name
