@@ -7,6 +7,7 @@ import json
 import math
 import os
 
+import ablation_stand_ins as stand_ins
 import pytest
 
 import benchmarks.ablation as ablation
@@ -108,22 +109,10 @@ def test_a_failed_seed_does_not_lose_the_others(tmp_path, monkeypatch):
     assert (output / "ablation.md").is_file()
 
 
-def process_of_this_run(seed, arm, flags, output, threads):
-    """run_arm's stand-in (module level: it runs in a spawned process): its process and
-    thread count."""
-    import torch
-
-    return {"results": {"iter_0": {m: 50.0 for m in ablation.METRICS}}, "steps": {},
-            "texts": {"pid": os.getpid(), "threads": threads, "torch_threads": torch.get_num_threads()}}  # fmt: skip
-
-
-def no_round0(seed, flags, output, threads, round0_flags):
-    pass
-
-
 def test_with_several_jobs_every_run_has_its_own_process(tmp_path, monkeypatch):
-    monkeypatch.setattr(ablation, "run_round0", no_round0)
-    monkeypatch.setattr(ablation, "run_arm", process_of_this_run)
+    monkeypatch.setattr(ablation, "run_round0", stand_ins.no_round0)
+    monkeypatch.setattr(ablation, "run_arm", stand_ins.process_of_this_run)
+    monkeypatch.setenv(stand_ins.METRICS_ENV, ",".join(ablation.METRICS))
     output = tmp_path / "out"
     main(["--seeds", "0,1", "--jobs", "2", "--arms", "B", "--keep_experiments", "--output_dir", str(output),
           "--", "--max_steps", "2"])  # fmt: skip

@@ -1,31 +1,30 @@
-"""The real-shape check and the GPU check run here on tiny shapes, so that neither rots."""
+"""The real-shape check and the GPU check run here on tiny shapes, so that neither rots.
+
+Both run in this process (their `main(argv)`), as `python -m benchmarks.<name>` would run
+them, without another interpreter start and torch import; the GPU check's shell wrapper
+is checked for what it adds (it runs the module from the repository with the arguments
+given)."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks import gpu_check, real_shape_check
+
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run(*command: str) -> None:
-    """Scripts run with this interpreter (a venv's python need not be on PATH)."""
-    env = os.environ | {"PYTHON": sys.executable}
-    completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
 
 
 def test_real_shape_check_on_the_tiny_checkpoint(tmp_path):
     output = tmp_path / "real_shape_tiny.json"
     throughput = (REPO / "src" / "throughput.json").read_bytes()
-    run(sys.executable, "-m", "benchmarks.real_shape_check", "--arch", "tiny", "--output", str(output))
+    real_shape_check.main(["--arch", "tiny", "--output", str(output)])
     assert (REPO / "src" / "throughput.json").read_bytes() == throughput  # tiny rates are not filed
     report = json.loads(output.read_text())
     assert set(report["stages"]) >= {
@@ -40,9 +39,24 @@ def test_real_shape_check_on_the_tiny_checkpoint(tmp_path):
     assert report["throughput"]["signature"] == "qwen2_vl-text128x2-vision64x2"
 
 
+def test_the_gpu_check_wrapper_runs_the_module_from_the_repository_with_its_arguments(tmp_path):
+    interpreter = tmp_path / "python"  # says where it was started and with what
+    interpreter.write_text('#!/bin/sh\npwd\nfor a in "$@"; do echo "[$a]"; done\n')
+    interpreter.chmod(0o755)
+    completed = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--cpu", "--output_dir", "out dir"],
+        cwd=tmp_path, env=os.environ | {"PYTHON": str(interpreter)}, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == [
+        str(REPO), "[-m]", "[benchmarks.gpu_check]", "[--cpu]", "[--output_dir]", "[out dir]"
+    ]
+
+
 def test_gpu_check_smoke_on_the_cpu(tmp_path):
     throughput = (REPO / "src" / "throughput.json").read_bytes()
-    run("bash", "benchmarks/gpu_check.sh", "--cpu", "--output_dir", str(tmp_path))
+    gpu_check.main(["--cpu", "--output_dir", str(tmp_path)])
     assert (REPO / "src" / "throughput.json").read_bytes() == throughput  # --cpu files nothing
     train = json.loads((tmp_path / "train.json").read_text())
     assert len(train["runs"]) == 8  # LoRA and full x checkpointing x two mini-batch sizes
