@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import socket
 import subprocess
 import sys
@@ -60,9 +61,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_processes_match_one(tiny_qwen, small_benchmark, tmp_path):
+def test_two_processes_match_one(tiny_qwen, small_benchmark, tmp_path, monkeypatch):
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    run([sys.executable, SCRIPT, str(tiny_qwen), str(small_benchmark), "8", str(one)])
+    # one process: this one (the script as `python` runs it), no interpreter to start
+    monkeypatch.setattr(sys, "argv", [SCRIPT, str(tiny_qwen), str(small_benchmark), "8", str(one)])
+    runpy.run_path(str(REPO / SCRIPT), run_name="__main__")
     reports = tmp_path / "harness"
     reports.mkdir()
     run(

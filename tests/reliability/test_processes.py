@@ -26,7 +26,8 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 
 def test_sigterm_during_training_saves_a_checkpoint_and_exits_cleanly(job_argv, tmp_path):
-    flags = ["--num_iterations", "0", "--max_steps", "40", "--save_steps", "1000",
+    # 20 steps: SIGTERM goes at the first logged step, 19 steps before the end
+    flags = ["--num_iterations", "0", "--max_steps", "20", "--save_steps", "1000",
              "--logging_steps", "1", "--batch_size", "4"]  # fmt: skip
     experiment = Experiment(tmp_path / "exp")
     child = subprocess.Popen(
@@ -51,7 +52,7 @@ def test_sigterm_during_training_saves_a_checkpoint_and_exits_cleanly(job_argv, 
     argv = job_argv(experiment.dir, *flags, "--auto_resume")
     assert train_main(argv) == 0
     train = [s for s in experiment.log.entries() if s.stage == "train"][0]
-    assert train.summary.resumed_from == str(saved) and train.summary.steps == 40
+    assert train.summary.resumed_from == str(saved) and train.summary.steps == 20
     straight = Experiment(tmp_path / "straight")
     assert train_main(job_argv(straight.dir, *flags)) == 0
     fingerprint = read_json(experiment.checkpoint(0) / "stage.json")["fingerprint"]

@@ -1,7 +1,7 @@
 """One IterativeTrainer step (SGD) under 1 or N processes, in plain and in GradCache mode,
 InfoNCE with the triplet term; rank 0 saves the loss and the updated weights of each.
 
-Run by tests/test_distributed.py as `python` (1 process, batch 2B) and as
+Run by tests/test_distributed.py in the test's own process (1 process, batch 2B) and under
 `torchrun --nproc_per_node 2` (2 processes, batch B each): the global batch is the same,
 so the updated weights must be the same.
 """
