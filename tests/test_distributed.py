@@ -155,15 +155,15 @@ def ends_with_one_line(completed: subprocess.CompletedProcess) -> str:
 def test_nodes_with_their_own_experiment_directories_stop_with_one_line(job_argv, tmp_path):
     start = time.monotonic()
     results = two_nodes(
-        lambda node: job_argv(tmp_path / f"node{node}", "--fast_mode"), 300, env={SHARED_DIRECTORY_WAIT_ENV: "4"}
+        lambda node: job_argv(tmp_path / f"node{node}", "--fast_mode"), 300, env={SHARED_DIRECTORY_WAIT_ENV: "1"}
     )
     elapsed = time.monotonic() - start
     for node, completed in enumerate(results):
         line = ends_with_one_line(completed)
         assert f"--experiment_dir {tmp_path / f'node{node}'} is not shared by every process" in line
-        assert "rank 1 on" in line and "rank 0 on" in line and "within 4 s" in line
+        assert "rank 1 on" in line and "rank 0 on" in line and "within 1 s" in line
         assert not (tmp_path / f"node{node}" / "experiment_config.json").exists()
-    assert elapsed < 4 + 90, elapsed
+    assert elapsed < 1 + 90, elapsed
 
 
 def test_a_path_one_node_cannot_see_stops_every_node_with_the_same_line(job_argv, tiny_qwen, tmp_path):

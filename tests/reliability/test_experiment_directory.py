@@ -1,11 +1,10 @@
 """The experiment directory: config check on resume, lock, moving rounds aside, atomic JSON."""
 
 import json
+import multiprocessing
 import os
 import socket
-import subprocess
-import sys
-from pathlib import Path
+import time
 
 import pytest
 
@@ -15,7 +14,6 @@ from src.experiment import Experiment
 from src.experiment_io import read_json, write_json_atomic
 from src.records import TrainSkipped
 
-REPO = Path(__file__).resolve().parents[2]
 ARGS = {
     "model_name": "m",
     "seed": 0,
@@ -104,27 +102,26 @@ def test_a_filesystem_without_flock_gets_a_soft_lock(tmp_path, monkeypatch, capl
     assert "has no flock" in caplog.text
 
 
+def hold_the_lock(directory: str, locked) -> None:
+    with Experiment(directory).lock():
+        locked.set()
+        time.sleep(60)
+
+
 def test_a_lock_held_by_a_killed_process_is_free(tmp_path):
-    """The OS releases the lock of a process that dies, however it dies."""
+    """The OS releases the lock of a process that dies, however it dies (a forked process:
+    everything is imported already)."""
     experiment = Experiment(tmp_path / "exp")
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from src.experiment import Experiment\n"
-            f"with Experiment({str(experiment.dir)!r}).lock():\n"
-            "    print('locked', flush=True); time.sleep(60)",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout.readline().strip() == "locked"
+    fork = multiprocessing.get_context("fork")
+    locked = fork.Event()
+    holder = fork.Process(target=hold_the_lock, args=(str(experiment.dir), locked))
+    holder.start()
+    assert locked.wait(60)
     with pytest.raises(ExperimentError, match=f"process {holder.pid}"):  # noqa: SIM117
         with experiment.lock():
             pass
     holder.kill()
-    holder.wait()
+    holder.join()
     with experiment.lock():
         pass
 
