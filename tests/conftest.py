@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from filelock import FileLock
+from preloaded_processes import preloaded_context
 
 from src.cli import train_main
 from src.data.loading import load_split
@@ -34,6 +35,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """What collection imported is kept out of later garbage collections, as the entry
     points do (tests call the stages directly too)."""
     freeze_long_lived_objects()
+
+
+@pytest.fixture(scope="session")
+def preloaded():
+    """Child processes that start with the project imported (tests/preloaded_processes.py)."""
+    return preloaded_context()
 
 
 @pytest.fixture(scope="session")

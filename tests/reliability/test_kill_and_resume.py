@@ -2,12 +2,10 @@
 ends with the same artifacts as an uninterrupted one and never redoes a finished stage."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from preloaded_processes import start_training
 
 from src.artifacts import AugmentedSamples, CheckpointRecord, HardNegatives, PartialGenerations
 from src.cli import train_main
@@ -16,25 +14,19 @@ from src.experiment_io import read_json
 from src.faults import FAULT_ENV, FAULT_EXIT_STATUS
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 
 
 KILLABLE = ("--max_steps", "6", "--save_steps", "2", "--num_hard_negatives", "2",
             "--encode_batch_size", "16", "--augment_flush_every", "4", "--foundation_batch_size", "2")  # fmt: skip
 
 
-def run_with_fault(args: list[str], fault: str) -> subprocess.CompletedProcess:
-    """train_iterative.py in a child process that ends itself at the named point."""
-    completed = subprocess.run(
-        [sys.executable, "train_iterative.py", *args],
-        cwd=REPO,
-        env=os.environ | {FAULT_ENV: fault},
-        capture_output=True,
-        text=True,
-    )
-    assert completed.returncode == FAULT_EXIT_STATUS, completed.stderr[-3000:]
-    assert f"fault injected: {fault}" in completed.stderr
-    return completed
+def run_with_fault(preloaded, args: list[str], fault: str, log: Path) -> None:
+    """train_iterative.py's work in a child process that ends itself at the named point."""
+    child = start_training(preloaded, args, log, {FAULT_ENV: fault})
+    child.join(300)
+    said = log.read_text()
+    assert child.exitcode == FAULT_EXIT_STATUS, said[-3000:]
+    assert f"fault injected: {fault}" in said
 
 
 def artifacts(experiment: Experiment) -> dict:
@@ -48,27 +40,27 @@ def artifacts(experiment: Experiment) -> dict:
     }
 
 
-def test_killed_at_every_named_point_resumes_to_the_same_artifacts(job_argv, tmp_path):
+def test_killed_at_every_named_point_resumes_to_the_same_artifacts(job_argv, preloaded, tmp_path):
     baseline = Experiment(tmp_path / "baseline")
     assert train_main(job_argv(baseline.dir, *KILLABLE)) == 0
 
     killed = Experiment(tmp_path / "killed")
     args = job_argv(killed.dir, *KILLABLE)
-    run_with_fault(args, "mining:10")
+    run_with_fault(preloaded, args, "mining:10", tmp_path / "killed.log")
     assert killed.checkpoint(0).is_dir() and not killed.hard_negatives(0).exists()
 
     resume = [*args, "--auto_resume"]
-    run_with_fault(resume, "augmentation:4")
+    run_with_fault(preloaded, resume, "augmentation:4", tmp_path / "killed.log")
     assert not killed.augmented(1).exists()
     (partial,) = killed.partial_augmented_files(1)
     assert len(PartialGenerations.read(partial).generations) == 4
 
-    run_with_fault(resume, "training@1:4")
+    run_with_fault(preloaded, resume, "training@1:4", tmp_path / "killed.log")
     trainer_checkpoints = sorted(p.name for p in killed.train_dir(1).glob("checkpoint-*"))
     assert trainer_checkpoints == ["checkpoint-2", "checkpoint-4"]
     assert not killed.checkpoint(1).exists()
 
-    run_with_fault(resume, "evaluation:1")
+    run_with_fault(preloaded, resume, "evaluation:1", tmp_path / "killed.log")
     assert killed.checkpoint(1).is_dir() and not killed.evaluation("val", 1).exists()
 
     assert train_main(resume) == 0

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from preloaded_processes import start_training
 
 from src.cli import train_main
 from src.errors import INTERRUPTED_EXIT_STATUS
@@ -25,26 +26,22 @@ REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
-def test_sigterm_during_training_saves_a_checkpoint_and_exits_cleanly(job_argv, tmp_path):
+def test_sigterm_during_training_saves_a_checkpoint_and_exits_cleanly(job_argv, preloaded, tmp_path):
     # 20 steps: SIGTERM goes at the first logged step, 19 steps before the end
     flags = ["--num_iterations", "0", "--max_steps", "20", "--save_steps", "1000",
              "--logging_steps", "1", "--batch_size", "4"]  # fmt: skip
     experiment = Experiment(tmp_path / "exp")
-    child = subprocess.Popen(
-        [sys.executable, "train_iterative.py", *job_argv(experiment.dir, *flags)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=os.environ | {"PYTHONUNBUFFERED": "1"},
-    )
-    for line in child.stdout:  # the first logged step: the handler is in place
-        if "'loss'" in line:
-            child.send_signal(signal.SIGTERM)
-            break
-    stdout, stderr = child.communicate(timeout=120)
-    assert child.returncode == INTERRUPTED_EXIT_STATUS, stderr[-2000:]
-    assert "stopped by SIGTERM after saving" in stderr and "--auto_resume" in stderr
+    log = tmp_path / "child.log"
+    child = start_training(preloaded, job_argv(experiment.dir, *flags), log)
+    deadline = time.monotonic() + 120
+    while "'loss'" not in (log.read_text() if log.exists() else ""):  # the handler is in place
+        assert child.is_alive() and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGTERM)
+    child.join(120)
+    said = log.read_text()
+    assert child.exitcode == INTERRUPTED_EXIT_STATUS, said[-2000:]
+    assert "stopped by SIGTERM after saving" in said and "--auto_resume" in said
     (saved,) = experiment.train_dir(0).glob("checkpoint-*")
     assert (saved / CHECKPOINT_FILES_NAME).is_file()
     assert not experiment.checkpoint(0).exists()
