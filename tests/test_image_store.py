@@ -64,10 +64,11 @@ def write_photo(path: Path, width: int, height: int, seed: int) -> Path:
     return path
 
 
-@pytest.fixture()
-def images(tmp_path) -> list[Path]:
-    folder = tmp_path / "images"
-    folder.mkdir()
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    """Photos of every size, written once for the module (no test changes them; each test's
+    store is its own)."""
+    folder = tmp_path_factory.mktemp("images")
     return [write_photo(folder / f"{w}x{h}.png", w, h, i) for i, (w, h) in enumerate(SIZES)]
 
 
