@@ -3,7 +3,7 @@ end a process (a kill at a named point, SIGTERM) and see what it left.
 
 They come from multiprocessing's fork server with `src.cli` preloaded: the server imports
 torch, transformers and the project once, then forks one fresh child per run, which
-starts at once instead of importing them again (about 5 s of CPU each here). Not forked
+starts at once instead of importing them again (about 6 s of CPU each here). Not forked
 from the pytest process itself: a process that has already run OpenMP work (any torch
 operation on 2 threads) hangs in the first parallel region of a forked child (measured on
 this project's machine); the server has only imported, never computed.
